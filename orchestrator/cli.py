@@ -1,0 +1,174 @@
+"""The ``orchestrate`` command line. Commands are plain functions; the one place that catches
+:class:`OrchestrateError` and turns it into ``error: ...`` and exit code 1 is :func:`main`.
+
+Exit codes: 0 success (and, with ``--detailed-exitcode``, no changes / no drift), 1 error,
+2 changes pending or drift (only with ``--detailed-exitcode``, as Terraform does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__, redact
+from .errors import OrchestrateError, PlanError
+from .executor import Executor
+from .output import (Output, plan_document, print_plan, print_recap, print_status,
+                     print_step_line)
+from .plan import json_schema, load_plan, validate
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, str]:
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PlanError(f"-e {pair!r}: expected KEY=VALUE")
+        result[key.strip()] = value
+    return result
+
+
+def cmd_validate(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    steps = validate(plan)
+    out.print(f"{plan.path}: valid plan {plan.name!r} with {len(steps)} step(s): "
+              + ", ".join(f"{s.name} ({s.type})" for s, _ in steps), always=True)
+    return EXIT_OK
+
+
+def cmd_plan(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    validate(plan)
+    result = Executor(plan, "plan", log=out.debug).run()
+    if args.json:
+        out.json(plan_document(result, "plan"))
+    else:
+        print_plan(out, result)
+    if result.error:
+        raise result.error
+    if result.problems:
+        return EXIT_ERROR
+    return EXIT_CHANGES if args.detailed_exitcode and result.changes_pending else EXIT_OK
+
+
+def cmd_apply(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    validate(plan)
+    width = max(len(s.name) for s in plan.steps)
+    out.print(f"Applying {plan.name} ({plan.path})")
+    ex = Executor(plan, "apply", only=args.only, log=out.debug, progress=out.progress,
+                  on_step=lambda r: print_step_line(out, r, width))
+    result = ex.run()
+    print_recap(out, result)
+    if result.error:
+        raise result.error
+    return EXIT_OK
+
+
+def cmd_status(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    validate(plan)
+    result = Executor(plan, "status", log=out.debug).run()
+    if args.json:
+        out.json(plan_document(result, "status"))
+    else:
+        print_status(out, result)
+    if result.error:
+        raise result.error
+    drifted = any(r.drift for r in result.reports)
+    return EXIT_CHANGES if args.detailed_exitcode and drifted else EXIT_OK
+
+
+def cmd_destroy(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    validate(plan)
+    if args.volumes and not args.yes:
+        if not sys.stdin.isatty():
+            raise OrchestrateError("--volumes deletes the data volumes of this plan for good; refusing "
+                                   "without confirmation", hint="run it on a terminal to confirm, or add --yes")
+        answer = input(f"This removes the data volumes of plan {plan.name!r} and ALL the data in them. "
+                       f"Type the plan name to confirm: ")
+        if answer.strip() != plan.name:
+            raise OrchestrateError("not confirmed; nothing was removed")
+    said = Executor(plan, "destroy", only=args.only, log=out.debug).destroy(volumes=args.volumes)
+    for step, lines in said:
+        for line in lines or ["nothing to remove"]:
+            out.print(f"{step}: {line}", always=True)
+    return EXIT_OK
+
+
+def cmd_schema(args, out: Output) -> int:
+    out.stream.write(json.dumps(json_schema(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="show the Docker operations performed")
+    common.add_argument("-q", "--quiet", action="store_true", help="print only the recap and errors")
+    common.add_argument("--no-color", action="store_true", help="plain text, no colour")
+
+    def with_plan(sub, name, help_):
+        p = sub.add_parser(name, help=help_, parents=[common], description=help_)
+        p.add_argument("plan", help="the plan file (YAML)")
+        p.add_argument("-e", "--extra-var", dest="extra_vars", action="append", metavar="KEY=VALUE",
+                       help="override a variable of the plan (repeatable)")
+        return p
+
+    ap = argparse.ArgumentParser(prog="orchestrate", parents=[common],
+                                 description="Declarative, idempotent moves of an application's "
+                                             "database from SQLite to PostgreSQL in Docker.")
+    ap.add_argument("--version", action="version", version=f"orchestrate {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = with_plan(sub, "validate", "check a plan's syntax, keys, types and references (no Docker)")
+    p.set_defaults(func=cmd_validate)
+
+    p = with_plan(sub, "plan", "show what apply would change (a read-only dry run)")
+    p.add_argument("--json", action="store_true", help="print the plan as a JSON document")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 0 when nothing would change, 2 when changes are pending, 1 on error")
+    p.set_defaults(func=cmd_plan)
+
+    p = with_plan(sub, "apply", "make the real state match the plan, changing only what differs")
+    p.add_argument("--only", action="append", metavar="STEP", help="apply only this step (repeatable)")
+    p.set_defaults(func=cmd_apply)
+
+    p = with_plan(sub, "status", "what the lockfile recorded next to what is observed now (read-only)")
+    p.add_argument("--json", action="store_true", help="print the status as a JSON document")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when the real state drifted")
+    p.set_defaults(func=cmd_status)
+
+    p = with_plan(sub, "destroy", "remove the containers the plan created (data volumes are kept)")
+    p.add_argument("--volumes", action="store_true", help="also remove the plan's data volumes (asks first)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--only", action="append", metavar="STEP", help="destroy only this step (repeatable)")
+    p.set_defaults(func=cmd_destroy)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the plan format", parents=[common])
+    p.set_defaults(func=cmd_schema)
+    return ap
+
+
+def main(argv: list[str] | None = None, stdout=None) -> int:
+    args = parser().parse_args(argv)
+    out = Output(stdout, verbose=args.verbose, quiet=args.quiet, color=False if args.no_color else None)
+    try:
+        return args.func(args, out)
+    except OrchestrateError as exc:
+        err = stdout or sys.stderr
+        err.write(redact.redact(f"error: {exc.message}\n"))
+        if exc.hint:
+            err.write(redact.redact(f"hint: {exc.hint}\n"))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        (stdout or sys.stderr).write("interrupted; the next apply repairs a half-done step\n")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

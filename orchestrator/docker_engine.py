@@ -1,0 +1,293 @@
+"""The only module that talks to the Docker Engine (through docker-py).
+
+Reads return plain inspect dictionaries (or ``None`` when the object does not exist). Every call
+that changes anything goes through :meth:`Engine._mutate`, which refuses outright when the engine
+was opened read-only: ``orchestrate plan``, ``status`` and ``validate`` open it so, which makes a
+dry run read-only by construction, not by care. Docker's errors become :class:`DockerError` with
+one clear sentence.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Healthcheck, Mount
+
+from .errors import DockerError
+from .redact import redact
+
+
+class PortInUse(DockerError):
+    pass
+
+
+class ImageUnavailable(DockerError):
+    pass
+
+
+class ReadOnlyViolation(AssertionError):
+    """A mutating call in a read-only run: always a bug in orchestrate."""
+
+
+@dataclass
+class ContainerSpec:
+    """What to create, in Docker-neutral terms (the step builds it, the engine maps it)."""
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    labels: dict[str, str]
+    ports: list[tuple[str, int, int, str]]        # (host_ip, host_port, container_port, proto)
+    volumes: list[tuple[str, str]]                 # (volume name, container path)
+    restart: tuple[str, int]                       # (policy name, max retries)
+    healthcheck: dict[str, Any] | None = None      # test, interval, timeout, retries, start_period (ns)
+    network: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        text = exc.explanation or str(exc)
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        return redact(str(text).strip())
+    return redact(str(exc).strip())
+
+
+class Engine:
+    def __init__(self, *, read_only: bool, log: Callable[[str], None] | None = None):
+        self.read_only = read_only
+        self._log = log or (lambda _msg: None)
+        self._client: docker.DockerClient | None = None
+        self.mutations: list[str] = []
+
+    # -- connection --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=120)
+            except docker.errors.DockerException as exc:
+                host = docker.utils.kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
+                raise DockerError(
+                    f"cannot reach the Docker daemon at {host}: {self._short(exc)}",
+                    hint="start Docker (e.g. 'systemctl start docker') or point DOCKER_HOST at a "
+                         "running engine; nothing was changed") from None
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    @staticmethod
+    def _short(exc: Exception) -> str:
+        text = str(exc)
+        for needle, say in (("No such file or directory", "no Docker socket there"),
+                            ("Connection refused", "connection refused"),
+                            ("Permission denied", "permission denied (is your user in the docker group?)"),
+                            ("timed out", "timed out")):
+            if needle in text:
+                return say
+        return text
+
+    def is_local(self) -> bool:
+        """Whether published ports land on this machine (local socket, not a remote engine)."""
+        base = self.api.base_url
+        return base.startswith("http+docker://localhost") or "127.0.0.1" in base or "localhost" in base
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except docker.errors.NotFound:
+            raise
+        except (docker.errors.APIError, docker.errors.DockerException) as exc:
+            raise DockerError(f"Docker refused to {what}: {_reason(exc)}") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise DockerError(f"lost the connection to the Docker daemon while trying to {what}: "
+                              f"{self._short(exc)}") from None
+
+    def _mutate(self, op: str) -> None:
+        if self.read_only:
+            raise ReadOnlyViolation(f"mutating Docker call in a read-only run: {op}")
+        self.mutations.append(op)
+        self._log(f"docker: {op}")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _inspect(self, what: str, fn: Callable[[], Any]) -> dict | None:
+        try:
+            return self._call(f"inspect {what}", fn)
+        except docker.errors.NotFound:
+            return None
+
+    def container(self, name_or_id: str) -> dict | None:
+        return self._inspect(f"container {name_or_id}", lambda: self.api.inspect_container(name_or_id))
+
+    def image(self, ref: str) -> dict | None:
+        return self._inspect(f"image {ref}", lambda: self.api.inspect_image(ref))
+
+    def volume(self, name: str) -> dict | None:
+        return self._inspect(f"volume {name}", lambda: self.api.inspect_volume(name))
+
+    def network(self, name: str) -> dict | None:
+        return self._inspect(f"network {name}", lambda: self.api.inspect_network(name))
+
+    def containers_labelled(self, labels: dict[str, str]) -> list[dict]:
+        """Inspect data of every container (running or not) carrying all ``labels``."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        found = self._call("list containers", lambda: self.api.containers(all=True, filters=filters))
+        return [c for c in (self.container(s["Id"]) for s in found) if c]
+
+    def volumes_labelled(self, labels: dict[str, str]) -> list[dict]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        found = self._call("list volumes", lambda: self.api.volumes(filters=filters))
+        return (found or {}).get("Volumes") or []
+
+    def read_file(self, container_id: str, path: str) -> bytes | None:
+        """A small file from a container's file system (volumes included), even when stopped."""
+        try:
+            stream, _stat = self._call(f"read {path}", lambda: self.api.get_archive(container_id, path))
+        except docker.errors.NotFound:
+            return None
+        except DockerError:
+            return None
+        data = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                return None
+            fh = tar.extractfile(member)
+            return fh.read() if fh else None
+
+    def logs(self, container_id: str, tail: int = 30) -> str:
+        try:
+            raw = self.api.logs(container_id, tail=tail, stdout=True, stderr=True)
+        except Exception:  # logs are a courtesy in an error message; never fail on them
+            return ""
+        return redact(raw.decode(errors="replace"))
+
+    @staticmethod
+    def port_free(host_ip: str, port: int) -> bool:
+        """Whether ``host_ip:port`` can be bound on this machine right now (read-only probe)."""
+        family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+        ip = "" if host_ip in ("0.0.0.0", "::") else host_ip
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                return False
+        return True
+
+    # -- mutations ---------------------------------------------------------------------------
+
+    def pull(self, ref: str) -> None:
+        self._mutate(f"pull image {ref}")
+        try:
+            self.client.images.pull(ref)
+        except (docker.errors.APIError, docker.errors.DockerException) as exc:
+            raise ImageUnavailable(
+                f"image {ref} is not on this Docker engine and pulling it failed: {_reason(exc)}",
+                hint="build or load the image first (docker build / docker load), or check the "
+                     "image name and the registry; nothing was changed") from None
+
+    def create_volume(self, name: str, labels: dict[str, str]) -> dict:
+        self._mutate(f"create volume {name}")
+        return self._call(f"create volume {name}",
+                          lambda: self.api.create_volume(name=name, driver="local", labels=labels))
+
+    def remove_volume(self, name: str) -> None:
+        self._mutate(f"remove volume {name}")
+        self._call(f"remove volume {name}", lambda: self.api.remove_volume(name))
+
+    def create_network(self, name: str, labels: dict[str, str]) -> None:
+        self._mutate(f"create network {name}")
+        self._call(f"create network {name}",
+                   lambda: self.api.create_network(name, driver="bridge", labels=labels))
+
+    def remove_network(self, name: str) -> None:
+        self._mutate(f"remove network {name}")
+        self._call(f"remove network {name}", lambda: self.api.remove_network(name))
+
+    def create_container(self, spec: ContainerSpec) -> str:
+        self._mutate(f"create container {spec.name} from {spec.image}")
+        api = self.api
+        port_bindings: dict[str, list] = {}
+        for host_ip, host_port, cport, proto in spec.ports:
+            port_bindings.setdefault(f"{cport}/{proto}", []).append((host_ip, host_port))
+        host_config = api.create_host_config(
+            port_bindings=port_bindings,
+            mounts=[Mount(target=path, source=vol, type="volume") for vol, path in spec.volumes],
+            restart_policy={"Name": spec.restart[0], "MaximumRetryCount": spec.restart[1]},
+            network_mode=spec.network or "default",
+        )
+        networking = None
+        if spec.network:
+            networking = api.create_networking_config(
+                {spec.network: api.create_endpoint_config(aliases=spec.aliases or None)})
+        healthcheck = Healthcheck(**spec.healthcheck) if spec.healthcheck else None
+        result = self._call(f"create container {spec.name}", lambda: api.create_container(
+            image=spec.image, command=spec.command, name=spec.name, environment=spec.env,
+            labels=spec.labels, ports=[(c, p) for _, _, c, p in spec.ports],
+            host_config=host_config, healthcheck=healthcheck, networking_config=networking,
+            detach=True))
+        return result["Id"]
+
+    def start(self, container_id: str, name: str) -> None:
+        self._mutate(f"start container {name}")
+        try:
+            self.api.start(container_id)
+        except docker.errors.APIError as exc:
+            reason = _reason(exc)
+            if "port is already allocated" in reason or "address already in use" in reason:
+                raise PortInUse(reason) from None
+            raise DockerError(f"Docker could not start container {name}: {reason}") from None
+
+    def stop(self, container_id: str, name: str, timeout: int = 60) -> None:
+        self._mutate(f"stop container {name}")
+        self._call(f"stop container {name}", lambda: self.api.stop(container_id, timeout=timeout))
+
+    def remove_container(self, container_id: str, name: str) -> None:
+        self._mutate(f"remove container {name}")
+        try:
+            self.api.remove_container(container_id, force=True, v=False)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise DockerError(f"Docker refused to remove container {name}: {_reason(exc)}") from None
+
+    def rename(self, container_id: str, new_name: str) -> None:
+        self._mutate(f"rename container to {new_name}")
+        self._call(f"rename container to {new_name}", lambda: self.api.rename(container_id, new_name))
+
+    def update_restart(self, container_id: str, name: str, policy: tuple[str, int]) -> None:
+        self._mutate(f"update restart policy of {name} to {policy[0]}")
+        self._call(f"update container {name}", lambda: self.api.update_container(
+            container_id, restart_policy={"Name": policy[0], "MaximumRetryCount": policy[1]}))
+
+    def connect(self, network: str, container_id: str, name: str, aliases: list[str]) -> None:
+        self._mutate(f"connect container {name} to network {network}")
+        self._call(f"connect {name} to {network}",
+                   lambda: self.api.connect_container_to_network(container_id, network,
+                                                                 aliases=aliases or None))
+
+    def exec(self, container_id: str, name: str, cmd: list[str], env: dict[str, str] | None = None,
+             user: str = "") -> tuple[int, str]:
+        """Run a command inside a container; secrets go in ``env``, never in ``cmd``."""
+        self._mutate(f"exec in {name}: {cmd[0]}")
+
+        def run():
+            exec_id = self.api.exec_create(container_id, cmd, environment=env, user=user,
+                                           stdout=True, stderr=True)["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id)["ExitCode"]
+            return code, redact(output.decode(errors="replace"))
+
+        return self._call(f"run a command in {name}", run)

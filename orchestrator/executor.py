@@ -1,0 +1,162 @@
+"""The executor: one path for plan, apply, status and destroy.
+
+Per step: render its spec (with the real outputs of earlier steps), observe, diff, and in apply
+mode apply the changes, observe again and record. Plan and status run the very same code with a
+read-only engine. Apply stops at the first failing step, names it and says why; the steps before
+it stay recorded in the lockfile, which is rewritten after every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import redact
+from .changes import Diff, StepReport
+from .errors import OrchestrateError, StepFailed
+from .lockfile import ApplyLock, Lockfile, digest
+from .plan import Plan, StepDecl, build_context, render_step, set_outputs
+from .secrets import SecretStore, secrets_path, stable_hash
+from .steps import REGISTRY
+from .steps.base import Resource, RunContext
+
+
+@dataclass
+class RunResult:
+    mode: str
+    plan: Plan
+    reports: list[StepReport] = field(default_factory=list)
+    failed: StepReport | None = None
+    error: OrchestrateError | None = None
+
+    @property
+    def changes_pending(self) -> bool:
+        return any(r.diff.changes for r in self.reports if r.status != "skipped")
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        return [(r.name, p) for r in self.reports for p in r.diff.problems]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.reports if r.status == status)
+
+
+def _lock_entry(res: Resource, obs, outputs: dict, old: dict) -> dict:
+    old_hashes = old.get("secrets") or {}
+    hashes = {k: stable_hash(v, old_hashes.get(k)) for k, v in res.secret_inputs().items()}
+    inputs = res.spec.model_dump(mode="json")
+    for key, hashed in hashes.items():
+        inputs[key] = hashed
+    return {
+        "type": res.type,
+        "inputs_digest": digest(inputs),
+        "secrets": hashes,
+        "observed": res.record(obs),
+        "outputs": redact.redact_obj({k: v for k, v in outputs.items() if k not in res.secret_inputs()}),
+    }
+
+
+class Executor:
+    def __init__(self, plan: Plan, mode: str, *, only: list[str] | None = None,
+                 log: Callable[[str], None] = lambda _m: None,
+                 progress: Callable[[str], None] = lambda _m: None,
+                 on_step: Callable[[StepReport], None] = lambda _r: None):
+        self.plan = plan
+        self.mode = mode
+        self.only = set(only) if only else None
+        for name in self.only or ():
+            plan.step(name)   # unknown names are an error before anything runs
+        self.on_step = on_step
+        self.lock = Lockfile.load(plan.lock_path)
+        self.store = SecretStore(secrets_path(plan.path))
+        self.rc = RunContext(plan=plan, mode=mode, lock=self.lock, log=log, progress=progress)
+
+    def _resources(self, ctx):
+        """Yield (step, resource) in plan order, each rendered with the outputs so far."""
+        for step in self.plan.steps:
+            spec = render_step(step, self.plan, ctx)
+            res = REGISTRY[step.type](step, spec, self.rc)
+            for value in res.secret_inputs().values():
+                redact.register(value)
+            yield step, res
+
+    def run(self) -> RunResult:
+        if self.mode == "apply":
+            with ApplyLock(self.plan.path):
+                return self._run()
+        return self._run()
+
+    def _run(self) -> RunResult:
+        result = RunResult(self.mode, self.plan)
+        ctx = build_context(self.plan, self.store, generate=self.mode == "apply")
+        if self.mode == "apply":
+            self.store.save()        # a generated secret is kept before anything uses it
+            self.lock.data["plan"] = self.plan.name
+            self.lock.data["plan_digest"] = digest(self.plan.path.read_text(encoding="utf-8"))
+        for step, res in self._resources(ctx):
+            report = StepReport(step.name, step.type, Diff())
+            result.reports.append(report)
+            try:
+                outputs = self._step(step, res, report)
+            except OrchestrateError as exc:
+                report.status, report.message = "failed", exc.message
+                result.failed, result.error = report, exc
+                self.on_step(report)
+                break
+            self.on_step(report)
+            set_outputs(ctx, step, outputs)
+        if self.mode == "apply":
+            self.lock.save()
+        return result
+
+    def _step(self, step: StepDecl, res: Resource, report: StepReport) -> dict:
+        obs = res.observe()
+        report.diff = diff = res.diff(obs)
+        if self.mode in ("plan", "status"):
+            report.status = "pending" if diff.changes else "ok"
+            if self.mode == "status":
+                report.drift = drift(self.lock.step(step.name).get("observed") or {}, res.record(obs))
+            return res.outputs(obs)
+        if self.only is not None and step.name not in self.only:
+            report.status = "skipped"
+            return res.outputs(obs)
+        if diff.problems:
+            raise StepFailed("; ".join(diff.problems))
+        if diff.changes:
+            report.message = res.apply(obs, diff)
+            obs = res.observe()
+            report.status = "changed"
+        else:
+            report.status = "ok"
+        outputs = res.outputs(obs)
+        self.lock.set_step(step.name, _lock_entry(res, obs, outputs, self.lock.step(step.name)))
+        self.lock.save()
+        return outputs
+
+    def destroy(self, *, volumes: bool) -> list[tuple[str, list[str]]]:
+        """Remove what the plan created, last step first; volumes only when asked."""
+        said = []
+        with ApplyLock(self.plan.path):
+            ctx = build_context(self.plan, self.store, generate=False)
+            resources = []
+            for step, res in self._resources(ctx):
+                set_outputs(ctx, step, res.predict_outputs(step.name, res.spec, self.plan))
+                resources.append((step, res))
+            for step, res in reversed(resources):
+                if self.only is not None and step.name not in self.only:
+                    continue
+                obs = res.observe()
+                said.append((step.name, res.destroy(obs, volumes=volumes)))
+                obs = res.observe()
+                entry = self.lock.step(step.name)
+                if entry:
+                    entry["observed"] = res.record(obs)
+                    self.lock.set_step(step.name, entry)
+                self.lock.save()
+        return said
+
+
+def drift(recorded: dict, now: dict) -> list[tuple[str, object, object]]:
+    """Identities recorded at the last apply that differ now: ``(key, recorded, now)``."""
+    return [(k, recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now))
+            if recorded.get(k) != now.get(k)]

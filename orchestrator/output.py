@@ -1,0 +1,159 @@
+"""What people and pipelines read: plan listings, apply lines, the recap, JSON documents.
+
+Everything printed goes through :func:`orchestrator.redact.redact`. Colour is used only on a
+terminal, never when ``NO_COLOR`` or ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from .changes import Action, StepReport
+from .executor import RunResult
+from .redact import redact, redact_obj
+
+JSON_FORMAT = 1
+_COLOURS = {"green": "32", "yellow": "33", "red": "31", "cyan": "36", "bold": "1", "dim": "2"}
+STATUS_COLOUR = {"ok": "green", "changed": "yellow", "failed": "red", "skipped": "dim", "pending": "yellow"}
+ACTION_COLOUR = {Action.NONE: "dim", Action.START: "cyan", Action.UPDATE: "yellow",
+                 Action.CREATE: "green", Action.RECREATE: "red"}
+
+
+class Output:
+    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False, quiet: bool = False,
+                 color: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.verbose, self.quiet = verbose, quiet
+        if color is None:
+            color = (hasattr(self.stream, "isatty") and self.stream.isatty()
+                     and "NO_COLOR" not in os.environ and not os.environ.get("CI"))
+        self.color = color
+
+    def c(self, text: str, colour: str) -> str:
+        return f"\033[{_COLOURS[colour]}m{text}\033[0m" if self.color else text
+
+    def print(self, text: str = "", *, always: bool = False) -> None:
+        if self.quiet and not always:
+            return
+        self.stream.write(redact(text) + "\n")
+        self.stream.flush()
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            self.print(self.c(f"  . {text}", "dim"))
+
+    def progress(self, text: str) -> None:
+        self.print(self.c(f"  ... {text}", "dim"))
+
+    def json(self, doc: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(redact_obj(doc), indent=2, sort_keys=False, default=str) + "\n")
+        self.stream.flush()
+
+
+def _step_title(r: StepReport, width: int) -> str:
+    return f"{r.name:<{width}} ({r.type})"
+
+
+def print_plan(out: Output, result: RunResult) -> None:
+    width = max((len(r.name) for r in result.reports), default=0)
+    out.print(f"Plan {result.plan.name} ({result.plan.path})")
+    out.print()
+    for r in result.reports:
+        action = r.action
+        label = out.c(f"{action.label:<15}", ACTION_COLOUR[action])
+        out.print(f"  {label} {_step_title(r, width)}")
+        for ch in r.diff.changes:
+            tail = out.c(f"  ({ch.reason})", "dim") if ch.reason else ""
+            if ch.before is None and ch.action is Action.CREATE:
+                out.print(f"      + {ch.field}: {ch.after}{tail}")
+            else:
+                before = "(redacted)" if ch.secret else ch.before
+                after = "(redacted)" if ch.secret else ch.after
+                out.print(f"      ~ {ch.field}: {before} -> {after}{tail}")
+        for w in r.diff.warnings:
+            out.print("      " + out.c(f"! {w}", "red"), always=True)
+        for p in r.diff.problems:
+            out.print("      " + out.c(f"x {p}", "red"), always=True)
+        for n in r.diff.notes:
+            out.print("      " + out.c(f"- {n}", "dim"))
+        if r.status == "failed":
+            out.print("      " + out.c(f"x {r.message}", "red"), always=True)
+    out.print()
+    print_summary(out, result)
+
+
+def summary_counts(result: RunResult) -> dict[str, int]:
+    counts = {a.key: 0 for a in Action}
+    for r in result.reports:
+        counts[r.action.key] += 1
+    return counts
+
+
+def print_summary(out: Output, result: RunResult) -> None:
+    counts = summary_counts(result)
+    pending = sum(v for k, v in counts.items() if k != "none")
+    if result.problems or result.error:
+        out.print(out.c(f"Plan has {len(result.problems) or 1} problem(s) that stop apply; fix them first.", "red"),
+                  always=True)
+    elif pending:
+        parts = [f"{counts[a.key]} to {a.key}" for a in reversed(Action) if a is not Action.NONE and counts[a.key]]
+        out.print(f"Changes pending: {', '.join(parts)}; {counts['none']} unchanged.", always=True)
+    else:
+        out.print("No changes. The real state matches the plan.", always=True)
+
+
+def print_step_line(out: Output, r: StepReport, width: int = 0) -> None:
+    status = out.c(f"{r.status + ':':<8}", STATUS_COLOUR.get(r.status, "bold"))
+    line = f"{status} {_step_title(r, width)}"
+    if r.status == "changed" and r.message:
+        line += f": {r.message}"
+    if r.status == "failed":
+        out.print(f"{line}: {r.message}", always=True)
+        return
+    out.print(line)
+    for w in r.diff.warnings:
+        out.print("    " + out.c(f"! {w}", "red"), always=True)
+
+
+def print_recap(out: Output, result: RunResult) -> None:
+    counts = {s: result.count(s) for s in ("ok", "changed", "failed", "skipped")}
+    line = (f"RECAP {result.plan.name}: ok={counts['ok']} changed={counts['changed']} "
+            f"failed={counts['failed']} skipped={counts['skipped']}")
+    out.print()
+    out.print(out.c(line, "red" if counts["failed"] else "yellow" if counts["changed"] else "green"),
+              always=True)
+    if not counts["changed"] and not counts["failed"]:
+        out.print("Nothing changed: the system already matched the plan.", always=True)
+
+
+def print_status(out: Output, result: RunResult) -> None:
+    width = max((len(r.name) for r in result.reports), default=0)
+    out.print(f"Status of {result.plan.name} ({result.plan.lock_path} vs. what is running now)")
+    out.print()
+    for r in result.reports:
+        state = "drifted" if r.drift else "in sync"
+        out.print(f"  {out.c(f'{state:<8}', 'red' if r.drift else 'green')} {_step_title(r, width)}")
+        for key, before, now in r.drift:
+            out.print(f"      ~ {key}: recorded {before} -> now {now}")
+        for w in r.diff.warnings:
+            out.print("      " + out.c(f"! {w}", "red"), always=True)
+        if r.diff.changes:
+            out.print("      " + out.c(f"pending: {', '.join(r.diff.fields())} ({r.action.label})", "yellow"))
+
+
+def plan_document(result: RunResult, command: str) -> dict[str, Any]:
+    return {
+        "format_version": JSON_FORMAT,
+        "command": command,
+        "plan": {"name": result.plan.name, "file": str(result.plan.path),
+                 "lockfile": str(result.plan.lock_path)},
+        "changes_pending": result.changes_pending,
+        "drift": any(r.drift for r in result.reports),
+        "summary": summary_counts(result),
+        "problems": [{"step": s, "problem": p} for s, p in result.problems],
+        "error": result.error.message if result.error else None,
+        "steps": [r.to_dict() for r in result.reports],
+    }

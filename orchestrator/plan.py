@@ -1,0 +1,355 @@
+"""The plan language: YAML -> validated plan.
+
+A plan is ``name``, ``vars``, ``secrets`` and ``steps``. Each step is a mapping with a ``name`` and
+exactly one step-type key (``db-container: {...}``), as in Ansible. Loading happens in two stages:
+
+1. :func:`load_plan` checks the document's shape (pydantic, unknown keys are errors) and finds
+   each step's type. Step bodies are still raw: their strings may be templates.
+2. :func:`render_step` renders a step's body against the context (vars, secrets, env and the
+   outputs of earlier steps) and validates it with the step type's pydantic model.
+
+:func:`validate` runs stage 2 for every step with *predicted* outputs in place of real ones, so
+``orchestrate validate`` catches undefined variables, references to later steps and bad values
+without touching Docker. Every error names the file, line and key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from . import secrets as secretlib
+from .errors import PlanError
+from .templating import Scope, render_tree
+from .yamlsrc import Path_, SourceMap, format_key
+from .yamlsrc import load as load_yaml
+
+NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    """Base of every plan model: unknown keys are errors."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SecretSource(Strict):
+    """Where a secret comes from; several sources are tried in the order env, file, generate."""
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                            description="environment variable holding the secret")
+    file: str | None = Field(None, description="file holding the secret (relative to the plan)")
+    generate: int | None = Field(None, ge=12, le=256,
+                                 description="generate a random secret of this length once, kept "
+                                             "in <plan>.secrets (mode 0600)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if not (self.env or self.file or self.generate):
+            raise ValueError("a secret needs at least one of: env, file, generate")
+        return self
+
+
+class PlanDocument(Strict):
+    """The top level of a plan file."""
+    name: str = Field(pattern=NAME_RE, description="the plan's name; labels everything it creates")
+    description: str | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, SecretSource] = Field(default_factory=dict)
+    steps: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass
+class StepDecl:
+    index: int
+    name: str
+    type: str
+    body: Any
+
+    @property
+    def path(self) -> Path_:
+        return ("steps", self.index, self.type)
+
+
+@dataclass
+class Plan:
+    path: Path
+    doc: PlanDocument
+    smap: SourceMap
+    steps: list[StepDecl]
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.doc.name
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def step(self, name: str) -> StepDecl:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise PlanError(f"no step named {name!r} (steps: {', '.join(s.name for s in self.steps)})")
+
+
+def step_types() -> dict[str, type]:
+    from .steps import REGISTRY  # steps import this module; import late
+    return REGISTRY
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def pydantic_error(exc: ValidationError, smap: SourceMap, base: Path_, model: type[BaseModel]) -> PlanError:
+    """Turn pydantic's first error into a PlanError at the right file, line and key."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and "," in p))
+    path = base + loc
+    kind, msg = err["type"], err["msg"]
+    hint = None
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        known = sorted(_keys(parent)) if parent else []
+        msg = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), known)}"
+        if known:
+            hint = "allowed keys here: " + ", ".join(known)
+    elif kind == "missing":
+        msg = f"required key {loc[-1]!r} is missing"
+    else:
+        msg = msg.removeprefix("Value error, ")
+        value = err.get("input")
+        if isinstance(value, (str, int, float, bool)):
+            msg = f"{msg} (got {value!r})"
+    if len(errors) > 1:
+        others = [format_key(base + tuple(e["loc"])) for e in errors[1:4]]
+        msg += f"; {len(errors) - 1} more problem(s) at: {', '.join(others)}"
+    return smap.error(path, msg, hint=hint)
+
+
+def _keys(model: type[BaseModel]) -> set[str]:
+    return {f.alias or n for n, f in model.model_fields.items()}
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """Best effort: the pydantic model that holds the key at ``loc`` (for 'allowed keys')."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        fields = {f.alias or n: f for n, f in current.model_fields.items()}
+        if part not in fields:
+            return None
+        current = _inner_model(fields[part].annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_plan(path: str | Path, overrides: dict[str, str] | None = None) -> Plan:
+    """Parse and check the shape of a plan; step bodies stay raw (templates)."""
+    path = Path(path)
+    data, smap = load_yaml(path)
+    if not isinstance(data, dict):
+        raise smap.error((), "a plan must be a YAML mapping with name, vars, secrets and steps")
+    try:
+        doc = PlanDocument.model_validate(data)
+    except ValidationError as exc:
+        raise pydantic_error(exc, smap, (), PlanDocument) from None
+    types = step_types()
+    steps: list[StepDecl] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(doc.steps):
+        where = ("steps", i)
+        if not isinstance(raw, dict):
+            raise smap.error(where, "a step must be a mapping with 'name' and one step type")
+        name = raw.get("name")
+        if not isinstance(name, str) or not re.match(NAME_RE, name):
+            raise smap.error(where + ("name",),
+                             "every step needs a 'name' of letters, digits, '_', '.' or '-'"
+                             + (f" (got {name!r})" if name is not None else ""))
+        if name in seen:
+            raise smap.error(where + ("name",), f"duplicate step name {name!r} (also step {seen[name]})",
+                             hint="step names must be unique: later steps refer to them")
+        seen[name] = i
+        kinds = [k for k in raw if k != "name"]
+        unknown = [k for k in kinds if k not in types]
+        if unknown:
+            raise smap.error(where + (unknown[0],),
+                             f"unknown step type or key {unknown[0]!r}{_suggest(unknown[0], types)}",
+                             hint="step types: " + ", ".join(sorted(types)))
+        if len(kinds) != 1:
+            raise smap.error(where, f"step {name!r} must have exactly one step type, found "
+                             + (", ".join(kinds) if kinds else "none"),
+                             hint="step types: " + ", ".join(sorted(types)))
+        kind = kinds[0]
+        body = raw[kind]
+        if body is None:
+            body = {}
+        steps.append(StepDecl(i, name, kind, body))
+    plan = Plan(path=path, doc=doc, smap=smap, steps=steps)
+    plan.overrides = dict(overrides or {})
+    _check_overrides(plan)
+    return plan
+
+
+def _check_overrides(plan: Plan) -> None:
+    for key in plan.overrides:
+        if key not in plan.doc.vars:
+            known = ", ".join(sorted(plan.doc.vars)) or "none"
+            raise PlanError(f"-e {key}=...: the plan has no variable {key!r}{_suggest(key, plan.doc.vars)}",
+                            file=str(plan.path), line=plan.smap.line(("vars",)),
+                            hint=f"declare it under 'vars' first (variables: {known})")
+
+
+def _coerce(value: str, default: Any) -> Any:
+    """A command-line override takes the type of the variable's value in the plan."""
+    if isinstance(default, bool):
+        if value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if value.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+@dataclass
+class Context:
+    """What templates can see. ``steps`` fills up as steps run."""
+    vars: Scope
+    secrets: Scope
+    env: Scope
+    steps: Scope
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"vars": self.vars, "secrets": self.secrets, "env": self.env, "steps": self.steps}
+
+
+def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -> Context:
+    values: dict[str, Any] = {}
+    for key, default in plan.doc.vars.items():
+        if key in plan.overrides:
+            try:
+                values[key] = _coerce(plan.overrides[key], default)
+            except ValueError as exc:
+                raise PlanError(f"-e {key}={plan.overrides[key]!r}: {exc} "
+                                f"(the plan's value is {type(default).__name__})",
+                                file=str(plan.path), line=plan.smap.line(("vars", key))) from None
+        else:
+            values[key] = default
+    # vars may refer to env and to other (earlier) vars
+    env = Scope("env", dict(os.environ))
+    var_scope = Scope("vars", {})
+    for key, value in values.items():
+        var_scope[key] = render_tree(value, {"vars": var_scope, "env": env}, ("vars", key), plan.smap)
+    secret_values = {}
+    for key, source in plan.doc.secrets.items():
+        secret_values[key] = secretlib.resolve(
+            key, source.model_dump(exclude_none=True), base_dir=plan.base_dir, store=store,
+            smap=plan.smap, path=("secrets", key), generate=generate)
+    later = [s.name for s in plan.steps]
+    return Context(vars=var_scope, secrets=Scope("secrets", secret_values), env=env,
+                   steps=Scope("steps", {}, later=later))
+
+
+def render_step(step: StepDecl, plan: Plan, ctx: Context) -> BaseModel:
+    """Render a step's body and validate it with its step type's model."""
+    cls = step_types()[step.type]
+    rendered = render_tree(step.body, ctx.as_dict(), step.path, plan.smap)
+    if not isinstance(rendered, dict):
+        raise plan.smap.error(step.path, f"the body of a {step.type} step must be a mapping")
+    try:
+        return cls.Spec.model_validate(rendered, context={"plan": plan, "step": step})
+    except ValidationError as exc:
+        raise pydantic_error(exc, plan.smap, step.path, cls.Spec) from None
+
+
+def set_outputs(ctx: Context, step: StepDecl, outputs: dict[str, Any]) -> None:
+    ctx.steps[step.name] = Scope(f"steps.{step.name}", outputs)
+    ctx.steps.later.discard(step.name)
+
+
+def validate(plan: Plan) -> list[tuple[StepDecl, BaseModel]]:
+    """Render and validate every step with predicted outputs; no Docker, no writes."""
+    store = secretlib.SecretStore(secretlib.secrets_path(plan.path))
+    ctx = build_context(plan, store, generate=False)
+    out = []
+    for step in plan.steps:
+        spec = render_step(step, plan, ctx)
+        cls = step_types()[step.type]
+        set_outputs(ctx, step, cls.predict_outputs(step.name, spec, plan))
+        out.append((step, spec))
+    return out
+
+
+# --- JSON Schema --------------------------------------------------------------------------
+
+_TEMPLATE = {"type": "string", "pattern": r"\{\{.*\}\}", "description": "a Jinja2 template"}
+
+
+def _allow_templates(node: Any, value_position: bool = False) -> Any:
+    """Let every non-string *value* also be a template string, as the loader allows."""
+    if isinstance(node, list):
+        return [_allow_templates(v, value_position) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, sub in node.items():
+        if key in ("properties", "$defs"):
+            out[key] = {k: _allow_templates(v, key == "properties") for k, v in sub.items()}
+        elif key in ("items", "additionalProperties") and isinstance(sub, dict):
+            out[key] = _allow_templates(sub, True)
+        elif key in ("anyOf", "oneOf", "allOf"):
+            out[key] = [_allow_templates(v) for v in sub]
+        else:
+            out[key] = sub
+    plain_string = out.get("type") == "string" and not ({"pattern", "enum", "format"} & set(out))
+    if value_position and not plain_string:
+        return {"anyOf": [out, _TEMPLATE]}
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The plan format's JSON Schema, generated from the same models the loader uses."""
+    step_models = []
+    for kind, cls in sorted(step_types().items()):
+        attr = kind.replace("-", "_")
+        step_models.append(create_model(
+            f"{cls.Spec.__name__}Step", __base__=Strict,
+            name=(str, Field(pattern=NAME_RE, description="the step's unique name")),
+            **{attr: (cls.Spec, Field(alias=kind, description=cls.__doc__.strip().splitlines()[0]))}))
+    model = create_model("Plan", __base__=PlanDocument,
+                         steps=(list[Union[tuple(step_models)]], Field(min_length=1)))  # type: ignore[valid-type]
+    schema = model.model_json_schema(by_alias=True)
+    # Step bodies are rendered before they are validated: there, any value may be a template.
+    schema["$defs"] = {name: _allow_templates(sub) if name.endswith("Spec") else sub
+                       for name, sub in schema["$defs"].items()}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "orchestrate plan"
+    return schema

@@ -1,0 +1,102 @@
+"""What every step type implements, and the context it runs in.
+
+A step type is a :class:`Resource` subclass with a pydantic ``Spec``. The executor calls, in order:
+``observe`` (read-only), ``diff`` (pure: desired vs observed, returning change objects),
+``apply`` (only in apply mode, only when the diff has changes), ``observe`` again, then
+``record`` and ``outputs`` for the lockfile and for later steps. Plan mode runs the same path up
+to ``diff`` with a read-only engine, so a dry run cannot mutate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel
+
+from ..changes import Diff
+from ..docker_engine import Engine
+from ..errors import PlanError
+from ..lockfile import Lockfile
+from ..plan import Plan, StepDecl
+
+
+def extra_labels() -> dict[str, str]:
+    """Labels from ``ORCHESTRATE_LABELS=k=v,k2=v2``, put on everything orchestrate creates
+    (CI and the test suite use it to tag and clean up what they made)."""
+    raw = os.environ.get("ORCHESTRATE_LABELS", "").strip()
+    labels = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PlanError(f"ORCHESTRATE_LABELS: {item!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+@dataclass
+class RunContext:
+    plan: Plan
+    mode: str                       # "plan" | "apply" | "status" | "destroy"
+    lock: Lockfile
+    log: Callable[[str], None] = lambda _m: None
+    progress: Callable[[str], None] = lambda _m: None
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode in ("plan", "status")
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(read_only=self.read_only, log=self.log)
+        return self._engine
+
+
+class Resource:
+    """Base class of step types."""
+    type: ClassVar[str]
+    Spec: ClassVar[type[BaseModel]]
+
+    def __init__(self, step: StepDecl, spec: BaseModel, rc: RunContext):
+        self.step = step
+        self.spec = spec
+        self.rc = rc
+        self.recorded: dict[str, Any] = rc.lock.step(step.name)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels of everything this step creates."""
+        return {**extra_labels(), "orchestrate.plan": self.rc.plan.name,
+                "orchestrate.step": self.step.name}
+
+    @classmethod
+    def predict_outputs(cls, name: str, spec: BaseModel, plan: Plan) -> dict[str, Any]:
+        """Outputs known without looking at anything (for validate and plan)."""
+        return {}
+
+    def observe(self) -> Any:
+        raise NotImplementedError
+
+    def diff(self, observed: Any) -> Diff:
+        raise NotImplementedError
+
+    def apply(self, observed: Any, diff: Diff) -> str:
+        """Make the changes; return a short description of what was done."""
+        raise NotImplementedError
+
+    def outputs(self, observed: Any) -> dict[str, Any]:
+        return self.predict_outputs(self.step.name, self.spec, self.rc.plan)
+
+    def record(self, observed: Any) -> dict[str, Any]:
+        """Identities observed, for the lockfile and drift detection (no secrets)."""
+        return {}
+
+    def secret_inputs(self) -> dict[str, str]:
+        """Secret values among the inputs, by field name (stored only as salted hashes)."""
+        return {}
+
+    def destroy(self, observed: Any, *, volumes: bool) -> list[str]:
+        return []

@@ -1,0 +1,696 @@
+"""The db-container step: PostgreSQL in Docker, with a named data volume.
+
+Desired and actual container configurations are normalised into the same :class:`ContainerConfig`
+shape and compared field by field through :data:`RULES` (a table saying, per field, whether a
+difference is updated in place or forces a recreate). A ``orchestrate.config-hash`` label on the
+container makes "was it created from exactly this configuration?" one comparison.
+
+Beyond what Compose does, the step knows it holds data:
+- the lockfile remembers the volume's identity, so a volume that vanished or was recreated is
+  reported in plain words (the data in it is gone) before a new one is created;
+- ``POSTGRES_PASSWORD`` only works on an empty volume, so a changed password is set with
+  ``ALTER ROLE`` inside the database, and a changed user or database name is refused with advice;
+- the data directory's ``PG_VERSION`` is checked against the image's major version before the
+  container starts;
+- a container is replaced safely: the old one is stopped and kept aside until the new one is
+  healthy, and put back if the new one fails.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import Field, field_validator, model_validator
+
+from ..changes import Action, Change, Diff
+from ..docker_engine import ContainerSpec, PortInUse
+from ..errors import StepFailed
+from ..fields import Duration, Port, PortMapping
+from ..lockfile import digest
+from ..plan import Strict
+from ..redact import REDACTED
+from ..secrets import hash_matches
+from .base import Resource
+
+DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+PG_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+SETTING = re.compile(r"^[a-z_][a-z0-9_.]*$")
+NS = 1_000_000_000
+HASH_LABEL = "orchestrate.config-hash"
+VOLUME_LABEL = "orchestrate.volume-created"   # Docker's own CreatedAt is the data dir's mtime
+OLD_SUFFIX = "-orchestrate-old"
+RESERVED_ENV = {"POSTGRES_USER": "user", "POSTGRES_PASSWORD": "password", "POSTGRES_DB": "database",
+                "PGDATA": "data_dir"}
+
+
+class HealthcheckSpec(Strict):
+    """Docker healthcheck; the default test is ``pg_isready`` over TCP inside the container."""
+    test: list[str] | str | None = Field(None, description="command (default: pg_isready -h 127.0.0.1)")
+    interval: Duration = 2.0
+    timeout: Duration = 5.0
+    retries: int = Field(30, ge=1)
+    start_period: Duration = 0.0
+
+
+class DbContainerSpec(Strict):
+    image: str = Field(min_length=1, description="PostgreSQL image, e.g. postgres:16-alpine")
+    container: str = Field(pattern=DOCKER_NAME, description="container name")
+    volume: str = Field(pattern=DOCKER_NAME, description="named volume holding the data directory")
+    user: str = Field("postgres", pattern=PG_IDENT, description="superuser (POSTGRES_USER)")
+    password: str = Field(min_length=1, json_schema_extra={"writeOnly": True},
+                          description="the user's password; use a secret: '{{ secrets.db_password }}'")
+    database: str | None = Field(None, pattern=PG_IDENT, description="database (POSTGRES_DB); default: user")
+    ports: list[Port] = Field(default_factory=list)
+    restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
+    healthcheck: HealthcheckSpec = Field(default_factory=HealthcheckSpec)
+    settings: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="PostgreSQL settings, passed as -c name=value")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    labels: dict[str, str] = Field(default_factory=dict)
+    network: str | None = Field(None, pattern=DOCKER_NAME,
+                                description="user-defined network to create and join (phase 2)")
+    data_dir: str = Field("/var/lib/postgresql/data", pattern=r"^/", description="PGDATA")
+    wait: Duration = Field(120.0, description="how long to wait for the container to be healthy")
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, value: dict) -> dict:
+        for key in value:
+            if not SETTING.match(key):
+                raise ValueError(f"{key!r} is not a PostgreSQL setting name")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict) -> dict:
+        for key in value:
+            if key in RESERVED_ENV:
+                raise ValueError(f"set {key} with the step's '{RESERVED_ENV[key]}' key, not env")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_unique(self):
+        seen = set()
+        for port in self.ports:
+            if (port.host_ip, port.host_port, port.proto) in seen:
+                raise ValueError(f"host port {port.host_ip}:{port.host_port} is published twice")
+            seen.add((port.host_ip, port.host_port, port.proto))
+        return self
+
+    @property
+    def db(self) -> str:
+        return self.database or self.user
+
+
+# --- normalised configuration and the comparison table ---------------------------------------
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """A container's configuration, normalised the same way from the plan and from Docker."""
+    name: str
+    image: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    ports: tuple[PortMapping, ...]
+    volume: tuple[str | None, str]
+    healthcheck: tuple[tuple[str, Any], ...]
+    labels: tuple[tuple[str, str], ...]
+    restart: tuple[str, int]
+    network: str | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    field: str
+    action: Action
+    show: Any = str
+
+
+def _show_ports(ports) -> str:
+    return ", ".join(str(p) for p in ports) or "(none)"
+
+
+def _show_pairs(pairs) -> str:
+    return ", ".join(f"{k}={v}" for k, v in pairs) or "(none)"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("name", Action.RECREATE),
+    Rule("image", Action.RECREATE),
+    Rule("command", Action.RECREATE, lambda c: " ".join(c)),
+    Rule("env", Action.RECREATE, _show_pairs),
+    Rule("ports", Action.RECREATE, _show_ports),
+    Rule("volume", Action.RECREATE, lambda v: f"{v[0]}:{v[1]}" if v[0] else f"(none):{v[1]}"),
+    Rule("healthcheck", Action.RECREATE, _show_pairs),
+    Rule("labels", Action.RECREATE, _show_pairs),
+    Rule("restart", Action.UPDATE, lambda r: r[0]),
+    Rule("network", Action.UPDATE, lambda n: n or "(default)"),
+)
+HASHED = ("name", "image", "command", "env", "ports", "volume", "healthcheck", "labels")
+
+
+def _env_without_image_defaults(env: dict[str, str], image_env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if image_env.get(k) != v and k != "POSTGRES_PASSWORD"}
+
+
+def _env_dict(items) -> dict[str, str]:
+    return dict(item.split("=", 1) if "=" in item else (item, "") for item in items or [])
+
+
+def desired_config(spec: DbContainerSpec, labels: dict[str, str], image: dict | None) -> ContainerConfig:
+    image_env = _env_dict(((image or {}).get("Config") or {}).get("Env"))
+    env = {"POSTGRES_USER": spec.user, "POSTGRES_DB": spec.db, "PGDATA": spec.data_dir, **spec.env}
+    command = ["postgres"]
+    for key, value in sorted(spec.settings.items()):
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        command += ["-c", f"{key}={value}"]
+    hc = spec.healthcheck
+    test = hc.test or f"pg_isready -h 127.0.0.1 -U {spec.user} -d {spec.db}"
+    test = ["CMD-SHELL", test] if isinstance(test, str) else ["CMD", *test]
+    health = {"test": tuple(test), "interval": int(hc.interval * NS), "timeout": int(hc.timeout * NS),
+              "retries": hc.retries, "start_period": int(hc.start_period * NS)}
+    all_labels = {**labels, **spec.labels}
+    return ContainerConfig(
+        name=spec.container, image=spec.image, command=tuple(command),
+        env=tuple(sorted(_env_without_image_defaults(env, image_env).items())),
+        ports=tuple(sorted(spec.ports)), volume=(spec.volume, spec.data_dir),
+        healthcheck=tuple(sorted(health.items())), labels=tuple(sorted(all_labels.items())),
+        restart=(spec.restart, 0), network=spec.network)
+
+
+def actual_config(container: dict, image: dict | None, data_dir: str, network: str | None) -> ContainerConfig:
+    cfg, host = container.get("Config") or {}, container.get("HostConfig") or {}
+    image_cfg = (image or {}).get("Config") or {}
+    env = _env_without_image_defaults(_env_dict(cfg.get("Env")), _env_dict(image_cfg.get("Env")))
+    ports = []
+    for key, bindings in (host.get("PortBindings") or {}).items():
+        cport, _, proto = key.partition("/")
+        for b in bindings or []:
+            ports.append(PortMapping(b.get("HostIp") or "0.0.0.0", int(b.get("HostPort") or 0),
+                                     int(cport), proto or "tcp"))
+    volume = next((m.get("Name") for m in container.get("Mounts") or []
+                   if m.get("Destination") == data_dir and m.get("Type") == "volume"), None)
+    hc = cfg.get("Healthcheck") or {}
+    health = {"test": tuple(hc.get("Test") or ()), "interval": hc.get("Interval") or 0,
+              "timeout": hc.get("Timeout") or 0, "retries": hc.get("Retries") or 0,
+              "start_period": hc.get("StartPeriod") or 0}
+    image_labels = image_cfg.get("Labels") or {}
+    labels = {k: v for k, v in (cfg.get("Labels") or {}).items()
+              if image_labels.get(k) != v and k != HASH_LABEL}
+    policy = host.get("RestartPolicy") or {}
+    networks = ((container.get("NetworkSettings") or {}).get("Networks") or {})
+    return ContainerConfig(
+        name=container.get("Name", "").lstrip("/"), image=cfg.get("Image", ""),
+        command=tuple(cfg.get("Cmd") or ()), env=tuple(sorted(env.items())),
+        ports=tuple(sorted(ports)), volume=(volume, data_dir),
+        healthcheck=tuple(sorted(health.items())), labels=tuple(sorted(labels.items())),
+        restart=(policy.get("Name") or "no", policy.get("MaximumRetryCount") or 0),
+        network=network if network in networks else None)
+
+
+def config_hash(config: ContainerConfig) -> str:
+    return digest({f: getattr(config, f) for f in HASHED})[7:23]
+
+
+# --- observation ---------------------------------------------------------------------------
+
+@dataclass
+class Observed:
+    image: dict | None = None
+    container: dict | None = None          # the container this step manages now (by name or label)
+    volume: dict | None = None
+    network: dict | None = None
+    volume_users: list[str] = field(default_factory=list)   # other running containers on the volume
+    data_pg_version: str | None = None     # PG_VERSION in the data directory, if known
+    system_id: str | None = None           # the cluster's system identifier (unique per initdb)
+    password_ok: bool | None = None        # None: could not check by connecting
+    port_conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.container) and self.container["State"].get("Status") == "running"
+
+    @property
+    def volume_created(self) -> str | None:
+        return ((self.volume or {}).get("Labels") or {}).get(VOLUME_LABEL)
+
+    @property
+    def health(self) -> str | None:
+        if not self.container:
+            return None
+        return ((self.container["State"].get("Health") or {}).get("Status"))
+
+
+def image_major(image_ref: str, image: dict | None) -> str | None:
+    """The PostgreSQL major version an image runs: its PG_MAJOR variable (official image), else
+    the first number of its tag (``postgres:16-alpine`` -> 16)."""
+    env = _env_dict(((image or {}).get("Config") or {}).get("Env"))
+    if env.get("PG_MAJOR"):
+        return env["PG_MAJOR"].split(".")[0]
+    tag = image_ref.rsplit("/", 1)[-1].partition(":")[2]
+    match = re.match(r"(\d+)", tag)
+    return match.group(1) if match else None
+
+
+# --- the pure diff ---------------------------------------------------------------------------
+
+def diff_db_container(want: ContainerConfig, want_hash: str, obs: Observed, *, recorded: dict,
+                      spec: DbContainerSpec, password: str, major: str | None) -> Diff:
+    """Desired vs observed, as change objects. Pure: reads only its arguments."""
+    d = Diff()
+    rec_obs = recorded.get("observed") or {}
+    rec_out = recorded.get("outputs") or {}
+
+    # The data volume, and whether its data is the data we recorded.
+    volume_new = obs.volume is None
+    recorded_here = rec_obs.get("volume") == spec.volume
+    same_volume = (not volume_new and recorded_here
+                   and rec_obs.get("volume_created") == obs.volume_created)
+    if volume_new:
+        d.changes.append(Change(Action.CREATE, "volume", None, spec.volume, "the data volume does not exist"))
+        if recorded_here:
+            d.warnings.append(
+                f"DATA LOSS: volume {spec.volume} held this database at the last apply and no longer "
+                f"exists. The data that was in it is gone; a new, empty volume will be created. "
+                f"Restore a backup into it if you have one.")
+    elif recorded_here and not same_volume:
+        d.warnings.append(
+            f"DATA LOSS: volume {spec.volume} was removed and created again since the last apply "
+            f"(recorded {rec_obs.get('volume_created')}, now {obs.volume_created}). The data recorded "
+            f"before is not in it.")
+    elif (recorded_here and obs.system_id and rec_obs.get("system_id")
+          and obs.system_id != rec_obs["system_id"]):
+        d.warnings.append(
+            f"DATA LOSS: the data directory in volume {spec.volume} was initialised again since the "
+            f"last apply (PostgreSQL system identifier {rec_obs['system_id']} is now {obs.system_id}). "
+            f"The data recorded before is not in it.")
+    if not volume_new and (obs.volume.get("Labels") or {}).get("orchestrate.plan") is None:
+        d.notes.append(f"volume {spec.volume} exists and was not created by orchestrate: it is "
+                       f"used as it is (its data is kept) and never removed by destroy")
+    if obs.volume_users:
+        d.problems.append(
+            f"volume {spec.volume} is in use by running container(s) {', '.join(obs.volume_users)} that "
+            f"this step does not manage; two PostgreSQL servers must never share a data directory. "
+            f"Stop them first (docker stop {' '.join(obs.volume_users)}).")
+
+    if spec.network and obs.network is None:
+        d.changes.append(Change(Action.CREATE, "network", None, spec.network, "the network does not exist"))
+    if obs.image is None:
+        d.notes.append(f"image {spec.image} is not on this Docker engine: apply will pull it")
+
+    # PostgreSQL major version of the data directory vs the image.
+    data_version = obs.data_pg_version
+    if data_version is None and same_volume:
+        data_version = rec_obs.get("pg_version")
+    if data_version and major and data_version != major:
+        d.problems.append(
+            f"volume {spec.volume} holds a PostgreSQL {data_version} data directory but image "
+            f"{spec.image} runs PostgreSQL {major}, which cannot open it. Keep an image of version "
+            f"{data_version}, or move the data: dump it (pg_dump) and restore it into a new volume, "
+            f"or upgrade the directory with pg_upgrade.")
+
+    # The container, field by field.
+    if obs.container is None:
+        d.changes.append(Change(Action.CREATE, "container", None, spec.container,
+                                "the container does not exist" + ("" if volume_new else
+                                                                  f"; it will use the existing volume {spec.volume}")))
+    else:
+        have = actual_config(obs.container, obs.image, spec.data_dir, spec.network)
+        for rule in RULES:
+            before, after = getattr(have, rule.field), getattr(want, rule.field)
+            if rule.field == "image":
+                image_id = (obs.image or {}).get("Id")
+                if before == after and (image_id is None or image_id == obs.container.get("Image")):
+                    continue
+                if before == after:
+                    d.changes.append(Change(Action.RECREATE, "image", f"{before} ({obs.container.get('Image', '')[7:19]})",
+                                            f"{after} ({image_id[7:19]})", "the image tag now points to another image"))
+                    continue
+            if before != after:
+                reason = "forces recreate" if rule.action is Action.RECREATE else "changed in place"
+                d.changes.append(Change(rule.action, rule.field, rule.show(before), rule.show(after), reason))
+        if not any(c.action is Action.RECREATE for c in d.changes):
+            label = (obs.container.get("Config") or {}).get("Labels", {}).get(HASH_LABEL)
+            if label != want_hash:
+                d.changes.append(Change(Action.RECREATE, "config-hash", label, want_hash,
+                                        "the container was not created from this configuration"))
+        recreate = any(c.action is Action.RECREATE for c in d.changes)
+        status = obs.container["State"].get("Status")
+        if status == "paused":
+            d.problems.append(f"container {spec.container} is paused; unpause it (docker unpause "
+                              f"{spec.container}) and run again")
+        elif status != "running" and not recreate:
+            d.changes.append(Change(Action.START, "state", status, "running", "the container is not running"))
+
+        # Credentials: POSTGRES_* are ignored once the volume is initialised.
+        if not volume_new:
+            env = _env_dict((obs.container.get("Config") or {}).get("Env"))
+            for key, value, what in (("POSTGRES_USER", spec.user, "user"), ("POSTGRES_DB", spec.db, "database")):
+                if env.get(key) and env[key] != value:
+                    d.problems.append(_initialised_error(spec, what, env[key], value))
+    if obs.container is None and same_volume:
+        for key, value, what in (("user", spec.user, "user"), ("database", spec.db, "database")):
+            if rec_out.get(key) and rec_out[key] != value:
+                d.problems.append(_initialised_error(spec, what, rec_out[key], value))
+
+    if not volume_new:
+        recorded_hash = (recorded.get("secrets") or {}).get("password")
+        stale = obs.password_ok is False or (
+            obs.password_ok is None and recorded_hash is not None and not hash_matches(password, recorded_hash))
+        if stale:
+            d.changes.append(Change(
+                Action.UPDATE, "password", REDACTED, REDACTED,
+                "PostgreSQL ignores POSTGRES_PASSWORD once the volume is initialised; apply sets the "
+                "new password with ALTER ROLE inside the database", secret=True))
+    for conflict in obs.port_conflicts:
+        d.problems.append(conflict)
+    return d
+
+
+def _initialised_error(spec: DbContainerSpec, what: str, old: str, new: str) -> str:
+    return (f"{what} changed from {old!r} to {new!r}, but volume {spec.volume} is already initialised "
+            f"and PostgreSQL ignores POSTGRES_{'USER' if what == 'user' else 'DB'} from now on. Keep "
+            f"{old!r} in the plan; or create the new {what} inside the database yourself "
+            f"(CREATE {'ROLE' if what == 'user' else 'DATABASE'} ...) and then change the plan; or back "
+            f"up, remove the volume (orchestrate destroy --volumes) and apply to initialise afresh.")
+
+
+# --- the step --------------------------------------------------------------------------------
+
+class DbContainer(Resource):
+    """PostgreSQL in a Docker container with a named data volume."""
+    type = "db-container"
+    Spec = DbContainerSpec
+    spec: DbContainerSpec
+
+    @classmethod
+    def predict_outputs(cls, name, spec: DbContainerSpec, plan) -> dict[str, Any]:
+        user, pw, db = quote(spec.user, safe=""), quote(spec.password, safe=""), quote(spec.db, safe="")
+        internal = f"postgresql+psycopg://{user}:{pw}@{spec.container}:5432/{db}"
+        out = {"user": spec.user, "password": spec.password, "database": spec.db,
+               "container": spec.container, "volume": spec.volume, "image": spec.image,
+               "internal_url": internal, "container_id": "(known after apply)",
+               "host": None, "port": None, "url": internal}
+        published = [p for p in spec.ports if p.container_port == 5432 and p.proto == "tcp"]
+        if published:
+            p = published[0]
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(p.host_ip, p.host_ip)
+            out["host"], out["port"] = host, p.host_port
+            netloc = f"[{host}]" if ":" in host else host
+            out["url"] = f"postgresql+psycopg://{user}:{pw}@{netloc}:{p.host_port}/{db}"
+        return out
+
+    def secret_inputs(self) -> dict[str, str]:
+        return {"password": self.spec.password}
+
+    # observe ---------------------------------------------------------------------------------
+
+    def _desired(self, image: dict | None) -> tuple[ContainerConfig, str]:
+        want = desired_config(self.spec, self.labels, image)
+        return want, config_hash(want)
+
+    def observe(self) -> Observed:
+        eng, spec = self.rc.engine, self.spec
+        obs = Observed(image=eng.image(spec.image), volume=eng.volume(spec.volume))
+        obs.container = eng.container(spec.container)
+        if obs.container is None:   # a container of ours under another name (renamed plan, crash)
+            mine = eng.containers_labelled({"orchestrate.plan": self.rc.plan.name,
+                                            "orchestrate.step": self.step.name})
+            obs.container = next((c for c in mine if not c["Name"].endswith(OLD_SUFFIX)), None)
+        if spec.network:
+            obs.network = eng.network(spec.network)
+        if obs.volume is not None:
+            mine_id = (obs.container or {}).get("Id")
+            users = eng.api.containers(filters={"volume": spec.volume})
+            obs.volume_users = [u["Names"][0].lstrip("/") for u in users
+                                if u["Id"] != mine_id and not u["Names"][0].endswith(OLD_SUFFIX)]
+            rec = self.recorded.get("observed") or {}
+            if obs.container is not None and obs.running and rec.get("container_id") == obs.container["Id"] \
+                    and rec.get("volume") == spec.volume and rec.get("volume_created") == obs.volume_created:
+                # The same container has held this same volume since it was recorded: its data
+                # directory cannot have been replaced under the running server.
+                obs.data_pg_version, obs.system_id = rec.get("pg_version"), rec.get("system_id")
+            elif obs.container is not None:
+                obs.data_pg_version, obs.system_id = self._read_data_identity(obs.container["Id"])
+        # The lockfile's salted hash vouches for an unchanged password; only a password that
+        # differs from the recorded one (or none recorded) is probed with a real connection.
+        recorded_hash = (self.recorded.get("secrets") or {}).get("password")
+        if (obs.volume is not None and obs.running and obs.health == "healthy"
+                and not hash_matches(spec.password, recorded_hash)):
+            obs.password_ok = self._password_works()
+        obs.port_conflicts = self._port_conflicts(obs)
+        return obs
+
+    def _read_data_identity(self, container_id: str) -> tuple[str | None, str | None]:
+        """PG_VERSION and the system identifier (first 8 bytes of global/pg_control) of the
+        data directory, read through the container (works when it is stopped too)."""
+        eng = self.rc.engine
+        raw = eng.read_file(container_id, f"{self.spec.data_dir}/PG_VERSION")
+        version = raw.decode().strip() if raw else None
+        control = eng.read_file(container_id, f"{self.spec.data_dir}/global/pg_control") if raw else None
+        system_id = str(struct.unpack("<Q", control[:8])[0]) if control and len(control) >= 8 else None
+        return version, system_id
+
+    def _password_works(self) -> bool | None:
+        out = self.predict_outputs(self.step.name, self.spec, self.rc.plan)
+        if out["host"] is None or not self.rc.engine.is_local():
+            return None
+        import psycopg
+        try:
+            psycopg.connect(host=out["host"], port=out["port"], user=self.spec.user,
+                            password=self.spec.password, dbname=self.spec.db, connect_timeout=3).close()
+            return True
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                return False
+            return None
+
+    def _port_conflicts(self, obs: Observed) -> list[str]:
+        eng = self.rc.engine
+        held = set()
+        if obs.container is not None:
+            held = set(actual_config(obs.container, obs.image, self.spec.data_dir, None).ports)
+        problems = []
+        for port in self.spec.ports:
+            if port in held or port.proto != "tcp":
+                continue
+            users = [u["Names"][0].lstrip("/") for u in eng.api.containers(filters={"publish": str(port.host_port)})]
+            users = [u for u in users if u != self.spec.container]
+            if users:
+                who = f"container {', '.join(users)}"
+            elif eng.is_local() and not eng.port_free(port.host_ip, port.host_port):
+                who = "another process"
+            else:
+                continue
+            problems.append(f"host port {port.host_ip}:{port.host_port} is already in use by {who}; free "
+                            f"it or publish another port in the plan (ports of step {self.step.name})")
+        return problems
+
+    # diff ------------------------------------------------------------------------------------
+
+    def diff(self, obs: Observed) -> Diff:
+        want, want_hash = self._desired(obs.image)
+        return diff_db_container(want, want_hash, obs, recorded=self.recorded, spec=self.spec,
+                                 password=self.spec.password, major=image_major(self.spec.image, obs.image))
+
+    # apply -----------------------------------------------------------------------------------
+
+    def apply(self, obs: Observed, diff: Diff) -> str:
+        eng, spec = self.rc.engine, self.spec
+        done = []
+        if spec.network and obs.network is None:
+            eng.create_network(spec.network, self.labels)
+            done.append(f"created network {spec.network}")
+        if obs.volume is None:
+            created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+            eng.create_volume(spec.volume, {**self.labels, **spec.labels, VOLUME_LABEL: created})
+            done.append(f"created volume {spec.volume}")
+        image = obs.image
+        if image is None:
+            eng.pull(spec.image)
+            image = eng.image(spec.image)
+        fields = set(diff.fields())
+        if obs.container is None or Action.RECREATE in {c.action for c in diff.changes}:
+            self._replace(obs.container, image)
+            done.append(("recreated container" if obs.container else "created container")
+                        + (f" ({', '.join(diff.fields(Action.RECREATE))})" if obs.container else ""))
+        else:
+            cid = obs.container["Id"]
+            if "restart" in fields:
+                eng.update_restart(cid, spec.container, (spec.restart, 0))
+                done.append("updated restart policy")
+            if "network" in fields:
+                eng.connect(spec.network, cid, spec.container, [spec.container])
+                done.append(f"joined network {spec.network}")
+            if "state" in fields:
+                self._start(cid)
+                done.append("started container")
+            self._wait_healthy(cid)
+        if "password" in fields:
+            self._set_password()
+            done.append("set the new password with ALTER ROLE")
+        return "; ".join(done) or "ok"
+
+    def _spec(self, image: dict | None) -> ContainerSpec:
+        spec = self.spec
+        want, want_hash = self._desired(image)
+        env = {"POSTGRES_USER": spec.user, "POSTGRES_PASSWORD": spec.password, "POSTGRES_DB": spec.db,
+               "PGDATA": spec.data_dir, **spec.env}
+        hc = dict(want.healthcheck)
+        return ContainerSpec(
+            name=spec.container, image=spec.image, command=list(want.command), env=env,
+            labels={**dict(want.labels), HASH_LABEL: want_hash},
+            ports=[tuple(p) for p in spec.ports], volumes=[(spec.volume, spec.data_dir)],
+            restart=(spec.restart, 0),
+            healthcheck={"test": list(hc["test"]), "interval": hc["interval"], "timeout": hc["timeout"],
+                         "retries": hc["retries"], "start_period": hc["start_period"]},
+            network=spec.network, aliases=[spec.container] if spec.network else [])
+
+    def _replace(self, old: dict | None, image: dict | None) -> None:
+        """Create the container; an old one is stopped and set aside until the new one is
+        healthy, and put back if the new one fails (a crash midway is repaired by the next
+        apply, which removes leftovers of ours)."""
+        eng, spec = self.rc.engine, self.spec
+        for leftover in eng.containers_labelled({"orchestrate.plan": self.rc.plan.name,
+                                                 "orchestrate.step": self.step.name}):
+            if leftover["Name"].endswith(OLD_SUFFIX) and (old is None or leftover["Id"] != old["Id"]):
+                eng.remove_container(leftover["Id"], leftover["Name"].lstrip("/"))
+        was_running = False
+        if old is not None:
+            old_name = old["Name"].lstrip("/")
+            was_running = old["State"].get("Status") == "running"
+            if was_running:
+                eng.stop(old["Id"], old_name)
+            eng.rename(old["Id"], spec.container + OLD_SUFFIX)
+        new_id = None
+        try:
+            new_id = eng.create_container(self._spec(image))
+            self._check_data_version(new_id, image)
+            self._start(new_id)
+            self._wait_healthy(new_id)
+        except BaseException:
+            if new_id is not None:
+                eng.remove_container(new_id, spec.container)
+            if old is not None:
+                eng.rename(old["Id"], old_name)
+                if was_running:
+                    eng.start(old["Id"], old_name)
+            raise
+        if old is not None:
+            eng.remove_container(old["Id"], spec.container + OLD_SUFFIX)
+
+    def _check_data_version(self, container_id: str, image: dict | None) -> None:
+        raw = self.rc.engine.read_file(container_id, f"{self.spec.data_dir}/PG_VERSION")
+        major = image_major(self.spec.image, image)
+        if raw and major and raw.decode().strip() != major:
+            raise StepFailed(
+                f"volume {self.spec.volume} holds a PostgreSQL {raw.decode().strip()} data directory but "
+                f"image {self.spec.image} runs PostgreSQL {major}; the container was not started",
+                hint="keep an image of the data's version, or dump and restore the data into a new "
+                     "volume, or upgrade it with pg_upgrade")
+
+    def _start(self, container_id: str) -> None:
+        try:
+            self.rc.engine.start(container_id, self.spec.container)
+        except PortInUse as exc:
+            raise StepFailed(f"a host port of container {self.spec.container} is already in use: {exc}",
+                             hint=f"free the port or publish another one (ports of step {self.step.name})") from None
+
+    def _wait_healthy(self, container_id: str) -> None:
+        eng, spec = self.rc.engine, self.spec
+        deadline = time.monotonic() + spec.wait
+        announced = False
+        while True:
+            info = eng.container(container_id)
+            state = (info or {}).get("State") or {}
+            health = (state.get("Health") or {}).get("Status")
+            if state.get("Status") == "running" and health in ("healthy", None):
+                return
+            if state.get("Status") in ("exited", "dead") or health == "unhealthy" or time.monotonic() > deadline:
+                why = (f"exited with code {state.get('ExitCode')}" if state.get("Status") in ("exited", "dead")
+                       else "is unhealthy" if health == "unhealthy"
+                       else f"was not healthy after {spec.wait:g}s")
+                logs = eng.logs(container_id, tail=20).rstrip()
+                raise StepFailed(f"container {spec.container} {why}; its last log lines:\n{logs or '(no output)'}",
+                                 hint=f"read the full log with: docker logs {spec.container}")
+            if not announced:
+                self.rc.progress(f"waiting for {spec.container} to be healthy")
+                announced = True
+            time.sleep(0.25)
+
+    def _set_password(self) -> None:
+        """ALTER ROLE over the container's local socket; the password travels in the exec's
+        environment (never on a command line) and is read by psql as a variable."""
+        spec = self.spec
+        script = ('printf "%s\\n" "ALTER ROLE :\\"role\\" WITH PASSWORD :\'pw\';" | '
+                  'psql -X -q -v ON_ERROR_STOP=1 -U "$ORCH_USER" -d "$ORCH_DB" '
+                  '-v role="$ORCH_USER" -v pw="$ORCH_PW"')
+        info = self.rc.engine.container(spec.container)
+        code, output = self.rc.engine.exec(
+            info["Id"], spec.container, ["sh", "-c", script],
+            env={"ORCH_USER": spec.user, "ORCH_DB": spec.db, "ORCH_PW": spec.password})
+        if code != 0:
+            raise StepFailed(f"could not set the new password inside the database: {output.strip()}",
+                             hint="the image must allow local socket connections for the user, as the "
+                                  "official postgres image does")
+        if self._password_works() is False:
+            raise StepFailed("the new password was set but a connection with it was refused")
+
+    # record, outputs, destroy ----------------------------------------------------------------
+
+    def outputs(self, obs: Observed | None) -> dict[str, Any]:
+        out = self.predict_outputs(self.step.name, self.spec, self.rc.plan)
+        if obs is not None and obs.container is not None:
+            out["container_id"] = obs.container["Id"]
+        return out
+
+    def record(self, obs: Observed) -> dict[str, Any]:
+        c = obs.container or {}
+        labels = (c.get("Config") or {}).get("Labels") or {}
+        return {
+            "container": self.spec.container,
+            "container_id": c.get("Id"),
+            "image": self.spec.image,
+            "image_id": c.get("Image"),
+            "config_hash": labels.get(HASH_LABEL),
+            "running": obs.running,
+            "volume": self.spec.volume if obs.volume else None,
+            "volume_created": obs.volume_created,
+            "pg_version": obs.data_pg_version,
+            "system_id": obs.system_id,
+        }
+
+    def destroy(self, obs: Observed, *, volumes: bool) -> list[str]:
+        eng, spec = self.rc.engine, self.spec
+        said = []
+        mine = eng.containers_labelled({"orchestrate.plan": self.rc.plan.name,
+                                        "orchestrate.step": self.step.name})
+        for c in mine:
+            eng.remove_container(c["Id"], c["Name"].lstrip("/"))
+            said.append(f"removed container {c['Name'].lstrip('/')}")
+        if obs.container is not None and obs.container["Id"] not in {c["Id"] for c in mine}:
+            said.append(f"kept container {spec.container}: it was not created by this plan")
+        if obs.volume is not None:
+            ours = (obs.volume.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
+            if volumes and ours:
+                eng.remove_volume(spec.volume)
+                said.append(f"removed volume {spec.volume} and the data in it")
+            elif volumes:
+                said.append(f"kept volume {spec.volume}: it was not created by this plan")
+            else:
+                said.append(f"kept volume {spec.volume} (the data is preserved; --volumes removes it)")
+        if spec.network and obs.network is not None:
+            if (obs.network.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name:
+                net = eng.network(spec.network) or {}
+                if not net.get("Containers"):
+                    eng.remove_network(spec.network)
+                    said.append(f"removed network {spec.network}")
+        return said
+
