@@ -151,6 +151,16 @@ class Engine:
         found = self._call("list volumes", lambda: self.api.volumes(filters=filters))
         return (found or {}).get("Volumes") or []
 
+    def running_on_volume(self, volume: str) -> list[tuple[str, str]]:
+        """(id, name) of the running containers that mount ``volume``."""
+        found = self._call("list containers", lambda: self.api.containers(filters={"volume": volume}))
+        return [(c["Id"], c["Names"][0].lstrip("/")) for c in found]
+
+    def publishing(self, host_port: int) -> list[str]:
+        """Names of running containers that publish ``host_port``."""
+        found = self._call("list containers", lambda: self.api.containers(filters={"publish": str(host_port)}))
+        return [c["Names"][0].lstrip("/") for c in found]
+
     def read_file(self, container_id: str, path: str) -> bytes | None:
         """A small file from a container's file system (volumes included), even when stopped."""
         try:
@@ -180,6 +190,8 @@ class Engine:
         family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
         ip = "" if host_ip in ("0.0.0.0", "::") else host_ip
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # as servers (docker-proxy included) do, so TIME_WAIT leftovers do not count as taken
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((ip, port))
             except OSError:

@@ -43,7 +43,8 @@ class PortMapping(NamedTuple):
         return f"{ip}:{self.host_port}->{self.container_port}/{self.proto}"
 
 
-_PORT = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?:(?P<host>\d+):)?(?P<cont>\d+)(?:/(?P<proto>tcp|udp))?$")
+_PORT = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d{1,3}(?:\.\d{1,3}){3}):)?(?:(?P<host>\d+):)?(?P<cont>\d+)"
+                   r"(?:/(?P<proto>tcp|udp))?$")
 
 
 def parse_port(value) -> PortMapping:

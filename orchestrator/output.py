@@ -110,8 +110,8 @@ def print_step_line(out: Output, r: StepReport, width: int = 0) -> None:
     line = f"{status} {_step_title(r, width)}"
     if r.status == "changed" and r.message:
         line += f": {r.message}"
-    if r.status == "failed":
-        out.print(f"{line}: {r.message}", always=True)
+    if r.status == "failed":   # the reason follows once, as the run's error
+        out.print(line, always=True)
         return
     out.print(line)
     for w in r.diff.warnings:

@@ -115,7 +115,7 @@ def resolve(name: str, source: dict, *, base_dir: Path, store: SecretStore, smap
 def salted_hash(value: str, salt: bytes | None = None) -> str:
     """``scrypt$<salt>$<hash>``: what the lockfile keeps instead of a secret."""
     salt = salt if salt is not None else os.urandom(16)
-    digest = hashlib.scrypt(value.encode(), salt=salt, n=2**13, r=8, p=1, dklen=32)
+    digest = hashlib.scrypt(value.encode(), salt=salt, n=2**12, r=8, p=1, dklen=32)
     b64 = lambda b: base64.b64encode(b).decode().rstrip("=")  # noqa: E731
     return f"scrypt${b64(salt)}${b64(digest)}"
 

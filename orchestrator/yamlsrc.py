@@ -17,6 +17,7 @@ import yaml
 from .errors import PlanError
 
 Path_ = tuple[str | int, ...]
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when available: faster
 
 
 def format_key(path: Path_) -> str:
@@ -72,8 +73,12 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: str) -> N
 def load_text(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse ``text`` (named ``file`` in messages) into data and its source map."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -427,10 +427,10 @@ class DbContainer(Resource):
         if spec.network:
             obs.network = eng.network(spec.network)
         if obs.volume is not None:
-            mine_id = (obs.container or {}).get("Id")
-            users = eng.api.containers(filters={"volume": spec.volume})
-            obs.volume_users = [u["Names"][0].lstrip("/") for u in users
-                                if u["Id"] != mine_id and not u["Names"][0].endswith(OLD_SUFFIX)]
+            if not obs.running:   # about to start a server on this data: nobody else may use it
+                mine = (obs.container or {}).get("Id")
+                obs.volume_users = [name for cid, name in eng.running_on_volume(spec.volume)
+                                    if cid != mine and not name.endswith(OLD_SUFFIX)]
             rec = self.recorded.get("observed") or {}
             if obs.container is not None and obs.running and rec.get("container_id") == obs.container["Id"] \
                     and rec.get("volume") == spec.volume and rec.get("volume_created") == obs.volume_created:
@@ -481,8 +481,7 @@ class DbContainer(Resource):
         for port in self.spec.ports:
             if port in held or port.proto != "tcp":
                 continue
-            users = [u["Names"][0].lstrip("/") for u in eng.api.containers(filters={"publish": str(port.host_port)})]
-            users = [u for u in users if u != self.spec.container]
+            users = [u for u in eng.publishing(port.host_port) if u != self.spec.container]
             if users:
                 who = f"container {', '.join(users)}"
             elif eng.is_local() and not eng.port_free(port.host_ip, port.host_port):

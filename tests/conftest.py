@@ -1,0 +1,147 @@
+"""Shared fixtures.
+
+Everything the tests create in Docker carries the label ``orchestrate.test=<session>`` (through
+``ORCHESTRATE_LABELS``, which orchestrate adds to every object it creates, and explicitly for
+objects a test makes by hand); it is removed by that label before and after the session.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_IMAGE = os.environ.get("ORCHESTRATE_TEST_PG_IMAGE", "orchestrate-test/postgres:15")
+SESSION = uuid.uuid4().hex[:8]
+TEST_LABEL = ("orchestrate.test", SESSION)
+os.environ["ORCHESTRATE_LABELS"] = f"{TEST_LABEL[0]}={TEST_LABEL[1]}"
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    """Run ``orchestrate ARGV`` in-process; returns (exit code, everything printed)."""
+    from orchestrator.cli import main
+    buf = io.StringIO()
+    code = main([str(a) for a in argv], stdout=buf)
+    return code, buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker_cleanup(client, *, every_session: bool = False) -> None:
+    """Remove what this session (or, at start, any earlier killed session) left behind."""
+    flt = {"label": TEST_LABEL[0] if every_session else f"{TEST_LABEL[0]}={TEST_LABEL[1]}"}
+    for c in client.containers.list(all=True, filters=flt):
+        c.remove(force=True)
+    for v in client.volumes.list(filters=flt):
+        v.remove(force=True)
+    for n in client.networks.list(filters=flt):
+        n.remove()
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+    client = docker.from_env()
+    docker_cleanup(client, every_session=True)
+    yield client
+    docker_cleanup(client)
+
+
+@pytest.fixture(scope="session")
+def pg_image(docker_client) -> str:
+    """The PostgreSQL image; built from Debian's packages when missing (no registry here)."""
+    subprocess.run(["bash", str(ROOT / "tests/images/postgres/build.sh"), PG_IMAGE], check=True)
+    return PG_IMAGE
+
+
+class MutationRecorder:
+    """Records every HTTP call to the Docker daemon that could change something."""
+
+    def __init__(self, monkeypatch):
+        import docker.api.client as apiclient
+        self.calls: list[str] = []
+        for method in ("_post", "_put", "_delete"):
+            original = getattr(apiclient.APIClient, method)
+
+            def wrapper(api, url, *a, _orig=original, _m=method, **kw):
+                self.calls.append(f"{_m[1:].upper()} {url.split('/v1.', 1)[-1]}")
+                return _orig(api, url, *a, **kw)
+
+            monkeypatch.setattr(apiclient.APIClient, method, wrapper)
+
+
+@pytest.fixture
+def mutations(monkeypatch) -> MutationRecorder:
+    return MutationRecorder(monkeypatch)
+
+
+DB_PLAN = """\
+name: {name}
+vars:
+  image: {image}
+  port: {port}
+  user: dbadmin
+  db: appdb
+secrets:
+  pw: {{env: {pw_env}}}
+steps:
+  - name: postgres
+    db-container:
+      image: "{{{{ vars.image }}}}"
+      container: {name}-pg
+      volume: {name}-data
+      user: "{{{{ vars.user }}}}"
+      password: "{{{{ secrets.pw }}}}"
+      database: "{{{{ vars.db }}}}"
+      ports: ["127.0.0.1:{{{{ vars.port }}}}:5432"]
+      restart: unless-stopped
+      healthcheck: {{interval: 1s, timeout: 3s, retries: 60}}
+      settings: {{max_connections: 50}}
+"""
+
+
+class DbPlan:
+    """A one-step db-container plan in a temp dir, with its own names, port and password."""
+
+    def __init__(self, tmp_path: Path, image: str, monkeypatch):
+        self.name = f"t{SESSION}-{uuid.uuid4().hex[:6]}"
+        self.port = free_port()
+        self.pw_env = f"PW_{uuid.uuid4().hex[:6].upper()}"
+        self.password = "Pw-" + uuid.uuid4().hex
+        monkeypatch.setenv(self.pw_env, self.password)
+        self.path = tmp_path / "plan.yaml"
+        self.path.write_text(DB_PLAN.format(name=self.name, image=image, port=self.port, pw_env=self.pw_env))
+        self.container, self.volume = f"{self.name}-pg", f"{self.name}-data"
+        self._monkeypatch = monkeypatch
+
+    def set_password(self, value: str) -> None:
+        self.password = value
+        self._monkeypatch.setenv(self.pw_env, value)
+
+    def run(self, command: str, *extra: str) -> tuple[int, str]:
+        return run_cli(command, self.path, *extra)
+
+    def connect(self, password: str | None = None, port: int | None = None):
+        import psycopg
+        return psycopg.connect(host="127.0.0.1", port=port or self.port, user="dbadmin",
+                               password=password or self.password, dbname="appdb", connect_timeout=5,
+                               autocommit=True)
+
+    @property
+    def lock(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+
+@pytest.fixture
+def db_plan(tmp_path, pg_image, monkeypatch) -> DbPlan:
+    return DbPlan(tmp_path, pg_image, monkeypatch)
