@@ -49,3 +49,12 @@ class StepFailed(OrchestrateError):
 
 class LockHeld(OrchestrateError):
     """Another orchestrate process holds the plan's apply lock."""
+
+
+class KeyedValueError(ValueError):
+    """Raised inside a pydantic validator to point at a sub-key (a dict key or a list index) of
+    the field being validated, so the error names that key's own line."""
+
+    def __init__(self, message: str, *subpath: str | int):
+        super().__init__(message)
+        self.subpath = subpath

@@ -56,6 +56,10 @@ def parse_port(value) -> PortMapping:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError("expected a port such as \"127.0.0.1:5432:5432\" or \"5432:5432\"")
     match = _PORT.match(str(value).strip())
+    host_part = re.match(r"^(?P<host>[^\[\]:]+):\d+:\d+(?:/\w+)?$", str(value).strip())
+    if not match and host_part:
+        raise ValueError(f"{host_part['host']!r} is not an IP address (port {value!r}): the host address "
+                         f"must be an IP such as 127.0.0.1, not a host name")
     if not match:
         raise ValueError(f"malformed port {value!r}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT, "
                          "e.g. \"127.0.0.1:5432:5432\"")

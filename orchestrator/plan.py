@@ -25,7 +25,7 @@ from typing import Any, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from . import secrets as secretlib
-from .errors import PlanError
+from .errors import KeyedValueError, PlanError
 from .templating import Scope, render_tree
 from .yamlsrc import Path_, SourceMap, format_key
 from .yamlsrc import load as load_yaml
@@ -112,14 +112,35 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+PATTERN_TEXT = {
+    NAME_RE: "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+}
+TYPE_TEXT = {
+    "dict_type": "must be a mapping", "list_type": "must be a list", "string_type": "must be a string",
+    "int_parsing": "must be a whole number", "int_type": "must be a whole number",
+    "float_parsing": "must be a number", "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false", "int_from_float": "must be a whole number",
+}
+
+
+def _error_order(err: dict) -> int:
+    # An unknown key usually explains a missing one (a typo): report it first.
+    return {"extra_forbidden": 0, "missing": 2}.get(err["type"], 1)
+
+
 def pydantic_error(exc: ValidationError, smap: SourceMap, base: Path_, model: type[BaseModel]) -> PlanError:
-    """Turn pydantic's first error into a PlanError at the right file, line and key."""
-    errors = exc.errors()
+    """Turn pydantic's most telling error into a PlanError at the right file, line and key."""
+    errors = sorted(exc.errors(), key=_error_order)
     err = errors[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and "," in p))
+    # drop pydantic's internal location parts (validator and union tags, '[key]')
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]") and "[" in p))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, KeyedValueError):
+        loc += tuple(cause.subpath)
     path = base + loc
     kind, msg = err["type"], err["msg"]
     hint = None
+    value = err.get("input")
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         known = sorted(_keys(parent)) if parent else []
@@ -128,10 +149,16 @@ def pydantic_error(exc: ValidationError, smap: SourceMap, base: Path_, model: ty
             hint = "allowed keys here: " + ", ".join(known)
     elif kind == "missing":
         msg = f"required key {loc[-1]!r} is missing"
+    elif kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern")
+        msg = f"{value!r} is not allowed here: " + PATTERN_TEXT.get(pattern, f"it must match {pattern}")
+    elif kind in TYPE_TEXT:
+        msg = f"{TYPE_TEXT[kind]} (got {value!r})"
+    elif kind == "too_short" and isinstance(value, (list, dict)) or kind == "string_too_short" and value == "":
+        msg = "must not be empty"
     else:
         msg = msg.removeprefix("Value error, ")
-        value = err.get("input")
-        if isinstance(value, (str, int, float, bool)):
+        if isinstance(value, (str, int, float, bool)) and repr(value) not in msg and str(value) not in msg:
             msg = f"{msg} (got {value!r})"
     if len(errors) > 1:
         others = [format_key(base + tuple(e["loc"])) for e in errors[1:4]]
@@ -233,9 +260,15 @@ def _coerce(value: str, default: Any) -> Any:
             return False
         raise ValueError("expected true or false")
     if isinstance(default, int):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
     if isinstance(default, float):
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
     return value
 
 
@@ -258,15 +291,17 @@ def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -
             try:
                 values[key] = _coerce(plan.overrides[key], default)
             except ValueError as exc:
-                raise PlanError(f"-e {key}={plan.overrides[key]!r}: {exc} "
-                                f"(the plan's value is {type(default).__name__})",
+                raise PlanError(f"-e {key}={plan.overrides[key]!r}: {exc}, like the plan's value "
+                                f"{default!r}",
                                 file=str(plan.path), line=plan.smap.line(("vars", key))) from None
         else:
             values[key] = default
     # vars may refer to env and to other (earlier) vars
-    env = Scope("env", dict(os.environ))
-    var_scope = Scope("vars", {})
+    env = Scope("env", dict(os.environ), list_keys=False)
+    var_scope = Scope("vars", {}, later=values, later_text="variables can only use the variables "
+                                                          "declared before them")
     for key, value in values.items():
+        var_scope.later.discard(key)
         var_scope[key] = render_tree(value, {"vars": var_scope, "env": env}, ("vars", key), plan.smap)
     secret_values = {}
     for key, source in plan.doc.secrets.items():

@@ -21,10 +21,14 @@ from .yamlsrc import Path_, SourceMap
 class Scope(dict):
     """A named mapping in the template context, so an undefined key can be reported by name."""
 
-    def __init__(self, label: str, data: dict | None = None, later: Iterable[str] = ()):
+    def __init__(self, label: str, data: dict | None = None, later: Iterable[str] = (),
+                 later_text: str = "a step can only use the outputs of the steps before it",
+                 list_keys: bool = True):
         super().__init__(data or {})
         self.label = label
         self.later = set(later)
+        self.later_text = later_text
+        self.list_keys = list_keys
 
 
 class _PlanUndefined(jinja2.StrictUndefined):
@@ -33,8 +37,10 @@ class _PlanUndefined(jinja2.StrictUndefined):
         obj, name = self._undefined_obj, self._undefined_name
         if isinstance(obj, Scope):
             if name in obj.later:
-                return (f"{obj.label}.{name} is not available here: step {name!r} runs later, and a "
-                        f"step can only use the outputs of the steps before it")
+                what = f"step {name!r} runs later" if obj.label == "steps" else f"{name!r} comes later"
+                return f"{obj.label}.{name} is not available here: {what}, and {obj.later_text}"
+            if not obj.list_keys:
+                return f"{obj.label}.{name} is not set"
             known = ", ".join(sorted(map(str, obj))) or "nothing"
             return f"{obj.label}.{name} is not defined ({obj.label} has: {known})"
         if obj is jinja2.utils.missing:
@@ -76,9 +82,10 @@ def is_template(value: str) -> bool:
 
 
 class TemplateError(Exception):
-    def __init__(self, message: str):
+    def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.message = message
+        self.hint = hint
 
 
 def render_string(text: str, context: dict[str, Any]) -> Any:
@@ -94,9 +101,11 @@ def render_string(text: str, context: dict[str, Any]) -> Any:
             return value
         return _compiled(text).render(**context)
     except jinja2.UndefinedError as exc:
-        raise TemplateError(f"undefined: {exc.message}") from None
+        raise TemplateError(f"undefined: {exc.message}",
+                            hint="check the variable, secret and step names in the template") from None
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error: {exc.message}") from None
+        raise TemplateError(f"template syntax error: {exc.message}",
+                            hint="templates use {{ expression }}; check the braces and quotes") from None
     except SecurityError as exc:
         raise TemplateError(f"template not allowed in the sandbox: {exc}") from None
     except Exception as exc:  # a template is user code: any failure is the user's to fix
@@ -109,8 +118,7 @@ def render_tree(value: Any, context: dict[str, Any], path: Path_, smap: SourceMa
         try:
             return render_string(value, context)
         except TemplateError as exc:
-            raise smap.error(path, exc.message,
-                             hint="check the variable and step names in the template") from None
+            raise smap.error(path, exc.message, hint=exc.hint) from None
     if isinstance(value, dict):
         return {k: render_tree(v, context, path + (k,), smap) for k, v in value.items()}
     if isinstance(value, list):

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
 from ..docker_engine import ContainerSpec, PortInUse
-from ..errors import StepFailed
+from ..errors import KeyedValueError, StepFailed
 from ..fields import Duration, Port, PortMapping
 from ..lockfile import digest
 from ..plan import Strict
@@ -83,7 +83,8 @@ class DbContainerSpec(Strict):
     def _settings(cls, value: dict) -> dict:
         for key in value:
             if not SETTING.match(key):
-                raise ValueError(f"{key!r} is not a PostgreSQL setting name")
+                raise KeyedValueError(f"{key!r} is not a PostgreSQL setting name (lower case, "
+                                      f"e.g. max_connections)", key)
         return value
 
     @field_validator("env")
@@ -91,17 +92,18 @@ class DbContainerSpec(Strict):
     def _env(cls, value: dict) -> dict:
         for key in value:
             if key in RESERVED_ENV:
-                raise ValueError(f"set {key} with the step's '{RESERVED_ENV[key]}' key, not env")
+                raise KeyedValueError(f"set {key} with the step's '{RESERVED_ENV[key]}' key, not env", key)
         return value
 
-    @model_validator(mode="after")
-    def _ports_unique(self):
+    @field_validator("ports")
+    @classmethod
+    def _ports_unique(cls, value: list) -> list:
         seen = set()
-        for port in self.ports:
+        for i, port in enumerate(value):
             if (port.host_ip, port.host_port, port.proto) in seen:
-                raise ValueError(f"host port {port.host_ip}:{port.host_port} is published twice")
+                raise KeyedValueError(f"host port {port.host_ip}:{port.host_port} is published twice", i)
             seen.add((port.host_ip, port.host_port, port.proto))
-        return self
+        return value
 
     @property
     def db(self) -> str:
