@@ -1,0 +1,136 @@
+"""The shipped example plan, run as a user runs it: the `orchestrate` console script, in a copy
+of the repository's plans folder, with no password in the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+
+import psycopg
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SESSION, free_port, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def phase1(tmp_path, pg_image, monkeypatch):
+    monkeypatch.delenv("AUTODEPLOY_DB_PASSWORD", raising=False)
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    shutil.copy(ROOT / "plans" / "phase1.yaml", plans / "phase1.yaml")
+    port = free_port()
+    suffix = f"t{SESSION}-{os.urandom(3).hex()}"
+    extra = ["-e", f"pg_image={pg_image}", "-e", f"db_port={port}",
+             "-e", f"container_name={suffix}-pg", "-e", f"volume_name={suffix}-data"]
+    return plans / "phase1.yaml", extra, port, f"{suffix}-pg"
+
+
+def orchestrate(*argv, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {})}
+    env.pop("AUTODEPLOY_DB_PASSWORD", None)
+    return subprocess.run(["orchestrate", *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_phase1_on_a_fresh_machine(phase1, docker_client):
+    plan, extra, port, name = phase1
+    first = orchestrate("apply", plan, *extra)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "changed: postgres (db-container)" in first.stdout
+
+    secrets_file = plan.with_suffix(".secrets")
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    password = yaml.safe_load(secrets_file.read_text())["db_password"]
+    assert len(password) == 32
+    with psycopg.connect(host="127.0.0.1", port=port, user="dbadmin", password=password,
+                         dbname="autodeploy", connect_timeout=5) as conn:
+        assert conn.execute("show shared_buffers").fetchone()[0] == "256MB"
+        assert conn.execute("show max_connections").fetchone()[0] == "200"
+    lock = json.loads(plan.with_suffix(".lock").read_text())
+    assert lock["plan"] == "autodeploy-phase1" and "postgres" in lock["steps"]
+    for text in (first.stdout, first.stderr, plan.with_suffix(".lock").read_text()):
+        assert password not in text
+
+    before = docker_client.api.inspect_container(name)
+    assert before["HostConfig"]["PortBindings"]["5432/tcp"][0]["HostIp"] == "127.0.0.1"
+    check = orchestrate("plan", plan, "--detailed-exitcode", *extra)
+    assert check.returncode == 0, check.stdout + check.stderr
+    again = orchestrate("apply", plan, *extra)
+    assert again.returncode == 0 and "ok=1 changed=0 failed=0" in again.stdout, again.stdout
+    after = docker_client.api.inspect_container(name)
+    assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
+    assert yaml.safe_load(secrets_file.read_text())["db_password"] == password, "the generated secret is reused"
+
+
+def test_kill_9_during_apply_is_repaired_by_the_next_apply(phase1, docker_client):
+    plan, extra, port, name = phase1
+    env = {**os.environ}
+    env.pop("AUTODEPLOY_DB_PASSWORD", None)
+    proc = subprocess.Popen(["orchestrate", "apply", str(plan), *extra], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:     # kill it while it waits for the new container
+        if docker_client.containers.list(all=True, filters={"name": name}):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = orchestrate("apply", plan, *extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert orchestrate("plan", plan, "--detailed-exitcode", *extra).returncode == 0
+    assert len(docker_client.containers.list(filters={"name": name})) == 1
+
+
+def test_leftover_of_an_interrupted_replace_is_cleaned_up(phase1, docker_client):
+    plan, extra, port, name = phase1
+    assert orchestrate("apply", plan, *extra).returncode == 0
+    # what a crash between "set the old container aside" and "create the new one" leaves
+    docker_client.api.stop(name)
+    docker_client.api.rename(name, name + "-orchestrate-old")
+    code, out = run_cli("apply", plan, *extra)
+    assert code == 0, out
+    names = sorted(c.name for c in docker_client.containers.list(all=True, filters={"label": "orchestrate.plan=autodeploy-phase1"})
+                   if c.name.startswith(name))
+    assert names == [name]
+
+
+def test_only_applies_the_named_steps(tmp_path, pg_image, docker_client):
+    from tests.conftest import DB_PLAN
+    text = DB_PLAN.format(name=f"t{SESSION}-only", image=pg_image, port=free_port(), pw_env="ONLY_PW")
+    second = text.split("steps:\n", 1)[1].replace("name: postgres", "name: second").replace(
+        f"t{SESSION}-only-pg", f"t{SESSION}-only2-pg").replace(f"t{SESSION}-only-data", f"t{SESSION}-only2-data")
+    second = second.replace("{{ vars.port }}", str(free_port()))
+    (tmp_path / "p.yaml").write_text(text + second)
+    os.environ["ONLY_PW"] = "only-password-1"
+    try:
+        code, out = run_cli("apply", tmp_path / "p.yaml", "--only", "second")
+        assert code == 0, out
+        assert "skipped: postgres" in out and "changed: second" in out and "skipped=1" in out
+        assert not docker_client.containers.list(all=True, filters={"name": f"t{SESSION}-only-pg"})
+        code, out = run_cli("apply", tmp_path / "p.yaml", "--only", "nosuch")
+        assert code == 1 and "no step named 'nosuch'" in out
+    finally:
+        run_cli("destroy", tmp_path / "p.yaml", "--volumes", "--yes")
+        del os.environ["ONLY_PW"]
+
+
+def test_network_is_created_joined_labelled_and_removed(db_plan, docker_client):
+    net = f"{db_plan.name}-net"
+    db_plan.path.write_text(db_plan.path.read_text() + f"      network: {net}\n")
+    code, out = db_plan.run("apply")
+    assert code == 0 and f"created network {net}" in out, out
+    info = docker_client.api.inspect_network(net)
+    assert info["Labels"]["orchestrate.plan"] == db_plan.name
+    assert db_plan.container in [c["Name"] for c in info["Containers"].values()]
+    lock = json.loads(db_plan.lock.read_text())
+    assert lock["steps"]["postgres"]["outputs"]["internal_url"].endswith(f"@{db_plan.container}:5432/appdb")
+    assert db_plan.run("plan", "--detailed-exitcode")[0] == 0
+    code, out = db_plan.run("destroy")
+    assert f"removed network {net}" in out, out
