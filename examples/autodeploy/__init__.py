@@ -1,0 +1,1 @@
+"""The reference application of the example plans: the autodeploy platform of the seed runbook."""
