@@ -65,6 +65,7 @@ class Diff:
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)   # step-specific data (revisions, file diffs)
 
     @property
     def action(self) -> Action:
@@ -100,5 +101,6 @@ class StepReport:
             "warnings": list(self.diff.warnings),
             "problems": list(self.diff.problems),
             "notes": list(self.diff.notes),
+            "details": dict(self.diff.details),
             "drift": [{"field": k, "recorded": a, "observed": b} for k, a, b in self.drift],
         }

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from . import __version__, redact
 from .errors import OrchestrateError, PlanError
-from .executor import Executor
+from .executor import Executor, validate
 from .output import (Output, plan_document, print_plan, print_recap, print_status,
                      print_step_line)
-from .plan import json_schema, load_plan, validate
+from .plan import json_schema, load_plan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -43,7 +43,7 @@ def cmd_validate(args, out: Output) -> int:
 def cmd_plan(args, out: Output) -> int:
     plan = load_plan(args.plan, _overrides(args.extra_vars))
     validate(plan)
-    result = Executor(plan, "plan", log=out.debug).run()
+    result = Executor(plan, "plan", log=out.debug, options={"sql": args.sql}).run()
     if args.json:
         out.json(plan_document(result, "plan"))
     else:
@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as a JSON document")
     p.add_argument("--detailed-exitcode", action="store_true",
                    help="exit 0 when nothing would change, 2 when changes are pending, 1 on error")
+    p.add_argument("--sql", action="store_true",
+                   help="show the SQL that pending migrations would run (Alembic's offline mode)")
     p.set_defaults(func=cmd_plan)
 
     p = with_plan(sub, "apply", "make the real state match the plan, changing only what differs")

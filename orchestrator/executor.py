@@ -44,7 +44,7 @@ class RunResult:
 def _lock_entry(res: Resource, obs, outputs: dict, old: dict) -> dict:
     old_hashes = old.get("secrets") or {}
     hashes = {k: stable_hash(v, old_hashes.get(k)) for k, v in res.secret_inputs().items()}
-    inputs = res.spec.model_dump(mode="json")
+    inputs = redact.redact_obj(res.spec.model_dump(mode="json"))   # secrets only as salted hashes
     for key, hashed in hashes.items():
         inputs[key] = hashed
     return {
@@ -56,8 +56,24 @@ def _lock_entry(res: Resource, obs, outputs: dict, old: dict) -> dict:
     }
 
 
+def validate(plan: Plan) -> list[tuple[StepDecl, Resource]]:
+    """Render and validate every step, and run its file-level checks, with the outputs that are
+    known before anything runs in place of real ones: no Docker, no database, no writes."""
+    store = SecretStore(secrets_path(plan.path))
+    ctx = build_context(plan, store, generate=False)
+    rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
+    out = []
+    for step in plan.steps:
+        res = REGISTRY[step.type](step, render_step(step, plan, ctx), rc)
+        res.check()
+        set_outputs(ctx, step, res.outputs(None))
+        out.append((step, res))
+    return out
+
+
 class Executor:
     def __init__(self, plan: Plan, mode: str, *, only: list[str] | None = None,
+                 options: dict | None = None,
                  log: Callable[[str], None] = lambda _m: None,
                  progress: Callable[[str], None] = lambda _m: None,
                  on_step: Callable[[StepReport], None] = lambda _r: None):
@@ -69,10 +85,12 @@ class Executor:
         self.on_step = on_step
         self.lock = Lockfile.load(plan.lock_path)
         self.store = SecretStore(secrets_path(plan.path))
-        self.rc = RunContext(plan=plan, mode=mode, lock=self.lock, log=log, progress=progress)
+        self.rc = RunContext(plan=plan, mode=mode, lock=self.lock, log=log, progress=progress,
+                             options=dict(options or {}))
 
     def _resources(self, ctx):
         """Yield (step, resource) in plan order, each rendered with the outputs so far."""
+        self.rc.context = ctx
         for step in self.plan.steps:
             spec = render_step(step, self.plan, ctx)
             res = REGISTRY[step.type](step, spec, self.rc)
@@ -123,7 +141,11 @@ class Executor:
         if diff.problems:
             raise StepFailed("; ".join(diff.problems))
         if diff.changes:
-            report.message = res.apply(obs, diff)
+            try:
+                report.message = res.apply(obs, diff)
+            except OrchestrateError:
+                self._record_after_failure(step, res)
+                raise
             obs = res.observe()
             report.status = "changed"
         else:
@@ -133,6 +155,16 @@ class Executor:
         self.lock.save()
         return outputs
 
+    def _record_after_failure(self, step: StepDecl, res: Resource) -> None:
+        """A step that failed halfway still records what it left (say, the last good migration)."""
+        try:
+            obs = res.observe()
+            entry = _lock_entry(res, obs, res.outputs(obs), self.lock.step(step.name))
+        except Exception:   # best effort: the failure being reported matters more
+            return
+        self.lock.set_step(step.name, entry)
+        self.lock.save()
+
     def destroy(self, *, volumes: bool) -> list[tuple[str, list[str]]]:
         """Remove what the plan created, last step first; volumes only when asked."""
         said = []
@@ -140,7 +172,7 @@ class Executor:
             ctx = build_context(self.plan, self.store, generate=False)
             resources = []
             for step, res in self._resources(ctx):
-                set_outputs(ctx, step, res.predict_outputs(step.name, res.spec, self.plan))
+                set_outputs(ctx, step, res.outputs(None))
                 resources.append((step, res))
             for step, res in reversed(resources):
                 if self.only is not None and step.name not in self.only:

@@ -79,10 +79,26 @@ def print_plan(out: Output, result: RunResult) -> None:
             out.print("      " + out.c(f"x {p}", "red"), always=True)
         for n in r.diff.notes:
             out.print("      " + out.c(f"- {n}", "dim"))
+        for name, text in (r.diff.details.get("diffs") or {}).items():
+            out.print(_indent(out, text, 8))
+        if r.diff.details.get("sql"):
+            out.print("      SQL that apply would run:")
+            out.print(_indent(out, r.diff.details["sql"], 8, colour=False))
         if r.status == "failed":
             out.print("      " + out.c(f"x {r.message}", "red"), always=True)
     out.print()
     print_summary(out, result)
+
+
+def _indent(out: Output, text: str, width: int, colour: bool = True) -> str:
+    lines = []
+    for line in text.rstrip("\n").splitlines():
+        if colour and line.startswith("+") and not line.startswith("+++"):
+            line = out.c(line, "green")
+        elif colour and line.startswith("-") and not line.startswith("---"):
+            line = out.c(line, "red")
+        lines.append(" " * width + line)
+    return "\n".join(lines)
 
 
 def summary_counts(result: RunResult) -> dict[str, int]:

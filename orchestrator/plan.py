@@ -58,6 +58,8 @@ class PlanDocument(Strict):
     """The top level of a plan file."""
     name: str = Field(pattern=NAME_RE, description="the plan's name; labels everything it creates")
     description: str | None = None
+    root: str = Field(".", description="folder that relative paths in the plan start from, relative to "
+                                       "the plan file (default: the plan's own folder)")
     vars: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     steps: list[dict[str, Any]] = Field(min_length=1)
@@ -89,7 +91,11 @@ class Plan:
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent
+        """Where relative paths in the plan start (``root``, relative to the plan file)."""
+        return self.path.parent / self.doc.root
+
+    def resolve(self, path: str) -> Path:
+        return (self.base_dir / path).expanduser()
 
     @property
     def lock_path(self) -> Path:
@@ -328,19 +334,6 @@ def render_step(step: StepDecl, plan: Plan, ctx: Context) -> BaseModel:
 def set_outputs(ctx: Context, step: StepDecl, outputs: dict[str, Any]) -> None:
     ctx.steps[step.name] = Scope(f"steps.{step.name}", outputs)
     ctx.steps.later.discard(step.name)
-
-
-def validate(plan: Plan) -> list[tuple[StepDecl, BaseModel]]:
-    """Render and validate every step with predicted outputs; no Docker, no writes."""
-    store = secretlib.SecretStore(secretlib.secrets_path(plan.path))
-    ctx = build_context(plan, store, generate=False)
-    out = []
-    for step in plan.steps:
-        spec = render_step(step, plan, ctx)
-        cls = step_types()[step.type]
-        set_outputs(ctx, step, cls.predict_outputs(step.name, spec, plan))
-        out.append((step, spec))
-    return out
 
 
 # --- JSON Schema --------------------------------------------------------------------------

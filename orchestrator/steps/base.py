@@ -19,7 +19,7 @@ from ..changes import Diff
 from ..docker_engine import Engine
 from ..errors import PlanError
 from ..lockfile import Lockfile
-from ..plan import Plan, StepDecl
+from ..plan import Context, Plan, StepDecl
 
 
 def extra_labels() -> dict[str, str]:
@@ -38,15 +38,24 @@ def extra_labels() -> dict[str, str]:
 @dataclass
 class RunContext:
     plan: Plan
-    mode: str                       # "plan" | "apply" | "status" | "destroy"
+    mode: str                       # "validate" | "plan" | "apply" | "status" | "destroy"
     lock: Lockfile
+    context: Context | None = None  # what templates see, with the outputs of the steps so far
+    options: dict[str, Any] = field(default_factory=dict)   # command options, e.g. {"sql": True}
     log: Callable[[str], None] = lambda _m: None
     progress: Callable[[str], None] = lambda _m: None
     _engine: Engine | None = field(default=None, repr=False)
 
     @property
     def read_only(self) -> bool:
-        return self.mode in ("plan", "status")
+        return self.mode in ("validate", "plan", "status")
+
+    def earlier_outputs(self, step: StepDecl, type_: str) -> tuple[str, dict] | None:
+        """Name and outputs of the nearest earlier step of type ``type_``."""
+        for earlier in reversed(self.plan.steps[:step.index]):
+            if earlier.type == type_ and self.context and earlier.name in self.context.steps:
+                return earlier.name, self.context.steps[earlier.name]
+        return None
 
     @property
     def engine(self) -> Engine:
@@ -72,10 +81,8 @@ class Resource:
         return {**extra_labels(), "orchestrate.plan": self.rc.plan.name,
                 "orchestrate.step": self.step.name}
 
-    @classmethod
-    def predict_outputs(cls, name: str, spec: BaseModel, plan: Plan) -> dict[str, Any]:
-        """Outputs known without looking at anything (for validate and plan)."""
-        return {}
+    def check(self) -> None:
+        """Validate-time checks that need no Docker and no database (files, templates)."""
 
     def observe(self) -> Any:
         raise NotImplementedError
@@ -87,8 +94,9 @@ class Resource:
         """Make the changes; return a short description of what was done."""
         raise NotImplementedError
 
-    def outputs(self, observed: Any) -> dict[str, Any]:
-        return self.predict_outputs(self.step.name, self.spec, self.rc.plan)
+    def outputs(self, observed: Any = None) -> dict[str, Any]:
+        """Outputs for later steps; with ``observed=None``, what is known before anything runs."""
+        return {}
 
     def record(self, observed: Any) -> dict[str, Any]:
         """Identities observed, for the lockfile and drift detection (no secrets)."""

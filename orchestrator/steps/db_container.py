@@ -392,14 +392,23 @@ class DbContainer(Resource):
     Spec = DbContainerSpec
     spec: DbContainerSpec
 
-    @classmethod
-    def predict_outputs(cls, name, spec: DbContainerSpec, plan) -> dict[str, Any]:
+    def _static_outputs(self) -> dict[str, Any]:
+        spec = self.spec
         user, pw, db = quote(spec.user, safe=""), quote(spec.password, safe=""), quote(spec.db, safe="")
         internal = f"postgresql+psycopg://{user}:{pw}@{spec.container}:5432/{db}"
+        hc = spec.healthcheck
         out = {"user": spec.user, "password": spec.password, "database": spec.db,
                "container": spec.container, "volume": spec.volume, "image": spec.image,
                "internal_url": internal, "container_id": "(known after apply)",
-               "host": None, "port": None, "url": internal}
+               "host": None, "port": None, "url": internal,
+               # the rest lets templates reproduce the container (e.g. as a Compose service)
+               "restart": spec.restart, "data_dir": spec.data_dir, "network": spec.network,
+               "ports": [f"{p.host_ip}:{p.host_port}:{p.container_port}/{p.proto}" for p in spec.ports],
+               "command": list(desired_config(spec, {}, None).command),
+               "healthcheck": {"test": hc.test or f"pg_isready -h 127.0.0.1 -U {spec.user} -d {spec.db}",
+                               "interval": f"{hc.interval:g}s", "timeout": f"{hc.timeout:g}s",
+                               "retries": hc.retries, "start_period": f"{hc.start_period:g}s"},
+               "env": dict(spec.env)}
         published = [p for p in spec.ports if p.container_port == 5432 and p.proto == "tcp"]
         if published:
             p = published[0]
@@ -461,7 +470,7 @@ class DbContainer(Resource):
         return version, system_id
 
     def _password_works(self) -> bool | None:
-        out = self.predict_outputs(self.step.name, self.spec, self.rc.plan)
+        out = self._static_outputs()
         if out["host"] is None or not self.rc.engine.is_local():
             return None
         import psycopg
@@ -646,8 +655,8 @@ class DbContainer(Resource):
 
     # record, outputs, destroy ----------------------------------------------------------------
 
-    def outputs(self, obs: Observed | None) -> dict[str, Any]:
-        out = self.predict_outputs(self.step.name, self.spec, self.rc.plan)
+    def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
+        out = self._static_outputs()
         if obs is not None and obs.container is not None:
             out["container_id"] = obs.container["Id"]
         return out
