@@ -145,3 +145,79 @@ class DbPlan:
 @pytest.fixture
 def db_plan(tmp_path, pg_image, monkeypatch) -> DbPlan:
     return DbPlan(tmp_path, pg_image, monkeypatch)
+
+
+REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema")
+
+
+@pytest.fixture
+def repo_copy(tmp_path, pg_image, monkeypatch):
+    """The repository's plans, templates, migrations and example application in a temp dir, and
+    the -e arguments that give the phase-1 plan its own container, volume and port there."""
+    import shutil
+    root = tmp_path / "repo"
+    root.mkdir()
+    for part in REPO_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets"))
+        else:
+            shutil.copy(src, root / part)
+    monkeypatch.delenv("AUTODEPLOY_DB_PASSWORD", raising=False)
+    name = f"t{SESSION}-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    extra = ["-e", f"pg_image={pg_image}", "-e", f"db_port={port}",
+             "-e", f"container_name={name}-pg", "-e", f"volume_name={name}-data"]
+    return RepoCopy(root, extra, port, f"{name}-pg")
+
+
+class RepoCopy:
+    def __init__(self, root: Path, extra: list[str], port: int, container: str):
+        self.root, self.extra, self.port, self.container = root, extra, port, container
+        self.plan = root / "plans" / "phase1.yaml"
+
+    def run(self, command: str, *argv: str) -> tuple[int, str]:
+        return run_cli(command, self.plan, *self.extra, *argv)
+
+    @property
+    def password(self) -> str:
+        import yaml
+        return yaml.safe_load(self.plan.with_suffix(".secrets").read_text())["db_password"]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://dbadmin:{self.password}@127.0.0.1:{self.port}/autodeploy"
+
+    def sql(self, query: str, *params):
+        import psycopg
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="dbadmin", password=self.password,
+                             dbname="autodeploy", autocommit=True, connect_timeout=5) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def revision(self) -> str | None:
+        rows = self.sql("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+    def add_revision(self, rev: str, down: str, body: str, message: str = "a later change") -> None:
+        (self.root / "alembic" / "versions" / f"{rev}_later.py").write_text(
+            f'''"""{message}
+
+Revision ID: {rev}
+Revises: {down}
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "{rev}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{body}
+
+
+def downgrade() -> None:
+    pass
+''')

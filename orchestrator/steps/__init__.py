@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Resource
 from .db_container import DbContainer
+from .migrate import Migrate
+from .render import Render
 
-REGISTRY: dict[str, type[Resource]] = {
-    DbContainer.type: DbContainer,
-}
+REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate)}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -21,16 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def phase1(tmp_path, pg_image, monkeypatch):
-    monkeypatch.delenv("AUTODEPLOY_DB_PASSWORD", raising=False)
-    plans = tmp_path / "plans"
-    plans.mkdir()
-    shutil.copy(ROOT / "plans" / "phase1.yaml", plans / "phase1.yaml")
-    port = free_port()
-    suffix = f"t{SESSION}-{os.urandom(3).hex()}"
-    extra = ["-e", f"pg_image={pg_image}", "-e", f"db_port={port}",
-             "-e", f"container_name={suffix}-pg", "-e", f"volume_name={suffix}-data"]
-    return plans / "phase1.yaml", extra, port, f"{suffix}-pg"
+def phase1(repo_copy):
+    return repo_copy.plan, repo_copy.extra, repo_copy.port, repo_copy.container
 
 
 def orchestrate(*argv, env=None) -> subprocess.CompletedProcess:
@@ -54,7 +45,7 @@ def test_phase1_on_a_fresh_machine(phase1, docker_client):
         assert conn.execute("show shared_buffers").fetchone()[0] == "256MB"
         assert conn.execute("show max_connections").fetchone()[0] == "200"
     lock = json.loads(plan.with_suffix(".lock").read_text())
-    assert lock["plan"] == "autodeploy-phase1" and "postgres" in lock["steps"]
+    assert lock["plan"] == "autodeploy-phase1" and list(lock["steps"]) == ["files", "postgres", "schema"]
     for text in (first.stdout, first.stderr, plan.with_suffix(".lock").read_text()):
         assert password not in text
 
@@ -63,7 +54,7 @@ def test_phase1_on_a_fresh_machine(phase1, docker_client):
     check = orchestrate("plan", plan, "--detailed-exitcode", *extra)
     assert check.returncode == 0, check.stdout + check.stderr
     again = orchestrate("apply", plan, *extra)
-    assert again.returncode == 0 and "ok=1 changed=0 failed=0" in again.stdout, again.stdout
+    assert again.returncode == 0 and "ok=3 changed=0 failed=0" in again.stdout, again.stdout
     after = docker_client.api.inspect_container(name)
     assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
     assert yaml.safe_load(secrets_file.read_text())["db_password"] == password, "the generated secret is reused"
