@@ -149,6 +149,7 @@ class Executor:
             obs = res.observe()
             report.status = "changed"
         else:
+            res.settle(obs)
             report.status = "ok"
         outputs = res.outputs(obs)
         self.lock.set_step(step.name, _lock_entry(res, obs, outputs, self.lock.step(step.name)))

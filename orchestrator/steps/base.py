@@ -94,6 +94,10 @@ class Resource:
         """Make the changes; return a short description of what was done."""
         raise NotImplementedError
 
+    def settle(self, observed: Any) -> None:
+        """Apply mode, nothing to change: wait (read-only) until what exists is usable by the
+        steps after this one, e.g. a container started by an interrupted run still starting."""
+
     def outputs(self, observed: Any = None) -> dict[str, Any]:
         """Outputs for later steps; with ``observed=None``, what is known before anything runs."""
         return {}

@@ -653,6 +653,10 @@ class DbContainer(Resource):
         if self._password_works() is False:
             raise StepFailed("the new password was set but a connection with it was refused")
 
+    def settle(self, obs: Observed) -> None:
+        if obs.running and obs.health not in ("healthy", None):
+            self._wait_healthy(obs.container["Id"])
+
     # record, outputs, destroy ----------------------------------------------------------------
 
     def outputs(self, obs: Observed | None = None) -> dict[str, Any]:

@@ -188,3 +188,14 @@ def test_file_edited_by_hand_is_drift_with_its_diff(repo_copy):
     assert code == 0 and "wrote docker-compose.yml" in out and "set the mode of .env to 0600" in out, out
     assert stat.S_IMODE((repo_copy.root / ".env").stat().st_mode) == 0o600
     assert repo_copy.run("plan", "--detailed-exitcode")[0] == 0
+
+
+def test_a_container_still_starting_is_waited_for_before_later_steps(repo_copy, docker_client):
+    """Nothing to change, but not usable yet: the step waits for health before migrate runs."""
+    assert repo_copy.run("apply", "--only", "postgres")[0] == 0
+    docker_client.api.restart(repo_copy.container, timeout=10)
+    assert docker_client.api.inspect_container(repo_copy.container)["State"]["Health"]["Status"] == "starting"
+    code, out = repo_copy.run("apply")
+    assert code == 0, out
+    assert "ok:      postgres" in out and "changed: schema" in out
+    assert repo_copy.revision() == HEAD
