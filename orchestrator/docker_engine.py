@@ -140,17 +140,6 @@ class Engine:
     def network(self, name: str) -> dict | None:
         return self._inspect(f"network {name}", lambda: self.api.inspect_network(name))
 
-    def containers_labelled(self, labels: dict[str, str]) -> list[dict]:
-        """Inspect data of every container (running or not) carrying all ``labels``."""
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        found = self._call("list containers", lambda: self.api.containers(all=True, filters=filters))
-        return [c for c in (self.container(s["Id"]) for s in found) if c]
-
-    def volumes_labelled(self, labels: dict[str, str]) -> list[dict]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        found = self._call("list volumes", lambda: self.api.volumes(filters=filters))
-        return (found or {}).get("Volumes") or []
-
     def running_on_volume(self, volume: str) -> list[tuple[str, str]]:
         """(id, name) of the running containers that mount ``volume``."""
         found = self._call("list containers", lambda: self.api.containers(filters={"volume": volume}))

@@ -431,10 +431,10 @@ class DbContainer(Resource):
         eng, spec = self.rc.engine, self.spec
         obs = Observed(image=eng.image(spec.image), volume=eng.volume(spec.volume))
         obs.container = eng.container(spec.container)
-        if obs.container is None:   # a container of ours under another name (renamed plan, crash)
-            mine = eng.containers_labelled({"orchestrate.plan": self.rc.plan.name,
-                                            "orchestrate.step": self.step.name})
-            obs.container = next((c for c in mine if not c["Name"].endswith(OLD_SUFFIX)), None)
+        if obs.container is None:   # ours under another name: the plan renamed it
+            recorded = eng.container(rec_id) if (rec_id := (self.recorded.get("observed") or {}).get("container_id")) else None
+            if recorded is not None and self._is_mine(recorded) and not recorded["Name"].endswith(OLD_SUFFIX):
+                obs.container = recorded
         if spec.network:
             obs.network = eng.network(spec.network)
         if obs.volume is not None:
@@ -563,13 +563,33 @@ class DbContainer(Resource):
                          "retries": hc["retries"], "start_period": hc["start_period"]},
             network=spec.network, aliases=[spec.container] if spec.network else [])
 
+    def _is_mine(self, container: dict) -> bool:
+        labels = (container.get("Config") or {}).get("Labels") or {}
+        return (labels.get("orchestrate.plan") == self.rc.plan.name
+                and labels.get("orchestrate.step") == self.step.name)
+
+    def _mine_by_name(self, obs: Observed | None = None) -> list[dict]:
+        """This deployment's containers: the plan's name, the recorded one, and what an
+        interrupted replace set aside. Never "every container with the plan's label": the same
+        plan may be deployed twice on one engine (another folder, another container name)."""
+        eng, spec = self.rc.engine, self.spec
+        recorded = (self.recorded.get("observed") or {}).get("container")
+        names = [spec.container, spec.container + OLD_SUFFIX]
+        if recorded and recorded != spec.container:
+            names += [recorded, recorded + OLD_SUFFIX]
+        found = {}
+        for name in names:
+            c = eng.container(name)
+            if c is not None and self._is_mine(c):
+                found[c["Id"]] = c
+        return list(found.values())
+
     def _replace(self, old: dict | None, image: dict | None) -> None:
         """Create the container; an old one is stopped and set aside until the new one is
         healthy, and put back if the new one fails (a crash midway is repaired by the next
-        apply, which removes leftovers of ours)."""
+        apply, which removes what it set aside)."""
         eng, spec = self.rc.engine, self.spec
-        for leftover in eng.containers_labelled({"orchestrate.plan": self.rc.plan.name,
-                                                 "orchestrate.step": self.step.name}):
+        for leftover in self._mine_by_name():
             if leftover["Name"].endswith(OLD_SUFFIX) and (old is None or leftover["Id"] != old["Id"]):
                 eng.remove_container(leftover["Id"], leftover["Name"].lstrip("/"))
         was_running = False
@@ -684,8 +704,7 @@ class DbContainer(Resource):
     def destroy(self, obs: Observed, *, volumes: bool) -> list[str]:
         eng, spec = self.rc.engine, self.spec
         said = []
-        mine = eng.containers_labelled({"orchestrate.plan": self.rc.plan.name,
-                                        "orchestrate.step": self.step.name})
+        mine = self._mine_by_name()
         for c in mine:
             eng.remove_container(c["Id"], c["Name"].lstrip("/"))
             said.append(f"removed container {c['Name'].lstrip('/')}")

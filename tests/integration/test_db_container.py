@@ -335,3 +335,22 @@ def test_status_reports_drift(db_plan, docker_client):
     code, out = db_plan.run("status", "--json")
     doc = json.loads(out)
     assert doc["drift"] is True and doc["steps"][0]["drift"][0]["field"] == "running"
+
+
+def test_two_deployments_of_one_plan_never_touch_each_other(tmp_path, pg_image, monkeypatch, docker_client):
+    """Same plan name, two folders, two container names: one's apply and destroy leave the other be."""
+    from tests.conftest import DbPlan
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = DbPlan(tmp_path / "a", pg_image, monkeypatch)
+    b = DbPlan(tmp_path / "b", pg_image, monkeypatch)
+    b.path.write_text(b.path.read_text().replace(f"name: {b.name}", f"name: {a.name}"))
+    assert a.run("apply")[0] == 0 and b.run("apply")[0] == 0
+    b_id = container(docker_client, b.container)["Id"]
+    docker_client.api.remove_container(a.container, force=True)
+    code, out = a.run("apply")
+    assert code == 0 and "created container" in out, out
+    assert container(docker_client, b.container)["Id"] == b_id
+    code, out = a.run("destroy")
+    assert code == 0 and b.container not in out, out
+    assert container(docker_client, b.container)["State"]["Running"]

@@ -1,0 +1,372 @@
+"""Values from SQLite, converted for the *target* column's PostgreSQL type, and their canonical
+text (for checksums computed the same way in Python and in the server).
+
+SQLite stores whatever it was given: booleans as 0/1 or words, timestamps as text or epoch
+numbers, numbers as text. Each target column gets one converter, built once from its type, with
+the common case first; anything it cannot convert without loss raises :class:`ConvertError`
+with a reason, never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+NULL = "\\N"
+SEP = "\x1f"
+
+
+class ConvertError(ValueError):
+    """A value that cannot become the target type; the message says why."""
+
+
+@dataclass(frozen=True)
+class TargetColumn:
+    name: str
+    type: str                 # format_type(): 'integer', 'character varying(10)', 'timestamp with time zone'
+    base: str                 # pg_type.typname: int4, varchar, timestamptz, ...
+    length: int | None = None         # varchar(n) / char(n)
+    precision: int | None = None      # numeric(p, s)
+    scale: int | None = None
+    not_null: bool = False
+    has_default: bool = False
+    sequence: str | None = None       # serial / identity sequence
+
+    @property
+    def kind(self) -> str:
+        return KIND.get(self.base, "text" if self.base in ("text", "varchar", "bpchar", "name", "citext") else "other")
+
+
+KIND = {"bool": "bool", "int2": "int", "int4": "int", "int8": "int", "numeric": "numeric",
+        "float4": "float", "float8": "float", "timestamptz": "timestamptz", "timestamp": "timestamp",
+        "date": "date", "time": "time", "json": "json", "jsonb": "jsonb", "bytea": "bytea", "uuid": "uuid"}
+INT_RANGE = {"int2": (-2**15, 2**15 - 1), "int4": (-2**31, 2**31 - 1), "int8": (-2**63, 2**63 - 1)}
+TRUE = {"1", "true", "t", "yes", "y", "on"}
+FALSE = {"0", "false", "f", "no", "n", "off"}
+INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+EPOCH_TEXT = re.compile(r"^\s*[+-]?\d+(\.\d+)?\s*$")
+FLOAT_WORDS = {"nan": math.nan, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf,
+               "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text(value: Any) -> str:
+    """SQLite text arrives as bytes (so invalid UTF-8 is ours to report, per row)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConvertError(f"invalid UTF-8 at byte {exc.start}: {_show(value[max(0, exc.start - 10):exc.start + 10])}") from None
+    return value if isinstance(value, str) else str(value)
+
+
+def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) -> Callable[[Any], Any]:
+    """One function value -> value for the column (None passes through; NOT NULL is the
+    caller's to check, so the message can name the row)."""
+    kind = col.kind
+    if kind == "int":
+        lo, hi = INT_RANGE[col.base]
+
+        def conv(v):
+            if type(v) is int:
+                if lo <= v <= hi:
+                    return v
+                raise ConvertError(f"{v} is out of range for {col.type}")
+            if isinstance(v, float) and v.is_integer():
+                return conv(int(v))
+            if isinstance(v, (str, bytes)):
+                s = _text(v)
+                if INT_TEXT.match(s):
+                    return conv(int(s))
+            raise ConvertError(f"{_show(v)} is not an integer")
+        return conv
+    if kind == "bool":
+        def conv(v):
+            if v == 1 or v == 0:
+                if isinstance(v, (int, float)):
+                    return bool(v)
+            if isinstance(v, (str, bytes)):
+                s = _text(v).strip().lower()
+                if s in TRUE:
+                    return True
+                if s in FALSE:
+                    return False
+            raise ConvertError(f"{_show(v)} is not a boolean (0/1, true/false, t/f, yes/no)")
+        return conv
+    if kind == "float":
+        single = col.base == "float4"
+
+        def conv(v):
+            if isinstance(v, (str, bytes)):
+                s = _text(v).strip()
+                word = FLOAT_WORDS.get(s.lower())
+                if word is not None:
+                    return word
+                try:
+                    v = float(s)
+                except ValueError:
+                    raise ConvertError(f"{_show(s)} is not a number") from None
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = float(v)
+                if single and math.isfinite(v) and abs(v) > 3.4028234663852886e38:
+                    raise ConvertError(f"{v!r} is out of range for real")
+                return v
+            raise ConvertError(f"{_show(v)} is not a number")
+        return conv
+    if kind == "numeric":
+        def conv(v):
+            try:
+                d = Decimal(_text(v).strip()) if isinstance(v, (str, bytes)) else Decimal(repr(v) if isinstance(v, float) else v)
+            except (InvalidOperation, TypeError):
+                raise ConvertError(f"{_show(v)} is not a number") from None
+            if d.is_nan():
+                return d
+            if d.is_infinite():
+                raise ConvertError(f"{_show(v)} is infinite, which {col.type} cannot hold")
+            if col.precision is not None:
+                scale = col.scale or 0
+                d = d.quantize(Decimal(1).scaleb(-scale))
+                if d.adjusted() >= col.precision - scale:
+                    raise ConvertError(f"{_show(v)} is out of range for {col.type}")
+            return d
+        return conv
+    if kind in ("timestamptz", "timestamp"):
+        aware = kind == "timestamptz"
+
+        def conv(v):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                moment = _from_epoch(v)
+            else:
+                s = _text(v).strip()
+                if EPOCH_TEXT.match(s) and len(s.split(".")[0].lstrip("+-")) > 8:
+                    moment = _from_epoch(float(s))
+                else:
+                    moment = _parse_datetime(s)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=tz)
+            return moment if aware else moment.astimezone(tz).replace(tzinfo=None)
+        return conv
+    if kind == "date":
+        def conv(v):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return _from_epoch(v).astimezone(tz).date()
+            s = _text(v).strip()
+            try:
+                return date.fromisoformat(s)
+            except ValueError:
+                pass
+            moment = _parse_datetime(s)
+            if moment.time() != time(0) or moment.tzinfo is not None:
+                raise ConvertError(f"{_show(s)} has a time of day, which a date column would drop")
+            return moment.date()
+        return conv
+    if kind == "time":
+        def conv(v):
+            s = _text(v).strip()
+            try:
+                return time.fromisoformat(s)
+            except ValueError as exc:
+                raise ConvertError(f"{_show(s)} is not a time ({exc})") from None
+        return conv
+    if kind in ("json", "jsonb"):
+        def conv(v):
+            s = _text(v)
+            try:
+                json.loads(s, parse_constant=_reject_constant)
+            except (ValueError, TypeError) as exc:
+                raise ConvertError(f"invalid JSON ({exc}): {_show(s)}") from None
+            if kind == "jsonb" and "\\u0000" in s:
+                raise ConvertError("JSON with \\u0000, which jsonb cannot store")
+            return s
+        return conv
+    if kind == "bytea":
+        def conv(v):
+            if isinstance(v, bytes):
+                return v
+            if isinstance(v, str):
+                return v.encode("utf-8")
+            raise ConvertError(f"{_show(v)} is not binary data")
+        return conv
+    if kind == "uuid":
+        def conv(v):
+            try:
+                return str(uuid.UUID(_text(v).strip()))
+            except ValueError:
+                raise ConvertError(f"{_show(v)} is not a UUID") from None
+        return conv
+    # text, varchar(n), char(n) and anything else PostgreSQL parses from text
+    limit = col.length
+
+    def conv(v):
+        if isinstance(v, bytes):
+            s = _text(v)
+        elif isinstance(v, str):
+            s = v
+        elif isinstance(v, float):
+            s = repr(v)
+        else:
+            s = str(v)
+        if "\x00" in s:
+            if not strip_nul:
+                raise ConvertError("text contains NUL bytes, which PostgreSQL refuses (strip_nul: true drops them)")
+            s = s.replace("\x00", "")
+        if limit is not None and len(s) > limit:
+            raise ConvertError(f"a value of {len(s)} characters is longer than {col.type}")
+        return s
+    return conv
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _from_epoch(seconds: float) -> datetime:
+    try:
+        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        raise ConvertError(f"{seconds!r} is out of range as a Unix time") from None
+
+
+def _parse_datetime(s: str) -> datetime:
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
+    except ValueError as exc:
+        raise ConvertError(f"{_show(s)} is not a timestamp ({exc})") from None
+
+
+# --- canonical text, for checksums ----------------------------------------------------------
+
+def canonical_sql(col: TargetColumn, ident: str) -> str:
+    """SQL giving the canonical text of a column, the same as :func:`canonical` gives."""
+    kind = col.kind
+    if kind == "bool":
+        expr = f"CASE WHEN {ident} THEN 't' ELSE 'f' END"
+    elif kind == "timestamptz":
+        expr = f"to_char({ident} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+    elif kind == "timestamp":
+        expr = f"to_char({ident}, 'YYYY-MM-DD HH24:MI:SS.US')"
+    elif kind == "date":
+        expr = f"to_char({ident}, 'YYYY-MM-DD')"
+    elif kind == "time":
+        expr = f"to_char({ident}::interval, 'HH24:MI:SS.US')"
+    elif kind == "bytea":
+        expr = f"encode({ident}, 'hex')"
+    elif kind == "float":
+        expr = f"{ident}::float8::text"
+    else:
+        expr = f"{ident}::text"
+    return f"coalesce({expr}, '{NULL}')"
+
+
+def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "") -> str:
+    """count(*) and the sum of the first 64 bits of md5 over each row's canonical text."""
+    row = " || chr(31) || ".join(canonical_sql(c, i) for c, i in zip(cols, idents))
+    return (f"SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0) "
+            f"FROM {table}{where}")
+
+
+def canonical(col: TargetColumn) -> Callable[[Any], str]:
+    """Python side of :func:`canonical_sql`, over converted values."""
+    kind = col.kind
+    if kind == "bool":
+        return lambda v: NULL if v is None else ("t" if v else "f")
+    if kind == "int":
+        return lambda v: NULL if v is None else str(v)
+    if kind == "float":
+        single = col.base == "float4"
+
+        def f(v):
+            if v is None:
+                return NULL
+            if single and math.isfinite(v):
+                v = struct.unpack("f", struct.pack("f", v))[0]
+            return float_text(v)
+        return f
+    if kind == "numeric":
+        return lambda v: NULL if v is None else ("NaN" if v.is_nan() else format(v, "f"))
+    if kind == "timestamptz":
+        return lambda v: NULL if v is None else v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if kind == "timestamp":
+        return lambda v: NULL if v is None else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if kind == "date":
+        return lambda v: NULL if v is None else v.isoformat()
+    if kind == "time":
+        return lambda v: NULL if v is None else v.strftime("%H:%M:%S.%f")
+    if kind == "bytea":
+        return lambda v: NULL if v is None else v.hex()
+    if kind == "jsonb":
+        return lambda v: NULL if v is None else jsonb_text(json.loads(v, parse_float=Decimal))
+    return lambda v: NULL if v is None else v
+
+
+def float_text(v: float) -> str:
+    """PostgreSQL's float8 output (shortest round trip, as Python's repr)."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    text = repr(v)
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        mantissa = mantissa[:-2] if mantissa.endswith(".0") else mantissa
+        sign = "-" if exp.startswith("-") else "+"
+        return f"{mantissa}e{sign}{exp.lstrip('+-').zfill(2)}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def jsonb_text(value: Any) -> str:
+    """The text PostgreSQL prints for a jsonb value: keys by length then bytes, ', ' and ': '."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        text = format(value, "f")
+        return "0" if text in ("-0",) else text
+    if isinstance(value, float):
+        return float_text(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        return "{" + ", ".join(f"{_json_string(k)}: {jsonb_text(value[k])}" for k in keys) + "}"
+    raise TypeError(type(value))
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch < " ":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def row_hash(texts: list[str]) -> int:
+    """First 64 bits of md5 of the row's canonical text, as PostgreSQL's ::bit(64)::bigint."""
+    return int.from_bytes(hashlib.md5(SEP.join(texts).encode()).digest()[:8], "big", signed=True)

@@ -1,0 +1,130 @@
+"""What the two databases hold: the migrated PostgreSQL schema (the truth) and the SQLite source."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .convert import TargetColumn
+
+
+@dataclass
+class ForeignKey:
+    name: str
+    table: str
+    columns: list[str]
+    ref_table: str
+    ref_columns: list[str]
+    definition: str            # pg_get_constraintdef, to put it back exactly
+    nullable: bool = True      # every referencing column may be NULL
+
+
+@dataclass
+class TargetTable:
+    name: str
+    columns: dict[str, TargetColumn] = field(default_factory=dict)
+    primary_key: list[str] = field(default_factory=list)
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    indexes: dict[str, str] = field(default_factory=dict)   # secondary, not backing a constraint
+
+
+TARGET_COLUMNS = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod,
+       a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname)
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY c.relname, a.attnum
+"""
+TARGET_CONSTRAINTS = """
+SELECT con.conname, con.contype, c.relname, rc.relname,
+       ARRAY(SELECT attname FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute ON attrelid = con.conrelid AND attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT attname FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute ON attrelid = con.confrelid AND attnum = k.n ORDER BY k.i),
+       pg_get_constraintdef(con.oid)
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class rc ON rc.oid = con.confrelid
+WHERE n.nspname = current_schema() AND con.contype IN ('p', 'f')
+ORDER BY c.relname, con.conname
+"""
+TARGET_INDEXES = """
+SELECT i.tablename, i.indexname, i.indexdef
+FROM pg_indexes i
+JOIN pg_class ic ON ic.relname = i.indexname
+JOIN pg_namespace n ON n.oid = ic.relnamespace AND n.nspname = i.schemaname
+WHERE i.schemaname = current_schema()
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = ic.oid)
+ORDER BY i.tablename, i.indexname
+"""
+
+
+def reflect_target(conn) -> dict[str, TargetTable]:
+    """The tables of the target's current schema (a psycopg connection)."""
+    tables: dict[str, TargetTable] = {}
+    for table, col, ftype, base, typmod, not_null, has_default, seq in conn.execute(TARGET_COLUMNS):
+        length = precision = scale = None
+        if base in ("varchar", "bpchar") and typmod > 4:
+            length = typmod - 4
+        if base == "numeric" and typmod > 4:
+            precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        tables.setdefault(table, TargetTable(table)).columns[col] = TargetColumn(
+            col, ftype, base, length, precision, scale, not_null, has_default, seq)
+    for name, kind, table, ref, cols, ref_cols, definition in conn.execute(TARGET_CONSTRAINTS):
+        t = tables[table]
+        if kind == "p":
+            t.primary_key = list(cols)
+        else:
+            nullable = all(not t.columns[c].not_null for c in cols)
+            t.foreign_keys.append(ForeignKey(name, table, list(cols), ref, list(ref_cols), definition, nullable))
+    for table, name, definition in conn.execute(TARGET_INDEXES):
+        if table in tables:
+            tables[table].indexes[name] = definition
+    return tables
+
+
+@dataclass
+class SourceTable:
+    name: str
+    columns: list[str]
+    primary_key: list[str]
+
+
+def open_source(path: Path) -> sqlite3.Connection:
+    """Read-only, immutable to SQLite's locking (never writes, never creates the file), text as
+    bytes so invalid UTF-8 is reported per row rather than failing the whole read."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.text_factory = bytes
+    return conn
+
+
+def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
+    tables = {}
+    names = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    for name in names:
+        info = conn.execute(f"PRAGMA table_info({quote_sqlite(name)})").fetchall()
+        cols = [r[1].decode() if isinstance(r[1], bytes) else r[1] for r in info]
+        pk = [c for _, c in sorted((r[5], cols[i]) for i, r in enumerate(info) if r[5])]
+        tables[name] = SourceTable(name, cols, pk)
+    return tables
+
+
+def quote_sqlite(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def fingerprint(path: Path) -> str:
+    """Cheap identity of the source file's content: size, mtime and SQLite's change counter."""
+    st = os.stat(path)
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    counter = int.from_bytes(header[24:28], "big") if len(header) >= 28 else 0
+    return f"{st.st_size}:{st.st_mtime_ns}:{counter}"
