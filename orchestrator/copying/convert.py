@@ -40,6 +40,7 @@ class TargetColumn:
     not_null: bool = False
     has_default: bool = False
     sequence: str | None = None       # serial / identity sequence
+    identity: str = ""                # 'a': GENERATED ALWAYS, 'd': BY DEFAULT, '': none
 
     @property
     def kind(self) -> str:
@@ -50,8 +51,9 @@ KIND = {"bool": "bool", "int2": "int", "int4": "int", "int8": "int", "numeric": 
         "float4": "float", "float8": "float", "timestamptz": "timestamptz", "timestamp": "timestamp",
         "date": "date", "time": "time", "json": "json", "jsonb": "jsonb", "bytea": "bytea", "uuid": "uuid"}
 INT_RANGE = {"int2": (-2**15, 2**15 - 1), "int4": (-2**31, 2**31 - 1), "int8": (-2**63, 2**63 - 1)}
-TRUE = {"1", "true", "t", "yes", "y", "on"}
-FALSE = {"0", "false", "f", "no", "n", "off"}
+TRUE = {"1", "true", "t", "yes"}
+FALSE = {"0", "false", "f", "no"}
+BOOL_WORDS = TRUE | FALSE
 INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 EPOCH_TEXT = re.compile(r"^\s*[+-]?\d+(\.\d+)?\s*$")
 FLOAT_WORDS = {"nan": math.nan, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf,

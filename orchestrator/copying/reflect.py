@@ -33,7 +33,7 @@ class TargetTable:
 TARGET_COLUMNS = """
 SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod,
        a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname)
+       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname), a.attidentity
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -69,14 +69,14 @@ ORDER BY i.tablename, i.indexname
 def reflect_target(conn) -> dict[str, TargetTable]:
     """The tables of the target's current schema (a psycopg connection)."""
     tables: dict[str, TargetTable] = {}
-    for table, col, ftype, base, typmod, not_null, has_default, seq in conn.execute(TARGET_COLUMNS):
+    for table, col, ftype, base, typmod, not_null, has_default, seq, identity in conn.execute(TARGET_COLUMNS):
         length = precision = scale = None
         if base in ("varchar", "bpchar") and typmod > 4:
             length = typmod - 4
         if base == "numeric" and typmod > 4:
             precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
         tables.setdefault(table, TargetTable(table)).columns[col] = TargetColumn(
-            col, ftype, base, length, precision, scale, not_null, has_default, seq)
+            col, ftype, base, length, precision, scale, not_null, has_default, seq, identity or "")
     for name, kind, table, ref, cols, ref_cols, definition in conn.execute(TARGET_CONSTRAINTS):
         t = tables[table]
         if kind == "p":
@@ -98,11 +98,9 @@ class SourceTable:
 
 
 def open_source(path: Path) -> sqlite3.Connection:
-    """Read-only, immutable to SQLite's locking (never writes, never creates the file), text as
-    bytes so invalid UTF-8 is reported per row rather than failing the whole read."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    conn.text_factory = bytes
-    return conn
+    """Read-only (never writes, never creates the file). Text arrives as str; a value that is
+    not UTF-8 makes SQLite raise, and the caller then looks for it with a bytes reader."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
 
 
 def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
@@ -127,4 +125,6 @@ def fingerprint(path: Path) -> str:
     with open(path, "rb") as fh:
         header = fh.read(100)
     counter = int.from_bytes(header[24:28], "big") if len(header) >= 28 else 0
-    return f"{st.st_size}:{st.st_mtime_ns}:{counter}"
+    wal = Path(f"{path}-wal")     # in WAL mode, recent writes live there, not in the main file
+    wal_part = f":{wal.stat().st_size}:{wal.stat().st_mtime_ns}" if wal.exists() else ""
+    return f"{st.st_size}:{st.st_mtime_ns}:{counter}{wal_part}"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .base import Resource
+from .copy_data import CopyData
 from .db_container import DbContainer
 from .migrate import Migrate
 from .render import Render
 
-REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate)}
+REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData)}

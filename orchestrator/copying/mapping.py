@@ -1,0 +1,134 @@
+"""Which source table goes into which target table, column by column, and in what order.
+Pure functions over reflected schemas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .convert import TargetColumn
+from .reflect import SourceTable, TargetTable
+
+SKIP_TABLES = {"alembic_version"}
+
+
+@dataclass
+class TablePlan:
+    source: str
+    target: str
+    columns: list[tuple[str, TargetColumn]]       # (source column, target column), in source order
+    source_pk: list[str]                          # source columns that name a row in messages
+    table: TargetTable
+    parents: set[str] = field(default_factory=set)   # target tables it references (in the copy)
+
+    @property
+    def target_columns(self) -> list[TargetColumn]:
+        return [c for _, c in self.columns]
+
+
+def map_tables(source: dict[str, SourceTable], target: dict[str, TargetTable], *, tables: list[str],
+               exclude: list[str], rename: dict[str, str], columns: dict[str, dict[str, str]],
+               drop_columns: dict[str, list[str]]) -> tuple[list[TablePlan], list[str], list[str]]:
+    """Returns (table plans, problems, notes). The target schema is the truth: a table is copied
+    when it exists on both sides (after ``rename``), except Alembic's version table."""
+    problems, notes = [], []
+    for key, what in ((rename, "rename"), (columns, "columns"), (drop_columns, "drop_columns")):
+        for name in key:
+            if name not in source:
+                problems.append(f"{what}: the source has no table {name!r}")
+    plans = []
+    wanted = set(tables)
+    for s_name in sorted(source):
+        t_name = rename.get(s_name, s_name)
+        if t_name in SKIP_TABLES:
+            continue
+        if wanted and s_name not in wanted and t_name not in wanted:
+            continue
+        if s_name in exclude or t_name in exclude:
+            continue
+        if t_name not in target:
+            if s_name in rename:
+                problems.append(f"rename: {s_name} -> {t_name}, but the target has no table {t_name!r}")
+            else:
+                notes.append(f"source table {s_name} has no table in the target schema: not copied")
+            continue
+        src, tgt = source[s_name], target[t_name]
+        cmap, dropped = columns.get(s_name, {}), set(drop_columns.get(s_name, []))
+        for name in list(cmap) + list(dropped):
+            if name not in src.columns:
+                problems.append(f"{s_name}: columns/drop_columns name {name!r}, which the source table does not have")
+        pairs = []
+        for col in src.columns:
+            if col in dropped:
+                continue
+            t_col = cmap.get(col, col)
+            if t_col not in tgt.columns:
+                problems.append(f"{s_name}.{col} has no column in target table {t_name} (map it under columns, "
+                                f"or list it under drop_columns to leave it behind)")
+                continue
+            pairs.append((col, tgt.columns[t_col]))
+        filled = {c.name for _, c in pairs}
+        for col in tgt.columns.values():
+            if col.name not in filled and col.not_null and not col.has_default:
+                problems.append(f"{t_name}.{col.name} is NOT NULL without a default and no source column fills it "
+                                f"(map one under columns)")
+        back = {c.name: s for s, c in pairs}
+        pk = [back[c] for c in tgt.primary_key if c in back] or list(src.primary_key)
+        plans.append(TablePlan(s_name, t_name, pairs, pk, tgt))
+    for name in wanted:
+        if name not in source and name not in {rename.get(s, s) for s in source}:
+            problems.append(f"tables: the source has no table {name!r}")
+    copied = {p.target for p in plans}
+    for p in plans:
+        p.parents = {fk.ref_table for fk in p.table.foreign_keys if fk.ref_table in copied}
+    return plans, problems, notes
+
+
+def load_units(plans: list[TablePlan]) -> list[list[TablePlan]]:
+    """Groups to load, parents before children: each group is a strongly connected component of
+    the foreign-key graph (a table alone, or tables referencing each other in a cycle), so a
+    group can re-add its foreign keys once all its tables are loaded."""
+    by_name = {p.target: p for p in plans}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(name: str) -> None:   # Tarjan; emits a component after the components it references
+        index[name] = low[name] = len(index)
+        stack.append(name)
+        on_stack.add(name)
+        for parent in sorted(by_name[name].parents):
+            if parent not in index:
+                visit(parent)
+                low[name] = min(low[name], low[parent])
+            elif parent in on_stack:
+                low[name] = min(low[name], index[parent])
+        if low[name] == index[name]:
+            group = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                group.append(top)
+                if top == name:
+                    break
+            groups.append(sorted(group))
+
+    for name in sorted(by_name):
+        if name not in index:
+            visit(name)
+    return [[by_name[n] for n in g] for g in groups]
+
+
+def dependents(names: set[str], plans: list[TablePlan]) -> set[str]:
+    """``names`` and every table that references them, directly or not (reloading a table means
+    emptying it, which its children must follow)."""
+    result = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for p in plans:
+            if p.target not in result and p.parents & result:
+                result.add(p.target)
+                changed = True
+    return result

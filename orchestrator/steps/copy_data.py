@@ -1,0 +1,794 @@
+"""The copy-data step: every row of a SQLite database into the migrated PostgreSQL schema.
+
+The target schema is the truth (reflected from PostgreSQL, never from the application's models).
+Each table is loaded in one transaction: its foreign keys and secondary indexes are dropped,
+the rows stream in through COPY, the indexes are rebuilt from their original definitions, the
+sequences are set past the highest id, the foreign keys are added back (which checks every row
+at once) and the table's checksum is taken in the server, all before COMMIT: a failure or a kill
+leaves the table as it was.
+
+Rows take the fast path when SQLite's values are already what PostgreSQL's own input functions
+read exactly as documented (booleans as 0/1 or t/f/true/false/yes/no, ISO timestamps read in the
+step's time zone, numbers as text): a profile query per table finds the columns that need Python
+(epoch numbers, REALs in integer columns, BLOBs in text columns, NUL bytes, ...). When PostgreSQL
+refuses a row, the table is rolled back to its savepoint and the Python converters name the row,
+its key, the column and why; what they can convert, they convert, and the table is loaded again.
+
+The lockfile keeps, per table, the source's digest, the row counts and the target's checksum:
+an unchanged source and target is ``ok``; a changed source reloads only the tables that changed
+(and the tables that reference them); rows in the target that the last copy did not leave there
+are never overwritten unless the step says ``overwrite: true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+
+from ..changes import Action, Change, Diff
+from ..copying.convert import BOOL_WORDS, ConvertError, TargetColumn, make_converter
+from ..copying.mapping import TablePlan, load_units, map_tables
+from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
+                               reflect_target)
+from ..errors import StepFailed
+from ..plan import Strict
+from .base import Resource
+
+SAMPLE = 5
+# session settings that make a row's text the same whatever the server's defaults are
+STABLE_OUTPUT = ("SET {local} TimeZone = 'UTC'; SET {local} DateStyle = 'ISO, YMD'; "
+                 "SET {local} IntervalStyle = 'postgres'; SET {local} extra_float_digits = 3; "
+                 "SET {local} bytea_output = 'hex'")
+LINE = re.compile(r"COPY [^,]+, line (\d+)(?:, column ([^:]+))?")
+
+
+class CopyDataSpec(Strict):
+    source: str = Field(min_length=1, description="the SQLite database: a path (relative to the plan root) "
+                                                  "or a sqlite:/// URL; opened read-only")
+    url: str | None = Field(None, description="target database (default: the url of the nearest earlier "
+                                              "db-container step)")
+    tables: list[str] = Field(default_factory=list, description="copy only these tables")
+    exclude: list[str] = Field(default_factory=list, description="do not copy these tables")
+    rename: dict[str, str] = Field(default_factory=dict, description="source table -> target table")
+    columns: dict[str, dict[str, str]] = Field(default_factory=dict,
+                                               description="per source table: source column -> target column")
+    drop_columns: dict[str, list[str]] = Field(default_factory=dict,
+                                               description="per source table: columns to leave behind")
+    timezone: str = Field("UTC", description="zone of timestamps written without an offset")
+    on_dangling: Literal["error", "null", "skip"] = Field(
+        "error", description="references to rows that do not exist: fail, set them NULL, or leave the rows out")
+    strip_nul: bool = Field(False, description="drop NUL bytes from text instead of failing")
+    overwrite: bool = Field(False, description="replace target rows that did not come from the source")
+    transaction: Literal["table", "single"] = Field("table", description="one transaction per table, or one in all")
+    batch_size: int = Field(5000, ge=100, le=1_000_000)
+    preflight: bool = Field(True, description="plan reads and converts every source value to report problems")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone (e.g. UTC, Europe/Paris)") from None
+        return value
+
+
+# --- observation -----------------------------------------------------------------------------
+
+@dataclass
+class Dangling:
+    fk: ForeignKey
+    count: int
+    sample: list[str]
+
+
+@dataclass
+class TableState:
+    plan: TablePlan
+    source_rows: int
+    target_rows: int | None = None           # None: the target was not reachable
+    checksum: str | None = None              # the target's, taken in the server
+    digest: str | None = None                # the source table's, when it had to be read
+    action: str = "ok"                       # ok | copy | reload | refuse
+    reason: str = ""
+    problems: list[str] = field(default_factory=list)
+    dangling: list[Dangling] = field(default_factory=list)
+
+
+@dataclass
+class Observed:
+    source: Path
+    fingerprint: str | None = None
+    tables: list[TableState] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reachable: bool = True
+    plans: list[TablePlan] = field(default_factory=list)     # every table mapped, copied now or not
+    incoming: dict[str, list[ForeignKey]] = field(default_factory=dict)   # target table -> FKs to it
+
+
+def decide(ts: TableState, recorded: dict, *, same_file: bool, overwrite: bool) -> None:
+    """What to do with one table, from counts, checksums and what the last copy recorded. Pure."""
+    rec = recorded or {}
+    if ts.target_rows is None:
+        ts.action, ts.reason = "copy", "the target is not reachable yet"
+        return
+    if ts.target_rows == 0:
+        if ts.source_rows == 0 and rec:
+            ts.action = "ok"
+        else:
+            ts.action, ts.reason = "copy", f"copy {ts.source_rows} rows"
+        return
+    ours = rec.get("checksum") == ts.checksum or rec.get("committing") == ts.checksum
+    if ours:
+        if same_file or (ts.digest is not None and ts.digest == rec.get("source_digest")):
+            ts.action = "ok"
+            return
+        delta = ts.source_rows - rec.get("source_rows", 0)
+        ts.action = "reload"
+        ts.reason = (f"the source changed since the last copy: {ts.source_rows} rows now, "
+                     f"{rec.get('source_rows', 0)} then ({delta:+d})")
+        return
+    foreign = (f"{ts.plan.target} holds rows that the last copy did not leave there ("
+               + (f"{ts.target_rows} rows now, {rec.get('rows')} after the last copy, and the checksum differs: "
+                  f"rows were written to PostgreSQL since)" if rec else
+                  f"{ts.target_rows} rows, and nothing was copied into it by this plan)"))
+    if overwrite:
+        ts.action, ts.reason = "reload", f"overwrite: true: {foreign}; they are replaced by the source's rows"
+    else:
+        ts.action = "refuse"
+        ts.problems.append(f"{foreign}. Refusing to overwrite them: the application may have started writing "
+                           f"to PostgreSQL. Set overwrite: true to replace them with the source's rows.")
+
+
+def diff_copy(obs: Observed, on_dangling: str) -> Diff:
+    """Per table: copy, reload or refuse, with counts and every problem found. Pure."""
+    d = Diff(problems=list(obs.problems), notes=list(obs.notes))
+    details = {}
+    for ts in obs.tables:
+        t = ts.plan.target
+        details[t] = {"source_table": ts.plan.source, "source_rows": ts.source_rows,
+                      "target_rows": ts.target_rows, "action": ts.action}
+        if ts.action == "copy":
+            d.changes.append(Change(Action.CREATE, f"table {t}", f"{ts.target_rows or 0} rows",
+                                    f"{ts.source_rows} rows", ts.reason))
+        elif ts.action == "reload":
+            d.changes.append(Change(Action.RECREATE, f"table {t}", f"{ts.target_rows} rows",
+                                    f"{ts.source_rows} rows", ts.reason))
+        d.problems += ts.problems
+        for dg in ts.dangling:
+            what = (f"{t}: {dg.count} row(s) reference {dg.fk.ref_table} rows that do not exist "
+                    f"({', '.join(dg.fk.columns)}; e.g. {', '.join(dg.sample)})")
+            if on_dangling == "error":
+                d.problems.append(what + ". Set on_dangling: null (set the reference to NULL) or skip (leave "
+                                         "those rows out).")
+            elif on_dangling == "null" and not dg.fk.nullable:
+                d.problems.append(what + f"; on_dangling: null cannot apply: {', '.join(dg.fk.columns)} is NOT NULL")
+            else:
+                d.warnings.append(what + (": set to NULL" if on_dangling == "null" else ": left out"))
+    d.details["tables"] = details
+    return d
+
+
+# --- the step --------------------------------------------------------------------------------
+
+class CopyData(Resource):
+    """Every row of a SQLite database into the migrated PostgreSQL schema."""
+    type = "copy-data"
+    Spec = CopyDataSpec
+    spec: CopyDataSpec
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._loaded: dict[str, tuple[int, str]] = {}    # after apply: target -> (rows, checksum)
+        self._report: dict[str, dict] = {}              # rows changed or left out, per table
+
+    @property
+    def source_path(self) -> Path:
+        src = self.spec.source
+        if src.startswith("sqlite:///"):
+            src = src[len("sqlite:///"):]
+        return self.rc.plan.resolve(src)
+
+    @property
+    def url(self) -> str:
+        if self.spec.url:
+            return self.spec.url
+        found = self.rc.earlier_outputs(self.step, "db-container")
+        if not found:
+            raise self.rc.plan.smap.error(self.step.path + ("url",), "no url given and no db-container step before this one",
+                                          hint="add url: ... to the step, or a db-container step before it")
+        return found[1]["url"]
+
+    @property
+    def libpq_url(self) -> str:
+        return re.sub(r"^postgresql\+\w+://", "postgresql://", self.url)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.spec.timezone)
+
+    def check(self) -> None:
+        _ = self.url
+
+    def _connect(self):
+        import psycopg
+        conn = psycopg.connect(self.libpq_url, connect_timeout=5, autocommit=True)
+        conn.execute(STABLE_OUTPUT.format(local="SESSION"))
+        return conn
+
+    # observe ---------------------------------------------------------------------------------
+
+    def observe(self) -> Observed:
+        import psycopg
+        obs = Observed(self.source_path)
+        if not obs.source.is_file():
+            obs.problems.append(f"the source database {obs.source} does not exist")
+            return obs
+        obs.fingerprint = fingerprint(obs.source)
+        rec = self.recorded.get("observed") or {}
+        same_file = rec.get("fingerprint") == obs.fingerprint and rec.get("source") == str(obs.source)
+        src = open_source(obs.source)
+        try:
+            try:
+                pg = self._connect()
+            except psycopg.OperationalError as exc:
+                if self.rc.mode == "apply":
+                    raise StepFailed(f"cannot reach the target database: {str(exc).strip().splitlines()[0]}",
+                                     hint="check the db-container step (or the url)") from None
+                obs.reachable = False
+                obs.notes.append("the target database is not reachable now; if an earlier step of this plan "
+                                 "creates it, every table is copied")
+                pg = None
+            try:
+                self._observe_tables(obs, src, pg, rec, same_file)
+            finally:
+                if pg is not None:
+                    pg.close()
+        finally:
+            src.close()
+        return obs
+
+    def _observe_tables(self, obs: Observed, src: sqlite3.Connection, pg, rec: dict, same_file: bool) -> None:
+        spec = self.spec
+        if pg is not None:
+            target = reflect_target(pg)
+        else:
+            target = {}
+        plans, problems, notes = map_tables(reflect_source(src), target, tables=spec.tables, exclude=spec.exclude,
+                                            rename=spec.rename, columns=spec.columns, drop_columns=spec.drop_columns)
+        obs.problems += problems
+        obs.notes += notes
+        obs.plans = plans
+        for t in target.values():
+            for fk in t.foreign_keys:
+                obs.incoming.setdefault(fk.ref_table, []).append(fk)
+        if pg is None:
+            for name in sorted(reflect_source(src)):
+                rows = src.execute(f"SELECT count(*) FROM {quote_sqlite(name)}").fetchone()[0]
+                obs.notes.append(f"{name}: {rows} source rows")
+            return
+        rec_tables = rec.get("tables") or {}
+        for p in plans:
+            ts = TableState(p, src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)}").fetchone()[0])
+            if p.target in self._loaded:
+                ts.target_rows, ts.checksum = self._loaded[p.target]
+            else:
+                ts.target_rows, ts.checksum = self._target_checksum(pg, p)
+            r = rec_tables.get(p.target) or {}
+            if ts.target_rows and not same_file and ts.checksum in (r.get("checksum"), r.get("committing")):
+                ts.digest = self._source_digest(src, p)
+            decide(ts, r, same_file=same_file, overwrite=spec.overwrite)
+            obs.tables.append(ts)
+        for ts in obs.tables:
+            # in apply with on_dangling: error, the foreign keys put back after the load check
+            # every row at once (and a failure is then described from the source)
+            if ts.action in ("copy", "reload") and (self.rc.mode != "apply" or self.spec.on_dangling != "error"):
+                ts.dangling = self._dangling(src, ts.plan, plans)
+                if self.rc.mode == "plan" and spec.preflight:
+                    ts.problems += self._preflight(src, ts.plan)
+
+    def _target_checksum(self, pg, p: TablePlan) -> tuple[int, str]:
+        """Row count and a fingerprint of the target table's content, taken in the server: the
+        sum of a 64-bit hash of each row's text (output settings fixed by :data:`STABLE_OUTPUT`).
+        It answers "is the table still what the last copy left?" at a fraction of the cost of
+        the md5-based content checksum that verify compares with the source."""
+        from psycopg import sql
+        count, total = pg.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) "
+                                          "FROM {} AS t").format(sql.Identifier(p.target))).fetchone()
+        return count, f"{count}:{total}"
+
+    def _select(self, p: TablePlan, extra: str = "") -> str:
+        cols = ", ".join(f"s.{quote_sqlite(c)}" for c, _ in p.columns)
+        return f"SELECT {cols}{extra} FROM {quote_sqlite(p.source)} AS s"
+
+    def _source_digest(self, src: sqlite3.Connection, p: TablePlan) -> str | None:
+        """The table as read for a copy, hashed: the same bytes as the copy itself hashes."""
+        h = hashlib.sha256()
+        try:
+            cur = src.execute(self._select(p))
+            while batch := cur.fetchmany(self.spec.batch_size):
+                h.update(repr(batch).encode())
+        except sqlite3.OperationalError:
+            return None      # unreadable as text: it counts as changed, and the copy names the row
+        return h.hexdigest()
+
+    def _describe(self, src: sqlite3.Connection, p: TablePlan, line: int | None = None,
+                  where: str | None = None) -> list[str]:
+        """Primary keys of rows, for messages: the ``line``-th row read, or those matching ``where``."""
+        keys = p.source_pk or ["rowid"]
+        cols = ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
+        if line is not None:
+            rows = src.execute(f"{self._select(p, ', ' + cols)} LIMIT 1 OFFSET ?", (line - 1,)).fetchall()
+            rows = [r[len(p.columns):] for r in rows]
+        else:
+            rows = src.execute(f"SELECT {cols} FROM {quote_sqlite(p.source)} AS s {where} LIMIT {SAMPLE}").fetchall()
+        return [", ".join(f"{k}={_plain(v)}" for k, v in zip(keys, r)) for r in rows]
+
+    def _dangling(self, src: sqlite3.Connection, p: TablePlan, plans: list[TablePlan]) -> list[Dangling]:
+        out = []
+        for fk, join, cond in self._fk_joins(p, plans):
+            where = f"{join} WHERE {cond}"
+            count = src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)} AS s {where}").fetchone()[0]
+            if count:
+                out.append(Dangling(fk, count, self._describe(src, p, where=where)))
+        return out
+
+    def _fk_joins(self, p: TablePlan, plans: list[TablePlan]):
+        """Per foreign key whose parent is copied too: the SQLite LEFT JOIN to its parent and the
+        condition that is true for a dangling reference."""
+        by_target = {q.target: q for q in plans}
+        for i, fk in enumerate(p.table.foreign_keys):
+            parent = by_target.get(fk.ref_table)
+            if parent is None:
+                continue
+            to_src = {c.name: s for s, c in p.columns}
+            parent_src = {c.name: s for s, c in parent.columns}
+            if not all(c in to_src for c in fk.columns) or not all(c in parent_src for c in fk.ref_columns):
+                continue
+            alias = f"p{i}"
+            on = " AND ".join(f"{alias}.{quote_sqlite(parent_src[rc])} = s.{quote_sqlite(to_src[c])}"
+                              for c, rc in zip(fk.columns, fk.ref_columns))
+            not_null = " AND ".join(f"s.{quote_sqlite(to_src[c])} IS NOT NULL" for c in fk.columns)
+            first = quote_sqlite(parent_src[fk.ref_columns[0]])
+            yield fk, f"LEFT JOIN {quote_sqlite(parent.source)} AS {alias} ON {on}", \
+                f"{not_null} AND {alias}.{first} IS NULL"
+
+    def _converters(self, p: TablePlan):
+        return [make_converter(c, tz=self.tz, strip_nul=self.spec.strip_nul) for _, c in p.columns]
+
+    def _preflight(self, src: sqlite3.Connection, p: TablePlan) -> list[str]:
+        """Read and convert every value as apply would; report each kind of failure with a count
+        and a sample of keys. Read-only."""
+        convs = self._converters(p)
+        found: dict[tuple[str, str], list] = {}
+        keys = p.source_pk or ["rowid"]
+        key_sql = ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
+        raw = sqlite3.connect(f"file:{self.source_path}?mode=ro", uri=True)
+        raw.text_factory = bytes
+        try:
+            cur = raw.execute(self._select(p, ", " + key_sql))
+            n = len(p.columns)
+            while batch := cur.fetchmany(self.spec.batch_size):
+                for row in batch:
+                    for i, (conv, (scol, tcol)) in enumerate(zip(convs, p.columns)):
+                        v = row[i]
+                        try:
+                            if v is None:
+                                if tcol.not_null:
+                                    raise ConvertError(f"NULL, but {p.target}.{tcol.name} is NOT NULL")
+                                continue
+                            conv(v)
+                        except ConvertError as exc:
+                            reason = re.sub(r"'.*", "", str(exc))[:40]
+                            hits = found.setdefault((tcol.name, reason), [0, str(exc), []])
+                            hits[0] += 1
+                            if len(hits[2]) < SAMPLE:
+                                hits[2].append(", ".join(f"{k}={_plain(x)}" for k, x in zip(keys, row[n:])))
+        finally:
+            raw.close()
+        return [f"{p.target}: column {col}: {count} value(s) cannot be loaded, e.g. row {sample[0]}: {first}"
+                + (f" (rows: {'; '.join(sample)})" if len(sample) > 1 else "")
+                for (col, _), (count, first, sample) in found.items()]
+
+    # diff --------------------------------------------------------------------------------------
+
+    def diff(self, obs: Observed) -> Diff:
+        return diff_copy(obs, self.spec.on_dangling)
+
+    # apply -------------------------------------------------------------------------------------
+
+    def apply(self, obs: Observed, diff: Diff) -> str:
+        todo = [t for t in obs.tables if t.action in ("copy", "reload")]
+        if not todo:
+            return "nothing to copy"
+        names = {t.plan.target for t in todo}
+        plans = [t.plan for t in obs.tables if t.plan.target in names]
+        states = {t.plan.target: t for t in todo}
+        units = load_units(plans)
+        if self.spec.transaction == "single":
+            units = [[p for unit in units for p in unit]]
+        rec = self.recorded.get("observed") or {}
+        started = time.monotonic()
+        total = 0
+        with contextlib.closing(open_source(obs.source)) as src, self._connect() as pg:
+            pg.autocommit = False
+            for unit in units:
+                total += self._load_unit(pg, src, unit, states, obs, rec)
+        rate = total / max(time.monotonic() - started, 1e-6)
+        return f"copied {total} rows into {len(names)} table(s) ({rate / 1000:.0f}k rows/s)"
+
+    def _checkpoint(self, obs: Observed, tables: dict[str, dict]) -> None:
+        """Record tables in the lockfile as soon as they are known (before and after COMMIT)."""
+        entry = self.rc.lock.step(self.step.name) or {"type": self.type}
+        observed = entry.setdefault("observed", {})
+        observed["source"] = str(obs.source)
+        observed["fingerprint"] = obs.fingerprint
+        observed.setdefault("tables", {}).update(tables)
+        self.rc.lock.set_step(self.step.name, entry)
+        self.rc.lock.save()
+
+    def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
+                   obs: Observed, rec: dict) -> int:
+        from psycopg import sql
+        q = lambda name: sql.Identifier(name).as_string(pg)  # noqa: E731
+        rows = 0
+        results: dict[str, dict] = {}
+        names = {p.target for p in unit}
+        full = [p for p in unit if states[p.target].target_rows]
+        # Emptying a table that other tables reference: their foreign keys to it are set aside
+        # too, and put back at the end, which checks their rows against the new ones; the
+        # referencing tables themselves are not touched.
+        incoming = [fk for p in full for fk in obs.incoming.get(p.target, []) if fk.table not in names]
+        with pg.transaction():
+            pg.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(self.spec.timezone)))
+            for fk in incoming:
+                pg.execute(f"ALTER TABLE {q(fk.table)} DROP CONSTRAINT {q(fk.name)}")
+            for p in unit:
+                for fk in p.table.foreign_keys:
+                    pg.execute(f"ALTER TABLE {q(p.target)} DROP CONSTRAINT {q(fk.name)}")
+                for name in p.table.indexes:
+                    pg.execute(f"DROP INDEX {q(name)}")
+                for col in p.target_columns:
+                    if col.identity == "a":
+                        pg.execute(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED BY DEFAULT")
+            if full:
+                pg.execute("TRUNCATE " + ", ".join(q(p.target) for p in full))
+            for p in unit:
+                t0 = time.monotonic()
+                results[p.target] = self._load_table(pg, src, p, states[p.target], obs.plans)
+                rows += results[p.target]["rows"]
+                self.rc.log(f"{p.target}: COPY {results[p.target]['rows']} rows in {time.monotonic() - t0:.2f}s")
+            t0 = time.monotonic()
+            for p in unit:
+                for name, definition in p.table.indexes.items():
+                    try:
+                        pg.execute(definition)
+                    except Exception as exc:
+                        raise StepFailed(f"{p.target}: index {name} cannot be built on the copied rows: "
+                                         f"{_pg_message(exc)}") from None
+                for col in p.target_columns:
+                    if col.identity == "a":
+                        pg.execute(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED ALWAYS")
+                    if col.sequence:
+                        pg.execute(f"SELECT setval(%s, coalesce((SELECT max({q(col.name)}) FROM {q(p.target)}), 0) + 1, false)",
+                                   (col.sequence,))
+            self.rc.log(f"indexes and sequences in {time.monotonic() - t0:.2f}s")
+            t0 = time.monotonic()
+            for p in unit:
+                for fk in p.table.foreign_keys:
+                    try:
+                        pg.execute(f"ALTER TABLE {q(p.target)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
+                    except Exception as exc:
+                        raise self._fk_failure(src, p, fk, exc, obs.plans) from None
+            for fk in incoming:
+                try:
+                    pg.execute(f"ALTER TABLE {q(fk.table)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
+                except Exception as exc:
+                    raise StepFailed(f"{fk.table} has rows that reference {fk.ref_table} rows the source no "
+                                     f"longer has ({_pg_message(exc)}); {fk.ref_table} was not reloaded",
+                                     hint=f"copy {fk.table} too (it is excluded or not in the source), or "
+                                          f"remove those rows") from None
+            self.rc.log(f"foreign keys checked in {time.monotonic() - t0:.2f}s")
+            t0 = time.monotonic()
+            pg.execute(STABLE_OUTPUT.format(local="LOCAL"))
+            for p in unit:
+                count, checksum = self._target_checksum(pg, p)
+                expected = results[p.target]["rows"]
+                if count != expected:
+                    raise StepFailed(f"{p.target}: {count} rows in the target after the copy, {expected} expected; "
+                                     f"rolled back")
+                results[p.target].update(rows=count, checksum=checksum)
+            self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
+            pending = {t: {**r, "committing": r["checksum"], "checksum": (rec.get("tables") or {}).get(t, {}).get("checksum")}
+                       for t, r in results.items()}
+            self._checkpoint(obs, pending)      # a kill between COMMIT and the next line is recognised
+        for t, r in results.items():
+            self._loaded[t] = (r["rows"], r["checksum"])
+        self._checkpoint(obs, results)
+        return rows
+
+    def _fk_failure(self, src, p: TablePlan, fk: ForeignKey, exc: Exception, plans: list[TablePlan]) -> StepFailed:
+        for dfk, join, cond in self._fk_joins(p, plans):
+            if dfk.name == fk.name:
+                where = f"{join} WHERE {cond}"
+                count = src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)} AS s {where}").fetchone()[0]
+                sample = self._describe(src, p, where=where)
+                return StepFailed(f"{p.target}: {count} row(s) reference {fk.ref_table} rows that do not exist "
+                                  f"(column {', '.join(fk.columns)}; e.g. row {'; '.join(sample)}); nothing of "
+                                  f"{p.target} was loaded",
+                                  hint="set on_dangling: null or skip in the step, or fix the source")
+        return StepFailed(f"{p.target}: foreign key {fk.name} does not hold after the copy: {_pg_message(exc)}; "
+                          f"nothing of {p.target} was loaded",
+                          hint="set on_dangling: null or skip in the step, or fix the source")
+
+    def _load_table(self, pg, src: sqlite3.Connection, p: TablePlan, ts: TableState,
+                    plans: list[TablePlan]) -> dict:
+        """COPY one table, inside the caller's transaction; returns what to record."""
+        import psycopg
+        need = {i for i, (_, c) in enumerate(p.columns) if c.kind == "time"}
+        fixes = self._dangling_fixes(p, ts, plans)
+        result: dict[str, Any] = {"source_table": p.source, "source_rows": ts.source_rows}
+        try:
+            if not need and not fixes:
+                try:
+                    with pg.transaction():
+                        result.update(self._copy(pg, src, p, None, None))
+                    return result
+                except _NeedsPython as why:
+                    self.rc.log(f"{p.target}: {why}: the table goes through the Python converters")
+                except psycopg.DataError as exc:
+                    if "NUL" not in str(exc):        # psycopg refuses NUL bytes before sending
+                        self._diagnose(src, p, exc)
+                except psycopg.Error as exc:
+                    self._diagnose(src, p, exc)   # raises, unless the Python converters can do it
+                need = set(range(len(p.columns)))
+            with pg.transaction():
+                try:
+                    result.update(self._copy(pg, src, p, need or set(range(len(p.columns))), fixes))
+                except psycopg.Error as exc:
+                    self._diagnose(src, p, exc, final=True)
+        except sqlite3.OperationalError as exc:
+            raise self._unreadable(p, exc) from None
+        return result
+
+    def _unreadable(self, p: TablePlan, exc: Exception) -> StepFailed:
+        """SQLite could not hand over a value as text (invalid UTF-8): find and name the row."""
+        raw = sqlite3.connect(f"file:{self.source_path}?mode=ro", uri=True)
+        raw.text_factory = bytes
+        keys = p.source_pk or ["rowid"]
+        key_sql = ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
+        n = len(p.columns)
+        try:
+            for row in raw.execute(self._select(p, ", " + key_sql)):
+                for i, v in enumerate(row[:n]):
+                    if isinstance(v, bytes) and p.columns[i][1].kind != "bytea":
+                        try:
+                            v.decode("utf-8")
+                        except UnicodeDecodeError as err:
+                            key = ", ".join(f"{k}={_plain(x)}" for k, x in zip(keys, row[n:]))
+                            return StepFailed(f"{p.target}: row {key}: column {p.columns[i][1].name}: invalid "
+                                              f"UTF-8 at byte {err.start} ({v[max(0, err.start - 8):err.start + 8]!r}); "
+                                              f"nothing of {p.target} was loaded",
+                                              hint="fix the text in the source (it is not UTF-8)")
+        finally:
+            raw.close()
+        return StepFailed(f"{p.target}: SQLite could not read the table: {exc}")
+
+    @staticmethod
+    def _fast_loop(p: TablePlan):
+        """A loop that hands a batch of rows to COPY as they are, after testing each value that
+        PostgreSQL's input function would not read as documented: a BLOB in a text column, an
+        epoch number or a word such as 'now' in a timestamp column, an offset a timestamp column
+        would drop, 'on' or 2 in a boolean column, a REAL in an integer column. It returns the
+        first such (column index, value), and the table then goes through the Python converters.
+
+        The tests are inlined into one function per table (compiled from the fixed expressions
+        below, never from data): a function call per value would cost as much as the copy."""
+        tests = {
+            "bool": "not ((v == 0 or v == 1) and type(v) is int) and not (type(v) is str and v.strip().lower() in WORDS)",
+            "int": "type(v) is float or type(v) is bytes",
+            "timestamptz": "type(v) is not str or not v[:1].isdigit()",
+            "timestamp": 'type(v) is not str or not v[:1].isdigit() or "+" in v or "Z" in v or "z" in v or "-" in v[10:]',
+            "date": "type(v) is not str or len(v) != 10",
+            "time": "True",
+            "bytea": "type(v) is not bytes",
+        }
+        lines = ["def loop(batch, write):", "    for row in batch:"]
+        for i, (_, col) in enumerate(p.columns):
+            test = tests.get(col.kind, "type(v) is bytes")
+            lines += [f"        v = row[{i}]", f"        if v is not None and ({test}):", f"            return {i}, v"]
+        lines += ["        write(row)", "    return None"]
+        namespace = {"WORDS": BOOL_WORDS}
+        exec(compile("\n".join(lines), f"<copy loop of {p.target}>", "exec"), namespace)
+        return namespace["loop"]
+
+    def _dangling_fixes(self, p: TablePlan, ts: TableState, plans: list[TablePlan]):
+        """With on_dangling null/skip and dangling rows: the joins that flag them."""
+        if self.spec.on_dangling == "error" or not ts.dangling:
+            return None
+        names = {d.fk.name for d in ts.dangling}
+        return [(fk, join, cond) for fk, join, cond in self._fk_joins(p, plans) if fk.name in names]
+
+    def _copy(self, pg, src: sqlite3.Connection, p: TablePlan, convert: set[int] | None, fixes) -> dict:
+        from psycopg import sql
+        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in p.target_columns)
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(p.target), cols)
+        extra, joins = "", ""
+        if fixes:
+            extra = ", " + ", ".join(f"CASE WHEN {cond} THEN 1 ELSE 0 END" for _, _, cond in fixes)
+            joins = " " + " ".join(join for _, join, _ in fixes)
+        query = self._select(p, extra) + joins
+        reader = src
+        h = hashlib.sha256()
+        rows = changed = skipped = 0
+        changed_keys: list[str] = []
+        skipped_keys: list[str] = []
+        n = len(p.columns)
+        convs = self._converters(p) if convert is not None else None
+        order = sorted(convert) if convert is not None else []
+        positions = {c.name: i for i, c in enumerate(p.target_columns)}
+        fast = self._fast_loop(p) if convert is None else None
+        progress = _Progress(self.rc.progress, p.target, 0)
+        cur = reader.execute(query)
+        with pg.cursor().copy(stmt) as copy:
+            line = 0
+            while batch := cur.fetchmany(self.spec.batch_size):
+                if convert is None and not fixes:
+                    h.update(repr(batch).encode())
+                    odd = fast(batch, copy.write_row)
+                    if odd is not None:
+                        raise _NeedsPython(f"column {p.columns[odd[0]][1].name} holds {_show(odd[1])}")
+                    rows += len(batch)
+                    progress.tick(rows)
+                    continue
+                h.update(repr([r[:n] for r in batch]).encode())
+                for row in batch:
+                    line += 1
+                    values = list(row[:n])
+                    for i in order:
+                        v = values[i]
+                        if v is None:
+                            continue
+                        try:
+                            values[i] = convs[i](v)
+                        except ConvertError as exc:
+                            key = self._describe(src, p, line=line)
+                            raise StepFailed(f"{p.target}: row {key[0] if key else line}: column "
+                                             f"{p.columns[i][1].name}: {exc}; nothing of {p.target} was loaded",
+                                             hint=_hint(p.columns[i][1], str(exc))) from None
+                    if fixes:
+                        flags = row[n:]
+                        if any(flags):
+                            key = self._describe(src, p, line=line)
+                            if self.spec.on_dangling == "skip":
+                                skipped += 1
+                                if len(skipped_keys) < SAMPLE:
+                                    skipped_keys += key
+                                continue
+                            for (fk, _, _), flag in zip(fixes, flags):
+                                if flag:
+                                    for col in fk.columns:
+                                        values[positions[col]] = None
+                            changed += 1
+                            if len(changed_keys) < SAMPLE:
+                                changed_keys += key
+                    copy.write_row(values)
+                    rows += 1
+                progress.tick(rows)
+        out = {"rows": rows, "source_digest": h.hexdigest()}
+        if changed:
+            out["nulled"] = {"rows": changed, "sample": changed_keys}
+        if skipped:
+            out["skipped"] = {"rows": skipped, "sample": skipped_keys}
+        if changed or skipped:
+            self._report[p.target] = out
+        return out
+
+    def _diagnose(self, src: sqlite3.Connection, p: TablePlan, exc: Exception, final: bool = False) -> None:
+        """PostgreSQL refused a row: name it. Raises StepFailed, or returns when the Python
+        converters can convert the value (the caller then loads the table through them)."""
+        diag = getattr(exc, "diag", None)
+        context = getattr(diag, "context", None) or ""
+        match = LINE.search(context)
+        line = int(match.group(1)) if match else None
+        column = (match.group(2) if match and match.group(2) else None) or getattr(diag, "column_name", None)
+        key = self._describe(src, p, line=line) if line else []
+        where = f"row {key[0]}" if key else (f"row {line}" if line else "a row")
+        col = next((c for _, c in p.columns if c.name == column), None)
+        if col is not None and line is not None and not final:
+            raw = sqlite3.connect(f"file:{self.source_path}?mode=ro", uri=True)
+            raw.text_factory = bytes
+            try:
+                row = raw.execute(f"{self._select(p)} LIMIT 1 OFFSET ?", (line - 1,)).fetchone()
+            finally:
+                raw.close()
+            value = row[[c.name for c in p.target_columns].index(col.name)] if row else None
+            try:
+                if value is not None:
+                    make_converter(col, tz=self.tz, strip_nul=self.spec.strip_nul)(value)
+                    return                     # Python can convert it: load through the converters
+            except ConvertError as err:
+                raise StepFailed(f"{p.target}: {where}: column {col.name}: {err}; nothing of {p.target} was loaded",
+                                 hint=_hint(col, str(err))) from None
+        what = f"column {column}: " if column else ""
+        raise StepFailed(f"{p.target}: {where}: {what}{_pg_message(exc)}; nothing of {p.target} was loaded") from None
+
+    # record ------------------------------------------------------------------------------------
+
+    def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
+        if obs is None or not obs.tables:
+            return {"tables": {}}
+        return {"tables": {t.plan.target: t.target_rows for t in obs.tables}}
+
+    def record(self, obs: Observed) -> dict[str, Any]:
+        # the live entry: checkpoints of this very run wrote digests and reports into it
+        rec = ((self.rc.lock.step(self.step.name).get("observed") or {}).get("tables")) or {}
+        tables = {}
+        for ts in obs.tables:
+            prev = rec.get(ts.plan.target) or {}
+            entry = {"source_table": ts.plan.source, "source_rows": ts.source_rows, "rows": ts.target_rows,
+                     "checksum": ts.checksum, "source_digest": prev.get("source_digest")}
+            if ts.digest:
+                entry["source_digest"] = ts.digest
+            for key in ("nulled", "skipped"):
+                if key in (self._report.get(ts.plan.target) or prev):
+                    entry[key] = (self._report.get(ts.plan.target) or prev)[key]
+            tables[ts.plan.target] = entry
+        return {"source": str(obs.source), "fingerprint": obs.fingerprint, "tables": tables}
+
+
+class _NeedsPython(Exception):
+    """A value the fast path must not hand to PostgreSQL as it is."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Progress:
+    """Periodic plain progress lines for large tables."""
+
+    def __init__(self, say, table: str, total: int):
+        self.say, self.table = say, table
+        self.start = self.last = time.monotonic()
+
+    def tick(self, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= 2.0:
+            self.last = now
+            self.say(f"{self.table}: {rows} rows ({rows / (now - self.start) / 1000:.0f}k rows/s)")
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return repr(value)
+    return str(value)
+
+
+def _pg_message(exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
+    detail = getattr(diag, "message_detail", None)
+    return f"{primary} ({detail})" if detail else primary
+
+
+def _hint(col: TargetColumn, reason: str) -> str:
+    if "NUL" in reason:
+        return "fix the source, or set strip_nul: true to drop NUL bytes"
+    if "longer than" in reason:
+        return f"shorten the value in the source, or widen {col.name} with a migration"
+    return "fix the value in the source, or change the column's type with a migration"
