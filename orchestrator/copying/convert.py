@@ -17,7 +17,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
@@ -140,7 +140,7 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
                 raise ConvertError(f"{_show(v)} is infinite, which {col.type} cannot hold")
             if col.precision is not None:
                 scale = col.scale or 0
-                d = d.quantize(Decimal(1).scaleb(-scale))
+                d = d.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)   # as PostgreSQL rounds
                 if d.adjusted() >= col.precision - scale:
                     raise ConvertError(f"{_show(v)} is out of range for {col.type}")
             return d

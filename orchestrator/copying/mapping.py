@@ -98,7 +98,7 @@ def load_units(plans: list[TablePlan]) -> list[list[TablePlan]]:
         index[name] = low[name] = len(index)
         stack.append(name)
         on_stack.add(name)
-        for parent in sorted(by_name[name].parents):
+        for parent in sorted(by_name[name].parents & by_name.keys()):   # parents not loaded now: no edge
             if parent not in index:
                 visit(parent)
                 low[name] = min(low[name], low[parent])

@@ -1,0 +1,237 @@
+"""copy-data's pure parts: converters, canonical text, mapping, load order, decisions."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from orchestrator.copying.convert import (ConvertError, TargetColumn, canonical, float_text, jsonb_text,
+                                          make_converter)
+from orchestrator.copying.mapping import load_units, map_tables
+from orchestrator.copying.reflect import ForeignKey, SourceTable, TargetTable
+from orchestrator.steps.copy_data import CopyData, Observed, TableState, decide, diff_copy
+
+UTC = ZoneInfo("UTC")
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def col(base, type_=None, **kw):
+    return TargetColumn("c", type_ or base, base, **kw)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (1, True), (0, False), ("1", True), ("0", False), ("true", True), ("FALSE", False), ("t", True),
+    ("f", False), ("yes", True), ("No", False), (" yes ", True), (1.0, True),
+])
+def test_booleans(value, expected):
+    assert make_converter(col("bool"), tz=UTC)(value) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, "on", "y", b"\xff"])
+def test_not_booleans(value):
+    with pytest.raises(ConvertError):
+        make_converter(col("bool"), tz=UTC)(value)
+
+
+@pytest.mark.parametrize("value,tz,expected", [
+    ("2024-05-28 11:38:31.339902", UTC, datetime(2024, 5, 28, 11, 38, 31, 339902, tzinfo=timezone.utc)),
+    ("2024-05-28T11:38:31", UTC, datetime(2024, 5, 28, 11, 38, 31, tzinfo=timezone.utc)),
+    ("2024-05-28 11:38:31+02:00", UTC, datetime(2024, 5, 28, 9, 38, 31, tzinfo=timezone.utc)),
+    ("2024-05-28T11:38:31Z", PARIS, datetime(2024, 5, 28, 11, 38, 31, tzinfo=timezone.utc)),
+    ("2024-05-28 11:38:31", PARIS, datetime(2024, 5, 28, 9, 38, 31, tzinfo=timezone.utc)),   # read in the step's zone
+    (1716896311, UTC, datetime(2024, 5, 28, 11, 38, 31, tzinfo=timezone.utc)),
+    (1716896311.5, UTC, datetime(2024, 5, 28, 11, 38, 31, 500000, tzinfo=timezone.utc)),
+    ("1716896311", UTC, datetime(2024, 5, 28, 11, 38, 31, tzinfo=timezone.utc)),
+])
+def test_timestamptz(value, tz, expected):
+    assert make_converter(col("timestamptz"), tz=tz)(value) == expected
+
+
+def test_timestamp_without_zone_gets_the_step_zone_wall_time():
+    conv = make_converter(col("timestamp"), tz=PARIS)
+    assert conv("2024-05-28 11:38:31+00:00") == datetime(2024, 5, 28, 13, 38, 31)
+    assert conv("2024-05-28 11:38:31") == datetime(2024, 5, 28, 11, 38, 31)
+
+
+@pytest.mark.parametrize("value,words", [("2024-02-30 10:00:00", "day is out of range"), ("now", "not a timestamp"),
+                                         ("yesterday", "not a timestamp"), (1e20, "out of range")])
+def test_bad_timestamps(value, words):
+    with pytest.raises(ConvertError, match=words):
+        make_converter(col("timestamptz"), tz=UTC)(value)
+
+
+def test_dates_and_times():
+    assert make_converter(col("date"), tz=UTC)("2024-05-28") == date(2024, 5, 28)
+    assert make_converter(col("date"), tz=UTC)("2024-05-28 00:00:00") == date(2024, 5, 28)
+    with pytest.raises(ConvertError, match="time of day"):
+        make_converter(col("date"), tz=UTC)("2024-05-28 13:00:00")
+    assert make_converter(col("time"), tz=UTC)("13:45:01.5") == time(13, 45, 1, 500000)
+
+
+@pytest.mark.parametrize("base,value,expected", [
+    ("int4", "42", 42), ("int4", " -7 ", -7), ("int4", 5.0, 5), ("int8", 2**40, 2**40), ("int2", "32767", 32767),
+])
+def test_integers(base, value, expected):
+    assert make_converter(col(base), tz=UTC)(value) == expected
+
+
+@pytest.mark.parametrize("base,value,words", [
+    ("int4", "4.5", "not an integer"), ("int4", 2**31, "out of range for int4"), ("int2", 40000, "out of range"),
+    ("int4", "abc", "not an integer"),
+])
+def test_bad_integers(base, value, words):
+    with pytest.raises(ConvertError, match=words):
+        make_converter(col(base), tz=UTC)(value)
+
+
+def test_floats_and_numerics():
+    conv = make_converter(col("float8"), tz=UTC)
+    assert math.isnan(conv("NaN")) and conv("Infinity") == math.inf and conv("-inf") == -math.inf
+    assert conv("1.5") == 1.5 and conv(3) == 3.0
+    with pytest.raises(ConvertError, match="out of range for real"):
+        make_converter(col("float4", "real"), tz=UTC)(1e39)
+    num = make_converter(col("numeric", "numeric(6,2)", precision=6, scale=2), tz=UTC)
+    assert num("12.345") == Decimal("12.35") and num(7) == Decimal("7.00")
+    with pytest.raises(ConvertError, match="out of range for numeric"):
+        num("12345.6")
+    with pytest.raises(ConvertError, match="infinite"):
+        num("Infinity")
+
+
+def test_text():
+    conv = make_converter(col("varchar", "character varying(5)", length=5), tz=UTC)
+    assert conv("abc") == "abc" and conv(12) == "12" and conv(1.5) == "1.5"
+    with pytest.raises(ConvertError, match="a value of 6 characters is longer than character varying"):
+        conv("abcdef")
+    with pytest.raises(ConvertError, match="NUL"):
+        make_converter(col("text"), tz=UTC)("a\x00b")
+    assert make_converter(col("text"), tz=UTC, strip_nul=True)("a\x00b") == "ab"
+    with pytest.raises(ConvertError, match="invalid UTF-8 at byte 1"):
+        make_converter(col("text"), tz=UTC)(b"a\xffb")
+
+
+def test_json_bytea_uuid():
+    assert make_converter(col("jsonb"), tz=UTC)('{"a": 1}') == '{"a": 1}'
+    for bad in ("{nope", '{"a": NaN}'):
+        with pytest.raises(ConvertError, match="invalid JSON"):
+            make_converter(col("jsonb"), tz=UTC)(bad)
+    assert make_converter(col("bytea"), tz=UTC)(b"\x00\x01") == b"\x00\x01"
+    assert make_converter(col("uuid"), tz=UTC)("{12345678-1234-5678-1234-567812345678}") == \
+        "12345678-1234-5678-1234-567812345678"
+
+
+@pytest.mark.parametrize("value,text", [(1.0, "1"), (0.1, "0.1"), (1e16, "1e+16"), (1.5e-7, "1.5e-07"),
+                                        (math.nan, "NaN"), (-math.inf, "-Infinity"), (123456.789, "123456.789")])
+def test_float_text_is_postgres_float8_output(value, text):
+    assert float_text(value) == text
+
+
+def test_jsonb_text_is_postgres_jsonb_output():
+    doc = json.loads('{"bb": 1, "a": [true, null, "x\\"y"], "ccc": {"z": 1.50, "y": 1e2}}', parse_float=Decimal)
+    assert jsonb_text(doc) == '{"a": [true, null, "x\\"y"], "bb": 1, "ccc": {"y": 100, "z": 1.50}}'
+
+
+def test_canonical_text():
+    assert canonical(col("timestamptz"))(datetime(2024, 5, 28, 13, 38, 31, tzinfo=PARIS)) == "2024-05-28 11:38:31.000000"
+    assert canonical(col("bool"))(True) == "t" and canonical(col("int4"))(None) == "\\N"
+    assert canonical(col("bytea"))(b"\x01\xff") == "01ff"
+
+
+# --- mapping and order -------------------------------------------------------------------------
+
+def tcol(name, **kw):
+    return TargetColumn(name, "integer", "int4", **kw)
+
+
+def target(name, cols, pk=("id",), fks=()):
+    t = TargetTable(name, {c.name: c for c in cols}, list(pk))
+    t.foreign_keys = [ForeignKey(f"{name}_{ref}_fk", name, [c], ref, ["id"], f"FOREIGN KEY ({c}) REFERENCES {ref}(id)")
+                      for c, ref in fks]
+    return t
+
+
+def test_mapping_rename_columns_drop_and_problems():
+    source = {"old_users": SourceTable("old_users", ["id", "nm", "legacy"], ["id"]),
+              "posts": SourceTable("posts", ["id", "user_id", "gone"], ["id"]),
+              "alembic_version": SourceTable("alembic_version", ["version_num"], []),
+              "extra": SourceTable("extra", ["id"], ["id"])}
+    tgt = {"users": target("users", [tcol("id"), tcol("name"), tcol("created", has_default=True)]),
+           "posts": target("posts", [tcol("id"), tcol("user_id"), tcol("must", not_null=True)], fks=[("user_id", "users")]),
+           "alembic_version": target("alembic_version", [tcol("version_num")], pk=())}
+    plans, problems, notes = map_tables(source, tgt, tables=[], exclude=[], rename={"old_users": "users"},
+                                        columns={"old_users": {"nm": "name"}}, drop_columns={"old_users": ["legacy"]})
+    assert [p.target for p in plans] == ["users", "posts"]
+    assert [(s, c.name) for s, c in plans[0].columns] == [("id", "id"), ("nm", "name")]
+    assert any("posts.gone has no column in target table posts" in p for p in problems)
+    assert any("posts.must is NOT NULL without a default" in p for p in problems)
+    assert notes == ["source table extra has no table in the target schema: not copied"]
+    assert plans[1].parents == {"users"}
+
+
+def test_load_units_parents_first_self_references_and_cycles():
+    tables = {"a": target("a", [tcol("id"), tcol("b_id")], fks=[("b_id", "b")]),
+              "b": target("b", [tcol("id"), tcol("a_id")], fks=[("a_id", "a")]),
+              "root": target("root", [tcol("id"), tcol("parent_id")], fks=[("parent_id", "root")]),
+              "leaf": target("leaf", [tcol("id"), tcol("a_id"), tcol("root_id")], fks=[("a_id", "a"), ("root_id", "root")])}
+    source = {n: SourceTable(n, list(t.columns), ["id"]) for n, t in tables.items()}
+    plans, problems, _ = map_tables(source, tables, tables=[], exclude=[], rename={}, columns={}, drop_columns={})
+    assert not problems
+    units = [[p.target for p in u] for u in load_units(plans)]
+    assert ["a", "b"] in units and ["root"] in units
+    assert units.index(["leaf"]) > units.index(["a", "b"]) and units.index(["leaf"]) > units.index(["root"])
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+def state(source_rows=10, target_rows=0, checksum=None, digest=None):
+    from orchestrator.copying.mapping import TablePlan
+    return TableState(TablePlan("t", "t", [], ["id"], TargetTable("t")), source_rows, target_rows, checksum, digest)
+
+
+@pytest.mark.parametrize("ts,rec,same,overwrite,action", [
+    (state(), {}, False, False, "copy"),
+    (state(target_rows=10, checksum="10:5"), {"checksum": "10:5", "source_rows": 10}, True, False, "ok"),
+    (state(target_rows=10, checksum="10:5", digest="d1"), {"checksum": "10:5", "source_digest": "d1"}, False, False, "ok"),
+    (state(target_rows=10, checksum="10:5", digest="d2"), {"checksum": "10:5", "source_digest": "d1"}, False, False, "reload"),
+    (state(target_rows=10, checksum="10:5"), {"committing": "10:5", "checksum": None}, True, False, "ok"),
+    (state(target_rows=11, checksum="11:9"), {"checksum": "10:5"}, True, False, "refuse"),
+    (state(target_rows=11, checksum="11:9"), {}, True, False, "refuse"),
+    (state(target_rows=11, checksum="11:9"), {"checksum": "10:5"}, True, True, "reload"),
+], ids=["empty", "unchanged", "same-digest", "source-changed", "killed-after-commit", "foreign-rows",
+        "never-copied", "overwrite"])
+def test_decide(ts, rec, same, overwrite, action):
+    decide(ts, rec, same_file=same, overwrite=overwrite)
+    assert ts.action == action
+    if action == "refuse":
+        assert "Refusing to overwrite" in ts.problems[0] and "overwrite: true" in ts.problems[0]
+
+
+def test_diff_names_tables_counts_and_dangling():
+    from orchestrator.steps.copy_data import Dangling
+    ts = state(source_rows=5)
+    decide(ts, {}, same_file=False, overwrite=False)
+    fk = ForeignKey("fk", "t", ["parent_id"], "p", ["id"], "", nullable=True)
+    ts.dangling = [Dangling(fk, 2, ["id=3", "id=4"])]
+    d = diff_copy(Observed(source=None, tables=[ts]), "error")
+    assert d.changes[0].field == "table t" and d.changes[0].after == "5 rows"
+    assert "2 row(s) reference p rows that do not exist (parent_id; e.g. id=3, id=4)" in d.problems[0]
+    d = diff_copy(Observed(source=None, tables=[ts]), "null")
+    assert not d.problems and d.warnings[0].endswith("set to NULL")
+
+
+def test_fast_loop_spots_values_postgres_would_misread():
+    from orchestrator.copying.mapping import TablePlan
+    cols = [("b", TargetColumn("b", "boolean", "bool")), ("at", TargetColumn("at", "timestamp with time zone", "timestamptz")),
+            ("note", TargetColumn("note", "text", "text"))]
+    loop = CopyData._fast_loop(TablePlan("t", "t", cols, [], TargetTable("t")))
+    written = []
+    assert loop([(1, "2024-05-28 10:00:00", "x"), ("yes", None, None)], written.append) is None and len(written) == 2
+    assert loop([(1, "now", "x")], written.append) == (1, "now")
+    assert loop([(1, 1716896311, "x")], written.append) == (1, 1716896311)
+    assert loop([("on", "2024-05-28", "x")], written.append) == (0, "on")
+    assert loop([(1, "2024-05-28", b"\x00blob")], written.append) == (2, b"\x00blob")
