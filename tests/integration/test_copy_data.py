@@ -270,3 +270,140 @@ def test_single_transaction_mode(reference, tmp_path):
     plan = plan_file(tmp_path, source, url, transaction="single")
     assert plan.run("apply")[0] == 0
     exact(source, url)
+
+
+HARD_SQLITE = r"""
+CREATE TABLE flags (id INTEGER PRIMARY KEY, b BOOLEAN);
+INSERT INTO flags VALUES (1, 1), (2, 0), (3, '1'), (4, '0'), (5, 'true'), (6, 'false'), (7, 't'), (8, 'f'),
+                         (9, 'yes'), (10, 'no'), (11, 'TRUE'), (12, NULL);
+CREATE TABLE events (id INTEGER PRIMARY KEY, at DATETIME, wall DATETIME, day DATE);
+INSERT INTO events VALUES
+  (1, '2024-05-28 11:38:31', '2024-05-28 11:38:31', '2024-05-28'),
+  (2, '2024-05-28T11:38:31.123456', '2024-05-28T11:38:31.5', '2024-05-28'),
+  (3, '2024-05-28 13:38:31+02:00', '2024-05-28 13:38:31+02:00', '2024-05-28 00:00:00'),
+  (4, '2024-05-28T11:38:31Z', '2024-05-28T11:38:31Z', 1716854400),
+  (5, 1716896311, 1716896311, NULL),
+  (6, 1716896311.25, '1716896311', NULL),
+  (7, '1716896311', NULL, NULL);
+CREATE TABLE numbers (id INTEGER PRIMARY KEY, n INTEGER, big BIGINT, f FLOAT, r REAL, amount NUMERIC);
+INSERT INTO numbers VALUES (1, '42', '9007199254740993', 'NaN', 1.5, '12.345'),
+                           (2, ' 7 ', 5, 'Infinity', 'Infinity', 7),
+                           (3, 5.0, -1, '-Infinity', '-1.25', '-0.005'),
+                           (4, NULL, NULL, 1e300, NULL, NULL);
+CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB, note TEXT);
+INSERT INTO blobs VALUES (1, x'00ff10', 'plain'), (2, 'text in a blob column', 42), (3, NULL, 1.5);
+CREATE TABLE "Order" ("Select" INTEGER PRIMARY KEY, "MixedCase" TEXT, "user" TEXT);
+INSERT INTO "Order" VALUES (1, 'Mixed', 'reserved');
+CREATE TABLE composite (a INTEGER, b TEXT, v TEXT, PRIMARY KEY (a, b));
+INSERT INTO composite VALUES (1, 'x', 'one'), (1, 'y', 'two'), (2, 'x', 'three');
+CREATE TABLE tree (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES tree(id), name TEXT);
+INSERT INTO tree VALUES (1, 3, 'child before its parent'), (2, NULL, 'root'), (3, 2, 'middle');
+CREATE TABLE norowid (code TEXT PRIMARY KEY, label TEXT) WITHOUT ROWID;
+INSERT INTO norowid VALUES ('b', 'bee'), ('a', 'ay');
+CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+INSERT INTO auto VALUES (1, 'one'), (5, 'five'), (9, 'nine');
+CREATE TABLE serials (id INTEGER PRIMARY KEY, v TEXT);
+INSERT INTO serials VALUES (3, 'three'), (100, 'hundred');
+"""
+
+HARD_POSTGRES = """
+CREATE TABLE flags (id int PRIMARY KEY, b boolean);
+CREATE TABLE events (id int PRIMARY KEY, at timestamptz, wall timestamp, day date);
+CREATE TABLE numbers (id int PRIMARY KEY, n integer, big bigint, f double precision, r real, amount numeric(10,2));
+CREATE TABLE blobs (id int PRIMARY KEY, data bytea, note text);
+CREATE TABLE "Order" ("Select" int PRIMARY KEY, "MixedCase" text, "user" text);
+CREATE TABLE composite (a int, b text, v text, PRIMARY KEY (a, b));
+CREATE TABLE tree (id int PRIMARY KEY, parent_id int REFERENCES tree(id), name text);
+CREATE TABLE norowid (code text PRIMARY KEY, label text);
+CREATE TABLE auto (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+CREATE TABLE serials (id serial PRIMARY KEY, v text);
+"""
+
+
+def test_hard_cases_land_as_documented(server, tmp_path):
+    source = tmp_path / "hard.db"
+    with sqlite3.connect(source) as src:
+        src.executescript(HARD_SQLITE)
+    url = server.url(server.create())
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(HARD_POSTGRES)
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("plan")
+    assert code == 0 and "problem" not in out, out
+    code, out = plan.run("apply")
+    assert code == 0, out
+    assert [r[0] for r in rows(url, "SELECT b FROM flags ORDER BY id")] == \
+        [True, False, True, False, True, False, True, False, True, False, True, None]
+    # the server runs in America/New_York: naive text is still read in the step's zone (UTC)
+    at = rows(url, "SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM events ORDER BY id")
+    assert at == [(1, "2024-05-28 11:38:31.000000"), (2, "2024-05-28 11:38:31.123456"), (3, "2024-05-28 11:38:31.000000"),
+                  (4, "2024-05-28 11:38:31.000000"), (5, "2024-05-28 11:38:31.000000"),
+                  (6, "2024-05-28 11:38:31.250000"), (7, "2024-05-28 11:38:31.000000")]
+    wall = rows(url, "SELECT to_char(wall, 'YYYY-MM-DD HH24:MI:SS.US'), day::text FROM events ORDER BY id")
+    assert wall[:6] == [("2024-05-28 11:38:31.000000", "2024-05-28"), ("2024-05-28 11:38:31.500000", "2024-05-28"),
+                        ("2024-05-28 11:38:31.000000", "2024-05-28"), ("2024-05-28 11:38:31.000000", "2024-05-28"),
+                        ("2024-05-28 11:38:31.000000", None), ("2024-05-28 11:38:31.000000", None)]
+    assert rows(url, "SELECT n, big, f::text, r::text, amount::text FROM numbers ORDER BY id") == [
+        (42, 9007199254740993, "NaN", "1.5", "12.35"), (7, 5, "Infinity", "Infinity", "7.00"),
+        (5, -1, "-Infinity", "-1.25", "-0.01"), (None, None, "1e+300", None, None)]
+    assert rows(url, "SELECT id, encode(data, 'hex'), note FROM blobs ORDER BY id") == [
+        (1, "00ff10", "plain"), (2, b"text in a blob column".hex(), "42"), (3, None, "1.5")]
+    assert rows(url, 'SELECT "Select", "MixedCase", "user" FROM "Order"') == [(1, "Mixed", "reserved")]
+    assert rows(url, "SELECT a, b, v FROM composite ORDER BY a, b") == [(1, "x", "one"), (1, "y", "two"), (2, "x", "three")]
+    assert rows(url, "SELECT id, parent_id FROM tree ORDER BY id") == [(1, 3), (2, None), (3, 2)]
+    assert rows(url, "SELECT code, label FROM norowid ORDER BY code") == [("a", "ay"), ("b", "bee")]
+    assert plan.run("plan", "--detailed-exitcode")[0] == 0
+    assert rows(url, "INSERT INTO auto (v) VALUES ('next') RETURNING id") == [(10,)]
+    assert rows(url, "INSERT INTO serials (v) VALUES ('next') RETURNING id") == [(101,)]
+    code, out = plan.run("plan")
+    assert code == 1 and "auto holds rows that the last copy did not leave there" in out, out
+
+
+FAILURES = [
+    ("bad-boolean", "CREATE TABLE t (id INTEGER PRIMARY KEY, b BOOLEAN); INSERT INTO t VALUES (1, 1), (2, 'maybe');",
+     "CREATE TABLE t (id int PRIMARY KEY, b boolean)", "t: row id=2: column b: 'maybe' is not a boolean"),
+    ("overlong", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t VALUES (1, 'ok'), (3, 'abcdefgh');",
+     "CREATE TABLE t (id int PRIMARY KEY, name varchar(5))",
+     "t: row id=3: column name: a value of 8 characters is longer than character varying(5)"),
+    ("invalid-utf8", "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO t VALUES (1, 'ok'), (2, CAST(x'61ff62' AS TEXT));",
+     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: row id=2: column note: invalid UTF-8 at byte 1"),
+    ("impossible-date", "CREATE TABLE t (id INTEGER PRIMARY KEY, at DATETIME); INSERT INTO t VALUES (1, '2024-02-28 10:00:00'), (2, '2024-02-30 10:00:00');",
+     "CREATE TABLE t (id int PRIMARY KEY, at timestamptz)",
+     "t: row id=2: column at: '2024-02-30 10:00:00' is not a timestamp (day is out of range for month)"),
+    ("out-of-range", "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 1), (2, 3000000000);",
+     "CREATE TABLE t (id int PRIMARY KEY, n integer)", "t: row id=2: column n: 3000000000 is out of range for integer"),
+    ("invalid-json", "CREATE TABLE t (id INTEGER PRIMARY KEY, doc JSON); INSERT INTO t VALUES (1, '{}'), (2, '{nope');",
+     "CREATE TABLE t (id int PRIMARY KEY, doc jsonb)", "t: row id=2: column doc: invalid JSON"),
+    ("nul-bytes", "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO t VALUES (1, 'ok'), (2, 'a' || char(0) || 'b');",
+     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: row id=2: column note: text contains NUL bytes"),
+    ("not-null", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL);",
+     "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL)", "t: row id=2: column name: null value in column \"name\""),
+    ("unique", "CREATE TABLE t (id INTEGER PRIMARY KEY, slug TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'a');",
+     "CREATE TABLE t (id int PRIMARY KEY, slug text UNIQUE)", "t: row id=3: duplicate key value violates unique constraint \"t_slug_key\""),
+]
+
+
+@pytest.mark.parametrize("sqlite_ddl,pg_ddl,message", [f[1:] for f in FAILURES], ids=[f[0] for f in FAILURES])
+def test_hard_case_failures_name_table_key_and_column(server, tmp_path, sqlite_ddl, pg_ddl, message):
+    source = tmp_path / "bad.db"
+    with sqlite3.connect(source) as src:
+        src.executescript(sqlite_ddl)
+    url = server.url(server.create())
+    rows(url, pg_ddl)
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("apply")
+    assert code == 1, out
+    assert message in out, out
+    assert "nothing of t was loaded" in out and "Traceback" not in out
+    assert rows(url, "SELECT count(*) FROM t")[0][0] == 0, "nothing of the table half-loaded"
+
+
+def test_strip_nul_drops_nul_bytes(server, tmp_path):
+    source = tmp_path / "nul.db"
+    with sqlite3.connect(source) as src:
+        src.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO t VALUES (1, 'a' || char(0) || 'b');")
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE t (id int PRIMARY KEY, note text)")
+    plan = plan_file(tmp_path, source, url, strip_nul=True)
+    assert plan.run("apply")[0] == 0
+    assert rows(url, "SELECT note FROM t") == [("ab",)]
