@@ -251,25 +251,20 @@ def _parse_datetime(s: str) -> datetime:
 
 # --- canonical text, for checksums ----------------------------------------------------------
 
+CANONICAL_SQL = {
+    "bool": "CASE WHEN {c} THEN 't' ELSE 'f' END",
+    "timestamptz": "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+    "timestamp": "to_char({c}, 'YYYY-MM-DD HH24:MI:SS.US')",
+    "date": "to_char({c}, 'YYYY-MM-DD')",
+    "time": "to_char({c}::interval, 'HH24:MI:SS.US')",
+    "bytea": "encode({c}, 'hex')",
+    "float": "{c}::float8::text",
+}
+
+
 def canonical_sql(col: TargetColumn, ident: str) -> str:
     """SQL giving the canonical text of a column, the same as :func:`canonical` gives."""
-    kind = col.kind
-    if kind == "bool":
-        expr = f"CASE WHEN {ident} THEN 't' ELSE 'f' END"
-    elif kind == "timestamptz":
-        expr = f"to_char({ident} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
-    elif kind == "timestamp":
-        expr = f"to_char({ident}, 'YYYY-MM-DD HH24:MI:SS.US')"
-    elif kind == "date":
-        expr = f"to_char({ident}, 'YYYY-MM-DD')"
-    elif kind == "time":
-        expr = f"to_char({ident}::interval, 'HH24:MI:SS.US')"
-    elif kind == "bytea":
-        expr = f"encode({ident}, 'hex')"
-    elif kind == "float":
-        expr = f"{ident}::float8::text"
-    else:
-        expr = f"{ident}::text"
+    expr = CANONICAL_SQL.get(col.kind, "{c}::text").format(c=ident)
     return f"coalesce({expr}, '{NULL}')"
 
 

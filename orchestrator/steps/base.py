@@ -81,6 +81,17 @@ class Resource:
         return {**extra_labels(), "orchestrate.plan": self.rc.plan.name,
                 "orchestrate.step": self.step.name}
 
+    def database_url(self, explicit: str | None) -> str:
+        """``explicit``, or the url of the nearest earlier db-container step."""
+        if explicit:
+            return explicit
+        found = self.rc.earlier_outputs(self.step, "db-container")
+        if not found:
+            raise self.rc.plan.smap.error(self.step.path + ("url",), "no url given and no db-container step "
+                                          "before this one", hint="add url: ... to the step, or a db-container "
+                                                                  "step before it")
+        return found[1]["url"]
+
     def check(self) -> None:
         """Validate-time checks that need no Docker and no database (files, templates)."""
 

@@ -201,13 +201,7 @@ class CopyData(Resource):
 
     @property
     def url(self) -> str:
-        if self.spec.url:
-            return self.spec.url
-        found = self.rc.earlier_outputs(self.step, "db-container")
-        if not found:
-            raise self.rc.plan.smap.error(self.step.path + ("url",), "no url given and no db-container step before this one",
-                                          hint="add url: ... to the step, or a db-container step before it")
-        return found[1]["url"]
+        return self.database_url(self.spec.url)
 
     @property
     def libpq_url(self) -> str:
