@@ -31,6 +31,8 @@ class Output:
             color = (hasattr(self.stream, "isatty") and self.stream.isatty()
                      and "NO_COLOR" not in os.environ and not os.environ.get("CI"))
         self.color = color
+        self.live = bool(color)          # a terminal: progress redraws one line in place
+        self._open = False
 
     def c(self, text: str, colour: str) -> str:
         return f"\033[{_COLOURS[colour]}m{text}\033[0m" if self.color else text
@@ -38,6 +40,7 @@ class Output:
     def print(self, text: str = "", *, always: bool = False) -> None:
         if self.quiet and not always:
             return
+        self._close_live()
         self.stream.write(redact(text) + "\n")
         self.stream.flush()
 
@@ -46,7 +49,20 @@ class Output:
             self.print(self.c(f"  . {text}", "dim"))
 
     def progress(self, text: str) -> None:
-        self.print(self.c(f"  ... {text}", "dim"))
+        """Long work: one line redrawn in place on a terminal, plain lines otherwise."""
+        if self.quiet:
+            return
+        if self.live:
+            self.stream.write("\r\033[K" + self.c(f"  ... {redact(text)}", "dim"))
+            self.stream.flush()
+            self._open = True
+        else:
+            self.print(f"  ... {text}")
+
+    def _close_live(self) -> None:
+        if self._open:
+            self.stream.write("\r\033[K")
+            self._open = False
 
     def json(self, doc: dict[str, Any]) -> None:
         self.stream.write(json.dumps(redact_obj(doc), indent=2, sort_keys=False, default=str) + "\n")

@@ -536,7 +536,7 @@ class CopyData(Resource):
             if not need and not fixes:
                 try:
                     with pg.transaction():
-                        result.update(self._copy(pg, src, p, None, None))
+                        result.update(self._copy(pg, src, p, None, None, ts.source_rows))
                     return result
                 except _NeedsPython as why:
                     self.rc.log(f"{p.target}: {why}: the table goes through the Python converters")
@@ -548,7 +548,7 @@ class CopyData(Resource):
                 need = set(range(len(p.columns)))
             with pg.transaction():
                 try:
-                    result.update(self._copy(pg, src, p, need or set(range(len(p.columns))), fixes))
+                    result.update(self._copy(pg, src, p, need or set(range(len(p.columns))), fixes, ts.source_rows))
                 except psycopg.Error as exc:
                     self._diagnose(src, p, exc, final=True)
         except sqlite3.OperationalError as exc:
@@ -613,7 +613,8 @@ class CopyData(Resource):
         names = {d.fk.name for d in ts.dangling}
         return [(fk, join, cond) for fk, join, cond in self._fk_joins(p, plans) if fk.name in names]
 
-    def _copy(self, pg, src: sqlite3.Connection, p: TablePlan, convert: set[int] | None, fixes) -> dict:
+    def _copy(self, pg, src: sqlite3.Connection, p: TablePlan, convert: set[int] | None, fixes,
+              ts_rows: int = 0) -> dict:
         from psycopg import sql
         cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in p.target_columns)
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(p.target), cols)
@@ -632,7 +633,7 @@ class CopyData(Resource):
         order = sorted(convert) if convert is not None else []
         positions = {c.name: i for i, c in enumerate(p.target_columns)}
         fast = self._fast_loop(p) if convert is None else None
-        progress = _Progress(self.rc.progress, p.target, 0)
+        progress = _Progress(self.rc.progress, p.target, ts_rows)
         cur = reader.execute(query)
         with pg.cursor().copy(stmt) as copy:
             line = 0
@@ -751,17 +752,24 @@ def _show(value: Any) -> str:
 
 
 class _Progress:
-    """Periodic plain progress lines for large tables."""
+    """Progress of a large table: a bar with rows per second (redrawn in place on a terminal,
+    a plain line every two seconds otherwise)."""
 
     def __init__(self, say, table: str, total: int):
-        self.say, self.table = say, table
+        self.say, self.table, self.total = say, table, total
         self.start = self.last = time.monotonic()
 
     def tick(self, rows: int) -> None:
         now = time.monotonic()
         if now - self.last >= 2.0:
             self.last = now
-            self.say(f"{self.table}: {rows} rows ({rows / (now - self.start) / 1000:.0f}k rows/s)")
+            rate = rows / (now - self.start)
+            if self.total:
+                done = min(rows / self.total, 1.0)
+                bar = "#" * int(done * 20)
+                self.say(f"{self.table} [{bar:<20}] {done:4.0%} {rows:,}/{self.total:,} rows, {rate / 1000:.0f}k rows/s")
+            else:
+                self.say(f"{self.table}: {rows:,} rows, {rate / 1000:.0f}k rows/s")
 
 
 def _plain(value: Any) -> str:
