@@ -16,7 +16,7 @@ from . import __version__, redact
 from .errors import OrchestrateError, PlanError
 from .executor import Executor, validate
 from .output import (Output, plan_document, print_plan, print_recap, print_status,
-                     print_step_line)
+                     print_step_line, print_verify)
 from .plan import json_schema, load_plan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -83,6 +83,22 @@ def cmd_status(args, out: Output) -> int:
     return EXIT_CHANGES if args.detailed_exitcode and drifted else EXIT_OK
 
 
+def cmd_verify(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    steps = validate(plan)
+    if not any(s.type == "verify" for s, _ in steps):
+        raise OrchestrateError(f"plan {plan.name!r} has no verify step",
+                               hint="add one after the copy-data step:  - {name: check, verify: {}}")
+    result = Executor(plan, "verify", log=out.debug).run()
+    if args.json:
+        out.json(plan_document(result, "verify"))
+    ok = print_verify(out, result) if not args.json else all(
+        r.diff.details.get("ok") for r in result.reports if r.type == "verify")
+    if result.error:
+        raise result.error
+    return EXIT_OK if ok else EXIT_ERROR
+
+
 def cmd_destroy(args, out: Output) -> int:
     plan = load_plan(args.plan, _overrides(args.extra_vars))
     validate(plan)
@@ -144,6 +160,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as a JSON document")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when the real state drifted")
     p.set_defaults(func=cmd_status)
+
+    p = with_plan(sub, "verify", "prove the database holds what the plan put there (read-only)")
+    p.add_argument("--json", action="store_true", help="print the report as a JSON document")
+    p.set_defaults(func=cmd_verify)
 
     p = with_plan(sub, "destroy", "remove the containers the plan created (data volumes are kept)")
     p.add_argument("--volumes", action="store_true", help="also remove the plan's data volumes (asks first)")

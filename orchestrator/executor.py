@@ -65,6 +65,7 @@ def validate(plan: Plan) -> list[tuple[StepDecl, Resource]]:
     out = []
     for step in plan.steps:
         res = REGISTRY[step.type](step, render_step(step, plan, ctx), rc)
+        rc.resources[step.name] = res
         res.check()
         set_outputs(ctx, step, res.outputs(None))
         out.append((step, res))
@@ -96,6 +97,7 @@ class Executor:
             res = REGISTRY[step.type](step, spec, self.rc)
             for value in res.secret_inputs().values():
                 redact.register(value)
+            self.rc.resources[step.name] = res
             yield step, res
 
     def run(self) -> RunResult:
@@ -130,7 +132,7 @@ class Executor:
     def _step(self, step: StepDecl, res: Resource, report: StepReport) -> dict:
         obs = res.observe()
         report.diff = diff = res.diff(obs)
-        if self.mode in ("plan", "status"):
+        if self.mode in ("plan", "status", "verify"):
             report.status = "pending" if diff.changes else "ok"
             if self.mode == "status":
                 report.drift = drift(self.lock.step(step.name).get("observed") or {}, res.record(obs))
@@ -151,6 +153,7 @@ class Executor:
         else:
             res.settle(obs)
             report.status = "ok"
+            report.message = res.summary(obs)
         outputs = res.outputs(obs)
         self.lock.set_step(step.name, _lock_entry(res, obs, outputs, self.lock.step(step.name)))
         self.lock.save()

@@ -140,7 +140,7 @@ def print_summary(out: Output, result: RunResult) -> None:
 def print_step_line(out: Output, r: StepReport, width: int = 0) -> None:
     status = out.c(f"{r.status + ':':<8}", STATUS_COLOUR.get(r.status, "bold"))
     line = f"{status} {_step_title(r, width)}"
-    if r.status == "changed" and r.message:
+    if r.status in ("changed", "ok") and r.message:
         line += f": {r.message}"
     if r.status == "failed":   # the reason follows once, as the run's error
         out.print(line, always=True)
@@ -174,6 +174,34 @@ def print_status(out: Output, result: RunResult) -> None:
             out.print("      " + out.c(f"! {w}", "red"), always=True)
         if r.diff.changes:
             out.print("      " + out.c(f"pending: {', '.join(r.diff.fields())} ({r.action.label})", "yellow"))
+
+
+def print_verify(out: Output, result: RunResult) -> bool:
+    """The verify report: per table source rows, target rows and equality; then the checks."""
+    ok = True
+    for r in result.reports:
+        if r.type != "verify":
+            continue
+        details = r.diff.details
+        tables = details.get("tables") or []
+        out.print(f"Verify {result.plan.name}: step {r.name}", always=True)
+        if tables:
+            width = max(len(t["table"]) for t in tables)
+            out.print(f"  {'table':<{width}}  {'source rows':>12}  {'target rows':>12}  checksum", always=True)
+            for t in tables:
+                mark = out.c("equal", "green") if t["equal"] else out.c("DIFFERENT", "red")
+                src = "-" if t["source_rows"] is None else f"{t['source_rows']:,}"
+                tgt = "-" if t["target_rows"] is None else f"{t['target_rows']:,}"
+                out.print(f"  {t['table']:<{width}}  {src:>12}  {tgt:>12}  {mark}", always=True)
+                if not t["equal"]:
+                    out.print(f"      {t['detail']}", always=True)
+        for c in details.get("checks") or []:
+            mark = out.c("ok  ", "green") if c["ok"] else out.c("FAIL", "red")
+            out.print(f"  {mark} {c['name']}: {c['detail']}", always=True)
+        ok = ok and bool(details.get("ok"))
+        out.print(("Verified: nothing differs." if details.get("ok") else
+                   out.c("Verification FAILED.", "red")) + f" ({details.get('seconds', 0)}s)", always=True)
+    return ok
 
 
 def plan_document(result: RunResult, command: str) -> dict[str, Any]:

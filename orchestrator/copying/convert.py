@@ -268,6 +268,16 @@ def canonical_sql(col: TargetColumn, ident: str) -> str:
     return f"coalesce({expr}, '{NULL}')"
 
 
+def row_hash_sql(cols: list[TargetColumn], idents: list[str], server_version: int) -> str:
+    """A 64-bit hash of a row's values, computed in the server: ``hash_record_extended`` over
+    the values themselves (no text formatting; types without a hash function, such as json, are
+    hashed as text), or the row's text on PostgreSQL before 14."""
+    if server_version >= 140000:
+        values = ", ".join(i if c.kind not in ("json", "other") else f"{i}::text" for c, i in zip(cols, idents))
+        return f"hash_record_extended(ROW({values}), 0)"
+    return f"hashtextextended(ROW({', '.join(idents)})::text, 0)"
+
+
 def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "") -> str:
     """count(*) and the sum of the first 64 bits of md5 over each row's canonical text."""
     row = " || chr(31) || ".join(canonical_sql(c, i) for c, i in zip(cols, idents))

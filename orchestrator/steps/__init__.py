@@ -7,5 +7,6 @@ from .copy_data import CopyData
 from .db_container import DbContainer
 from .migrate import Migrate
 from .render import Render
+from .verify import Verify
 
-REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData)}
+REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify)}

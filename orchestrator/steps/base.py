@@ -42,13 +42,21 @@ class RunContext:
     lock: Lockfile
     context: Context | None = None  # what templates see, with the outputs of the steps so far
     options: dict[str, Any] = field(default_factory=dict)   # command options, e.g. {"sql": True}
+    resources: dict[str, Any] = field(default_factory=dict)  # the steps rendered so far, by name
     log: Callable[[str], None] = lambda _m: None
     progress: Callable[[str], None] = lambda _m: None
     _engine: Engine | None = field(default=None, repr=False)
 
     @property
     def read_only(self) -> bool:
-        return self.mode in ("validate", "plan", "status")
+        return self.mode in ("validate", "plan", "status", "verify")
+
+    def earlier(self, step: StepDecl, type_: str):
+        """The resource of the nearest earlier step of type ``type_`` (None if there is none)."""
+        for earlier in reversed(self.plan.steps[:step.index]):
+            if earlier.type == type_ and earlier.name in self.resources:
+                return self.resources[earlier.name]
+        return None
 
     def earlier_outputs(self, step: StepDecl, type_: str) -> tuple[str, dict] | None:
         """Name and outputs of the nearest earlier step of type ``type_``."""
@@ -104,6 +112,10 @@ class Resource:
     def apply(self, observed: Any, diff: Diff) -> str:
         """Make the changes; return a short description of what was done."""
         raise NotImplementedError
+
+    def summary(self, observed: Any) -> str:
+        """A short line for a step that was ``ok`` (nothing to change), when it has one."""
+        return ""
 
     def settle(self, observed: Any) -> None:
         """Apply mode, nothing to change: wait (read-only) until what exists is usable by the

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
-from ..copying.convert import BOOL_WORDS, ConvertError, TargetColumn, make_converter
+from ..copying.convert import BOOL_WORDS, ConvertError, TargetColumn, make_converter, row_hash_sql
 from ..copying.mapping import TablePlan, load_units, map_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target)
@@ -293,12 +293,14 @@ class CopyData(Resource):
 
     def _target_checksum(self, pg, p: TablePlan) -> tuple[int, str]:
         """Row count and a fingerprint of the target table's content, taken in the server: the
-        sum of a 64-bit hash of each row's text (output settings fixed by :data:`STABLE_OUTPUT`).
-        It answers "is the table still what the last copy left?" at a fraction of the cost of
-        the md5-based content checksum that verify compares with the source."""
+        sum of a 64-bit hash of each row (every column, copied or not). It answers "is the table
+        still what the last copy left?" at a fraction of the cost of an md5 over every value."""
         from psycopg import sql
-        count, total = pg.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) "
-                                          "FROM {} AS t").format(sql.Identifier(p.target))).fetchone()
+        cols = list(p.table.columns.values())
+        idents = [sql.Identifier(c.name).as_string(pg) for c in cols]
+        expr = row_hash_sql(cols, idents, pg.info.server_version)
+        count, total = pg.execute(sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {}").format(
+            sql.SQL(expr), sql.Identifier(p.target))).fetchone()
         return count, f"{count}:{total}"
 
     def _select(self, p: TablePlan, extra: str = "") -> str:
@@ -525,8 +527,14 @@ class CopyData(Resource):
                           f"nothing of {p.target} was loaded",
                           hint="set on_dangling: null or skip in the step, or fix the source")
 
+    def load_into(self, pg, src: sqlite3.Connection, p: TablePlan, ts: TableState, plans: list[TablePlan],
+                  into: str) -> dict:
+        """Load the source table into another table (verify loads it into a temporary one),
+        converting exactly as the copy does."""
+        return self._load_table(pg, src, p, ts, plans, into=into)
+
     def _load_table(self, pg, src: sqlite3.Connection, p: TablePlan, ts: TableState,
-                    plans: list[TablePlan]) -> dict:
+                    plans: list[TablePlan], into: str | None = None) -> dict:
         """COPY one table, inside the caller's transaction; returns what to record."""
         import psycopg
         need = {i for i, (_, c) in enumerate(p.columns) if c.kind == "time"}
@@ -536,7 +544,7 @@ class CopyData(Resource):
             if not need and not fixes:
                 try:
                     with pg.transaction():
-                        result.update(self._copy(pg, src, p, None, None, ts.source_rows))
+                        result.update(self._copy(pg, src, p, None, None, ts.source_rows, into))
                     return result
                 except _NeedsPython as why:
                     self.rc.log(f"{p.target}: {why}: the table goes through the Python converters")
@@ -548,7 +556,7 @@ class CopyData(Resource):
                 need = set(range(len(p.columns)))
             with pg.transaction():
                 try:
-                    result.update(self._copy(pg, src, p, need or set(range(len(p.columns))), fixes, ts.source_rows))
+                    result.update(self._copy(pg, src, p, need or set(range(len(p.columns))), fixes, ts.source_rows, into))
                 except psycopg.Error as exc:
                     self._diagnose(src, p, exc, final=True)
         except sqlite3.OperationalError as exc:
@@ -614,10 +622,10 @@ class CopyData(Resource):
         return [(fk, join, cond) for fk, join, cond in self._fk_joins(p, plans) if fk.name in names]
 
     def _copy(self, pg, src: sqlite3.Connection, p: TablePlan, convert: set[int] | None, fixes,
-              ts_rows: int = 0) -> dict:
+              ts_rows: int = 0, into: str | None = None) -> dict:
         from psycopg import sql
         cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in p.target_columns)
-        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(p.target), cols)
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(into or p.target), cols)
         extra, joins = "", ""
         if fixes:
             extra = ", " + ", ".join(f"CASE WHEN {cond} THEN 1 ELSE 0 END" for _, _, cond in fixes)

@@ -330,8 +330,8 @@ class Migrate(Resource):
 
     def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
         if obs is None or not obs.reachable:
-            return {"revision": self.spec.target}
-        return {"revision": obs.current}
+            return {"revision": self.spec.target, "target": self.spec.target}
+        return {"revision": obs.current, "target": obs.target}
 
     def record(self, obs: Observed) -> dict[str, Any]:
         return {"revision": obs.current if obs.reachable else None}

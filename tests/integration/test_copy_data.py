@@ -88,15 +88,16 @@ class PlanFile:
         self.url, self.source = url, source
         self.write(**options)
 
-    def write(self, **options) -> None:
+    def write(self, verify: bool = False, **options) -> None:
         body = {"source": str(self.source), "url": "{{ secrets.url }}", **options}
+        check = '\n  - name: check\n    verify: {url: "{{ secrets.url }}"}\n' if verify else ""
         self.path.write_text(textwrap.dedent(f"""\
             name: copy-test
             secrets: {{url: {{env: {self.env}}}}}
             steps:
               - name: data
                 copy-data: {json.dumps(body)}
-            """))
+            """) + check)
 
     def run(self, command: str, *extra) -> tuple[int, str]:
         return run_cli(command, self.path, *extra)
@@ -407,3 +408,41 @@ def test_strip_nul_drops_nul_bytes(server, tmp_path):
     plan = plan_file(tmp_path, source, url, strip_nul=True)
     assert plan.run("apply")[0] == 0
     assert rows(url, "SELECT note FROM t") == [("ab",)]
+
+
+@pytest.mark.parametrize("damage,table,detail", [
+    ("DELETE FROM deployment_logs WHERE id = 4242", "deployment_logs",
+     "1 row(s) differ (1 missing in the target); first differing key range: id=4242"),
+    ("UPDATE tenants SET name = 'tampered' WHERE id = 3", "tenants",
+     "1 row(s) differ (1 changed); first differing key range: id=3"),
+    ("SELECT setval('deployment_logs_id_seq', 5)", None,
+     "sequences: deployment_logs.id: public.deployment_logs_id_seq would hand out 6, but the highest id is 20000"),
+], ids=["deleted-row", "changed-value", "sequence-set-back"])
+def test_verify_fails_naming_table_and_key(reference, tmp_path, damage, table, detail):
+    source, url, _ = reference
+    plan = plan_file(tmp_path, source, url)
+    plan.write(verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "ok:      check (verify): verified 3 table(s)" in out, out
+    code, out = plan.run("verify")
+    assert code == 0 and "Verified: nothing differs." in out, out
+    rows(url, damage)
+    code, out = plan.run("verify")
+    assert code == 1 and detail in out and "Verification FAILED" in out, out
+    if table:
+        assert any(line.split()[:1] == [table] and line.endswith("DIFFERENT") for line in out.splitlines()), out
+    code, out = plan.run("verify", "--json")
+    step = next(s for s in json.loads(out)["steps"] if s["type"] == "verify")
+    assert step["details"]["ok"] is False and any(detail in p for p in step["problems"])
+
+
+def test_verify_leaves_nothing_behind(reference, tmp_path):
+    source, url, _ = reference
+    plan = plan_file(tmp_path, source, url)
+    plan.write(verify=True)
+    assert plan.run("apply")[0] == 0
+    before = rows(url, "SELECT relname FROM pg_class WHERE relkind = 'r' ORDER BY 1")
+    xid = current_xid(url)
+    assert plan.run("verify")[0] == 0
+    assert rows(url, "SELECT relname FROM pg_class WHERE relkind = 'r' ORDER BY 1") == before
+    assert written_since(url, xid) == {t: 0 for t in TABLES}
