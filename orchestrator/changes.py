@@ -66,6 +66,7 @@ class Diff:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)   # step-specific data (revisions, file diffs)
+    destructive: str | None = None    # why applying it destroys data (a backup is taken first)
 
     @property
     def action(self) -> Action:

@@ -61,7 +61,7 @@ def cmd_apply(args, out: Output) -> int:
     width = max(len(s.name) for s in plan.steps)
     out.print(f"Applying {plan.name} ({plan.path})")
     ex = Executor(plan, "apply", only=args.only, log=out.debug, progress=out.progress,
-                  on_step=lambda r: print_step_line(out, r, width))
+                  on_step=lambda r: print_step_line(out, r, width), options={"no_backup": args.no_backup})
     result = ex.run()
     print_recap(out, result)
     if result.error:
@@ -110,11 +110,75 @@ def cmd_destroy(args, out: Output) -> int:
                        f"Type the plan name to confirm: ")
         if answer.strip() != plan.name:
             raise OrchestrateError("not confirmed; nothing was removed")
-    said = Executor(plan, "destroy", only=args.only, log=out.debug).destroy(volumes=args.volumes)
+    said = Executor(plan, "destroy", only=args.only, log=out.debug, progress=out.progress,
+                    options={"no_backup": args.no_backup}).destroy(volumes=args.volumes)
     for step, lines in said:
         for line in lines or ["nothing to remove"]:
             out.print(f"{step}: {line}", always=True)
     return EXIT_OK
+
+
+def _confirm(question: str, yes: bool, plan_name: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise OrchestrateError(f"{question}: refusing without confirmation", hint="run it on a terminal, or add --yes")
+    if input(f"{question}. Type the plan name to confirm: ").strip() != plan_name:
+        raise OrchestrateError("not confirmed; nothing was changed")
+
+
+def cmd_backup(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    validate(plan)
+
+    def run(ex, ctx):
+        res = ex.backup_resource(ctx)
+        if args.drill:
+            record = res.find(args.source or "latest")
+            result = res.drill(record)
+            out.print(f"drill of {record['name']}: restored into a throwaway container; every table's rows and "
+                      f"content match what was recorded:", always=True)
+            for table, (count, _) in result.items():
+                out.print(f"  {table}: {count} rows", always=True)
+            out.print("the throwaway container and volume were removed", always=True)
+            return EXIT_OK
+        obs = res.observe()
+        out.print(res.apply(obs, res.diff(obs)) or "nothing to do", always=True)
+        return EXIT_OK
+
+    return Executor(plan, "operate", log=out.debug, progress=out.progress,
+                    options={"force_backup": True}).operate(run)
+
+
+def cmd_restore(args, out: Output) -> int:
+    plan = load_plan(args.plan, _overrides(args.extra_vars))
+    validate(plan)
+
+    def run(ex, ctx):
+        res = ex.backup_resource(ctx)
+        record = res.find(args.source)
+        res.check_file(record)       # a corrupted or unknown file is refused before anything else
+        _confirm(f"This replaces the data of plan {plan.name!r} with {record['name']} ({record['created']})",
+                 args.yes, plan.name)
+        if not args.no_backup:
+            import psycopg
+            db = res._db()
+            try:
+                with psycopg.connect(db.outputs()["url"].replace("+psycopg", ""), connect_timeout=5) as conn:
+                    has_tables = bool(conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema()").fetchone())
+            except psycopg.OperationalError:
+                has_tables = False
+            if has_tables:
+                before = res.take(f"before restoring {record['name']}")
+                out.print(f"took {before['name']} first (--no-backup skips this)", always=True)
+        counts = res.restore(record)
+        out.print(f"restored {record['name']} in one transaction; row counts and content match the backup's:",
+                  always=True)
+        for table, count in counts.items():
+            out.print(f"  {table}: {count} rows", always=True)
+        return EXIT_OK
+
+    return Executor(plan, "operate", log=out.debug, progress=out.progress).operate(run)
 
 
 def cmd_schema(args, out: Output) -> int:
@@ -154,6 +218,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = with_plan(sub, "apply", "make the real state match the plan, changing only what differs")
     p.add_argument("--only", action="append", metavar="STEP", help="apply only this step (repeatable)")
+    p.add_argument("--no-backup", action="store_true",
+                   help="do not take a backup before a destructive change the plan allows")
     p.set_defaults(func=cmd_apply)
 
     p = with_plan(sub, "status", "what the lockfile recorded next to what is observed now (read-only)")
@@ -169,7 +235,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--volumes", action="store_true", help="also remove the plan's data volumes (asks first)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--only", action="append", metavar="STEP", help="destroy only this step (repeatable)")
+    p.add_argument("--no-backup", action="store_true", help="with --volumes: do not take a backup first")
     p.set_defaults(func=cmd_destroy)
+
+    p = with_plan(sub, "backup", "take a backup now (pg_dump in the container), or prove one restorable")
+    p.add_argument("--drill", action="store_true",
+                   help="restore a backup into a throwaway container and compare it with what was recorded")
+    p.add_argument("--from", dest="source", metavar="FILE", help="with --drill: the backup (default: latest)")
+    p.set_defaults(func=cmd_backup)
+
+    p = with_plan(sub, "restore", "restore a recorded backup into the plan's database, in one transaction")
+    p.add_argument("--from", dest="source", required=True, metavar="FILE|latest", help="the backup to restore")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--no-backup", action="store_true", help="do not take a backup of the current data first")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the plan format", parents=[common])
     p.set_defaults(func=cmd_schema)

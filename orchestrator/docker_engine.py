@@ -279,6 +279,33 @@ class Engine:
                    lambda: self.api.connect_container_to_network(container_id, network,
                                                                  aliases=aliases or None))
 
+    def exec_stream(self, container_id: str, name: str, cmd: list[str], env: dict[str, str] | None = None):
+        """Run a command inside a container, streaming: returns an iterator of (stdout, stderr)
+        chunks and a function giving the exit code once the iterator is exhausted."""
+        self._mutate(f"exec in {name}: {cmd[0]}")
+        exec_id = self._call(f"run a command in {name}", lambda: self.api.exec_create(
+            container_id, cmd, environment=env, stdout=True, stderr=True)["Id"])
+        chunks = self._call(f"run a command in {name}", lambda: self.api.exec_start(exec_id, stream=True, demux=True))
+        return chunks, lambda: self.api.exec_inspect(exec_id)["ExitCode"]
+
+    def put_file(self, container_id: str, name: str, directory: str, path, chunk: int = 1 << 20) -> None:
+        """Copy a host file into a directory of a container, streamed as a tar archive built on
+        the fly (never held in memory)."""
+        import os
+        self._mutate(f"copy {os.path.basename(path)} into {name}:{directory}")
+        size = os.path.getsize(path)
+        info = tarfile.TarInfo(os.path.basename(path))
+        info.size, info.mode = size, 0o644
+
+        def archive():
+            yield info.tobuf(format=tarfile.GNU_FORMAT)
+            with open(path, "rb") as fh:
+                while block := fh.read(chunk):
+                    yield block
+            yield b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
+
+        self._call(f"copy a file into {name}", lambda: self.api.put_archive(container_id, directory, archive()))
+
     def exec(self, container_id: str, name: str, cmd: list[str], env: dict[str, str] | None = None,
              user: str = "") -> tuple[int, str]:
         """Run a command inside a container; secrets go in ``env``, never in ``cmd``."""

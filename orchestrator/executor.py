@@ -108,7 +108,7 @@ class Executor:
 
     def _run(self) -> RunResult:
         result = RunResult(self.mode, self.plan)
-        ctx = build_context(self.plan, self.store, generate=self.mode == "apply")
+        ctx = self._ctx = build_context(self.plan, self.store, generate=self.mode == "apply")
         if self.mode == "apply":
             self.store.save()        # a generated secret is kept before anything uses it
             self.lock.data["plan"] = self.plan.name
@@ -134,6 +134,8 @@ class Executor:
         report.diff = diff = res.diff(obs)
         if self.mode in ("plan", "status", "verify"):
             report.status = "pending" if diff.changes else "ok"
+            if diff.changes:
+                self.rc.changed.append(step.name)
             if self.mode == "status":
                 report.drift = drift(self.lock.step(step.name).get("observed") or {}, res.record(obs))
             return res.outputs(obs)
@@ -143,6 +145,8 @@ class Executor:
         if diff.problems:
             raise StepFailed("; ".join(diff.problems))
         if diff.changes:
+            if diff.destructive and not self.rc.options.get("no_backup"):
+                self._backup_before(step, diff.destructive)
             try:
                 report.message = res.apply(obs, diff)
             except OrchestrateError:
@@ -150,6 +154,7 @@ class Executor:
                 raise
             obs = res.observe()
             report.status = "changed"
+            self.rc.changed.append(step.name)
         else:
             res.settle(obs)
             report.status = "ok"
@@ -158,6 +163,41 @@ class Executor:
         self.lock.set_step(step.name, _lock_entry(res, obs, outputs, self.lock.step(step.name)))
         self.lock.save()
         return outputs
+
+    def backup_resource(self, ctx) -> Resource:
+        """The plan's (first) backup step, rendered now; a default one if the plan has none."""
+        from .steps.backup import Backup
+        decl = next((s for s in self.plan.steps if s.type == "backup"), None)
+        if decl is None:
+            decl = StepDecl(len(self.plan.steps), "backup", "backup", {})
+            return Backup(decl, Backup.Spec(), self.rc)
+        if decl.name in self.rc.resources:
+            return self.rc.resources[decl.name]
+        try:
+            return Backup(decl, render_step(decl, self.plan, ctx), self.rc)
+        except OrchestrateError as exc:
+            raise StepFailed(f"cannot prepare the backup step {decl.name!r} yet: {exc.message}") from None
+
+    def _backup_before(self, step: StepDecl, why: str) -> None:
+        """Something destructive the user allowed is about to happen: take a backup first."""
+        res = self.backup_resource(self._ctx)
+        record = res.take(f"before {why} (step {step.name})")
+        self.rc.progress(f"took {record['name']} before {why}; --no-backup skips this")
+
+    def operate(self, what):
+        """Run ``what(executor, ctx)`` (backup, restore, drill) with every step rendered and its
+        known outputs set, applying nothing."""
+        with ApplyLock(self.plan.path):
+            ctx = self._ctx = build_context(self.plan, self.store, generate=False)
+            for step, res in self._resources(ctx):
+                set_outputs(ctx, step, res.outputs(None))
+            return what(self, ctx)
+
+    def _backup_before_destroy(self, ctx, resources) -> list[tuple[str, list[str]]]:
+        if not _running_db(resources):
+            return [("backup", ["no backup taken: the database container is not running"])]
+        record = self.backup_resource(ctx).take("before destroy --volumes")
+        return [("backup", [f"took {record['name']} before removing the volumes (--no-backup skips this)"])]
 
     def _record_after_failure(self, step: StepDecl, res: Resource) -> None:
         """A step that failed halfway still records what it left (say, the last good migration)."""
@@ -170,14 +210,17 @@ class Executor:
         self.lock.save()
 
     def destroy(self, *, volumes: bool) -> list[tuple[str, list[str]]]:
-        """Remove what the plan created, last step first; volumes only when asked."""
+        """Remove what the plan created, last step first; volumes only when asked (and then after
+        a backup, unless the options say no_backup)."""
         said = []
         with ApplyLock(self.plan.path):
-            ctx = build_context(self.plan, self.store, generate=False)
+            ctx = self._ctx = build_context(self.plan, self.store, generate=False)
             resources = []
             for step, res in self._resources(ctx):
                 set_outputs(ctx, step, res.outputs(None))
                 resources.append((step, res))
+            if volumes and not self.rc.options.get("no_backup"):
+                said += self._backup_before_destroy(ctx, resources)
             for step, res in reversed(resources):
                 if self.only is not None and step.name not in self.only:
                     continue
@@ -190,6 +233,14 @@ class Executor:
                     self.lock.set_step(step.name, entry)
                 self.lock.save()
         return said
+
+
+def _running_db(resources) -> bool:
+    for _, res in resources:
+        if res.type == "db-container":
+            info = res.rc.engine.container(res.spec.container)
+            return bool(info) and info["State"].get("Status") == "running"
+    return False
 
 
 def drift(recorded: dict, now: dict) -> list[tuple[str, object, object]]:

@@ -95,7 +95,7 @@ class Plan:
         return self.path.parent / self.doc.root
 
     def resolve(self, path: str) -> Path:
-        return (self.base_dir / path).expanduser()
+        return Path(os.path.normpath(self.base_dir / Path(path).expanduser()))
 
     @property
     def lock_path(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .backup import Backup
 from .base import Resource
 from .copy_data import CopyData
 from .db_container import DbContainer
@@ -9,4 +10,4 @@ from .migrate import Migrate
 from .render import Render
 from .verify import Verify
 
-REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify)}
+REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify, Backup)}

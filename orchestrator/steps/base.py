@@ -43,6 +43,7 @@ class RunContext:
     context: Context | None = None  # what templates see, with the outputs of the steps so far
     options: dict[str, Any] = field(default_factory=dict)   # command options, e.g. {"sql": True}
     resources: dict[str, Any] = field(default_factory=dict)  # the steps rendered so far, by name
+    changed: list[str] = field(default_factory=list)         # steps changed (apply) or pending (plan) so far
     log: Callable[[str], None] = lambda _m: None
     progress: Callable[[str], None] = lambda _m: None
     _engine: Engine | None = field(default=None, repr=False)

@@ -164,6 +164,8 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
         elif ts.action == "reload":
             d.changes.append(Change(Action.RECREATE, f"table {t}", f"{ts.target_rows} rows",
                                     f"{ts.source_rows} rows", ts.reason))
+            if ts.reason.startswith("overwrite"):
+                d.destructive = f"copy-data overwrite: true over rows written to {t}"
         d.problems += ts.problems
         for dg in ts.dangling:
             what = (f"{t}: {dg.count} row(s) reference {dg.fk.ref_table} rows that do not exist "

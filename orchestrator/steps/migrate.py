@@ -105,6 +105,7 @@ def diff_migrate(obs: Observed, *, target: str, allow_downgrade: bool, recorded:
                                     f"downgrade: {len(obs.downgrade)} revision(s) to undo"))
             d.warnings.append(f"DOWNGRADE: undoing {undo}; what those revisions created (tables, "
                               f"columns and their data) is dropped")
+            d.destructive = f"a migration downgrade to {target_name}"
             d.details["undo"] = [{"revision": r.revision, "message": r.message} for r in obs.downgrade]
     if obs.sql:
         d.details["sql"] = obs.sql

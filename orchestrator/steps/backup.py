@@ -1,0 +1,381 @@
+"""The backup step: pg_dump through the Docker API, retention, restore and restore drills.
+
+``pg_dump`` runs inside the database container (its version matches the server; the host needs
+no PostgreSQL client) and its output streams into a file on the host, hashed as it is written:
+memory stays flat. The dump reads a snapshot exported by a transaction that, at the same moment,
+counts each table's rows and takes its fingerprint, so what the lockfile records describes the
+dump exactly. Every backup is recorded (path, size, sha256, counts, fingerprints); retention
+removes only files this plan recorded.
+
+Restore checks a file's sha256 against the lockfile before anything happens, restores it in one
+transaction and checks the restored row counts. A drill restores into a throwaway container with
+a temporary volume, compares counts and fingerprints, and removes both whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets as _random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..changes import Action, Change, Diff
+from ..copying.convert import row_hash_sql
+from ..copying.reflect import reflect_target
+from ..errors import OrchestrateError, StepFailed
+from ..fields import Duration
+from ..plan import Strict
+from .base import Resource
+
+STAMP = "%Y%m%dT%H%M%SZ"
+
+
+class BackupSpec(Strict):
+    directory: str = Field("backups", description="where dumps are written (relative to the plan root)")
+    format: Literal["custom", "plain"] = Field("custom", description="pg_dump's custom format, or plain SQL")
+    keep: int | None = Field(None, ge=1, description="keep this many of this plan's backups (newest)")
+    max_age: Duration | None = Field(None, description="remove this plan's backups older than this (e.g. 7d)")
+    when: Literal["always", "changed", "daily"] = Field(
+        "changed", description="in apply: always; only if an earlier step changed something; or if the "
+                               "newest backup is older than a day")
+
+
+@dataclass
+class Observed:
+    backups: list[dict] = field(default_factory=list)    # recorded, oldest first
+    missing: list[str] = field(default_factory=list)     # recorded files no longer on disk
+    due: str | None = None                               # why a backup would be taken now
+    prune: list[dict] = field(default_factory=list)
+
+
+def _age(record: dict, now: datetime) -> timedelta:
+    return now - datetime.strptime(record["created"], STAMP).replace(tzinfo=timezone.utc)
+
+
+def plan_retention(backups: list[dict], *, keep: int | None, max_age: float | None, now: datetime,
+                   adding: bool) -> list[dict]:
+    """Which recorded backups retention removes (a backup about to be taken counts). Pure."""
+    ordered = list(backups)
+    doomed = []
+    if keep is not None:
+        room = keep - (1 if adding else 0)
+        doomed += ordered[:max(0, len(ordered) - room)]
+    if max_age is not None:
+        doomed += [b for b in ordered if _age(b, now).total_seconds() > max_age and b not in doomed]
+    return doomed
+
+
+def diff_backup(obs: Observed, *, retention_note: str) -> Diff:
+    d = Diff()
+    if obs.due:
+        d.changes.append(Change(Action.CREATE, "backup", None, "a new dump", obs.due))
+    if obs.prune:
+        d.changes.append(Change(Action.UPDATE, "retention", f"{len(obs.backups)} backups",
+                                f"{len(obs.backups) - len(obs.prune) + (1 if obs.due else 0)} backups",
+                                f"{retention_note}: removes {', '.join(b['name'] for b in obs.prune)}"))
+    for name in obs.missing:
+        d.warnings.append(f"backup {name} is recorded but its file is gone")
+    d.details["backups"] = [{k: b[k] for k in ("name", "size", "created")} for b in obs.backups]
+    return d
+
+
+class Backup(Resource):
+    """pg_dump of the plan's database into files on the host, with retention."""
+    type = "backup"
+    Spec = BackupSpec
+    spec: BackupSpec
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._taken: list[dict] = []
+
+    # where and what --------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self.rc.plan.resolve(self.spec.directory)
+
+    def _db(self):
+        db = self.rc.earlier(self.step, "db-container")
+        if db is None:
+            raise self.rc.plan.smap.error(self.step.path, "a backup needs a db-container step before it")
+        return db
+
+    def check(self) -> None:
+        self._db()
+
+    def recorded_backups(self) -> list[dict]:
+        entry = self.rc.lock.step(self.step.name)
+        return list((entry.get("observed") or {}).get("backups") or [])
+
+    # observe, diff, apply --------------------------------------------------------------------
+
+    def observe(self) -> Observed:
+        backups = self.recorded_backups()
+        obs = Observed(backups=backups,
+                       missing=[b["name"] for b in backups if not self.rc.plan.resolve(b["path"]).is_file()])
+        now = datetime.now(timezone.utc)
+        when = self.spec.when
+        if self.rc.options.get("force_backup"):
+            obs.due = "asked for"
+        elif when == "always":
+            obs.due = "when: always"
+        elif when == "changed" and self.rc.changed:
+            obs.due = f"when: changed, and {', '.join(self.rc.changed)} changed"
+        elif when == "daily":
+            newest = backups[-1] if backups else None
+            if newest is None:
+                obs.due = "when: daily, and there is no backup yet"
+            elif _age(newest, now) > timedelta(days=1):
+                obs.due = f"when: daily, and the newest backup is from {newest['created']}"
+        obs.prune = plan_retention(backups, keep=self.spec.keep, max_age=self.spec.max_age, now=now,
+                                   adding=obs.due is not None)
+        return obs
+
+    def diff(self, obs: Observed) -> Diff:
+        note = " and ".join(x for x in (f"keep {self.spec.keep}" if self.spec.keep else "",
+                                        f"max_age {self.spec.max_age:g}s" if self.spec.max_age else "") if x)
+        return diff_backup(obs, retention_note=note or "retention")
+
+    def apply(self, obs: Observed, diff: Diff) -> str:
+        done = []
+        if obs.due:
+            record = self.take(obs.due)
+            done.append(f"wrote {record['name']} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]})")
+        for b in obs.prune:
+            path = self.rc.plan.resolve(b["path"])
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._save([r for r in self.recorded_backups() if r["name"] != b["name"]])
+            done.append(f"removed {b['name']}")
+        return "; ".join(done)
+
+    def _save(self, backups: list[dict]) -> None:
+        entry = self.rc.lock.step(self.step.name) or {"type": self.type}
+        entry.setdefault("observed", {})["backups"] = backups
+        self.rc.lock.set_step(self.step.name, entry)
+        self.rc.lock.save()
+
+    def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
+        backups = self.recorded_backups()
+        return {"latest": backups[-1]["path"] if backups else None, "count": len(backups)}
+
+    def record(self, obs: Observed) -> dict[str, Any]:
+        return {"backups": self.recorded_backups()}
+
+    # taking a backup -------------------------------------------------------------------------
+
+    def take(self, reason: str) -> dict:
+        """Dump the database now, record it, return the record."""
+        import psycopg
+        db = self._db()
+        out = db.outputs()
+        info = self.rc.engine.container(db.spec.container)
+        if info is None or info["State"].get("Status") != "running":
+            raise StepFailed(f"cannot back up: container {db.spec.container} is not running",
+                             hint="apply the plan first (orchestrate apply)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(timezone.utc)
+        ext = "dump" if self.spec.format == "custom" else "sql"
+        name = f"{self.rc.plan.name}-{now.strftime(STAMP)}.{ext}"
+        path = self.directory / name
+        self.rc.progress(f"backing up {out['database']} to {path} ({reason})")
+        with psycopg.connect(_libpq(out["url"]), connect_timeout=5) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                counts, prints = table_fingerprints(conn)
+                cmd = ["pg_dump", "-U", db.spec.user, "-d", db.spec.db, "--no-password", f"--snapshot={snapshot}",
+                       f"--format={self.spec.format}"]
+                if self.spec.format == "plain":
+                    cmd += ["--clean", "--if-exists"]
+                size, digest = self._stream_to(info["Id"], db.spec.container, cmd, path)
+        rel = os.path.relpath(path, self.rc.plan.base_dir)
+        record = {"name": name, "path": rel, "size": size, "sha256": digest, "created": now.strftime(STAMP),
+                  "format": self.spec.format, "reason": reason, "counts": counts, "fingerprints": prints}
+        self._save(self.recorded_backups() + [record])
+        self._taken.append(record)
+        return record
+
+    def _stream_to(self, container_id: str, container: str, cmd: list[str], path: Path) -> tuple[int, str]:
+        partial = path.with_name(f".{path.name}.partial")
+        digest = hashlib.sha256()
+        size = 0
+        errors = bytearray()
+        chunks, exit_code = self.rc.engine.exec_stream(container_id, container, cmd)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # dumps hold data: 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for stdout, stderr in chunks:
+                    if stdout:
+                        fh.write(stdout)
+                        digest.update(stdout)
+                        size += len(stdout)
+                    if stderr and len(errors) < 8192:
+                        errors += stderr
+                fh.flush()
+                os.fsync(fh.fileno())
+            code = exit_code()
+            if code != 0:
+                raise StepFailed(f"pg_dump failed (exit {code}): {errors.decode(errors='replace').strip()[:500]}")
+            os.replace(partial, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return size, digest.hexdigest()
+
+    # restore and drill -----------------------------------------------------------------------
+
+    def find(self, which: str) -> dict:
+        """A recorded backup: 'latest', a file name or a path; anything else is refused."""
+        backups = self.recorded_backups()
+        if not backups:
+            raise OrchestrateError(f"plan {self.rc.plan.name!r} has recorded no backup",
+                                   hint="take one: orchestrate backup PLAN")
+        if which == "latest":
+            return backups[-1]
+        wanted = Path(which).resolve()
+        for b in backups:
+            if b["name"] == which or self.rc.plan.resolve(b["path"]).resolve() == wanted:
+                return b
+        raise OrchestrateError(f"{which} is not a backup that this plan recorded; refusing to restore it",
+                               hint="orchestrate restore accepts only files listed in the plan's lockfile")
+
+    def check_file(self, record: dict) -> Path:
+        path = self.rc.plan.resolve(record["path"])
+        if not path.is_file():
+            raise OrchestrateError(f"backup {record['name']} is recorded but {path} does not exist")
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != record["sha256"]:
+            raise OrchestrateError(f"backup {path} is corrupted: its sha256 is {digest.hexdigest()[:16]}..., the "
+                                   f"lockfile recorded {record['sha256'][:16]}...; refusing to restore it",
+                                   hint="restore another backup (orchestrate restore PLAN --from FILE)")
+        return path
+
+    def _load_dump(self, container_id: str, container: str, user: str, database: str, record: dict, path: Path) -> None:
+        """Copy the dump into the container and restore it there, in one transaction."""
+        eng = self.rc.engine
+        inside = "/tmp/orchestrate-restore"
+        eng.exec(container_id, container, ["mkdir", "-p", inside])
+        eng.put_file(container_id, container, inside, path)
+        target = f"{inside}/{path.name}"
+        try:
+            if record["format"] == "custom":
+                cmd = ["pg_restore", "-U", user, "-d", database, "--single-transaction", "--clean", "--if-exists",
+                       "--no-owner", "--exit-on-error", target]
+            else:
+                cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", user, "-d", database,
+                       "-f", target]
+            code, output = eng.exec(container_id, container, cmd)
+            if code != 0:
+                raise StepFailed(f"restoring {record['name']} failed (nothing was changed: one transaction): "
+                                 f"{output.strip()[:500]}")
+        finally:
+            eng.exec(container_id, container, ["rm", "-rf", inside])
+
+    def restore(self, record: dict) -> dict[str, int]:
+        """Restore a (checked) backup into the plan's database; returns the restored counts."""
+        import psycopg
+        path = self.check_file(record)
+        db = self._db()
+        info = self.rc.engine.container(db.spec.container)
+        if info is None or info["State"].get("Status") != "running":
+            raise OrchestrateError(f"container {db.spec.container} is not running",
+                                   hint="apply the plan first, then restore")
+        self.rc.progress(f"restoring {record['name']} into {db.spec.db}")
+        self._load_dump(info["Id"], db.spec.container, db.spec.user, db.spec.db, record, path)
+        with psycopg.connect(_libpq(db.outputs()["url"]), connect_timeout=5) as conn:
+            counts, prints = table_fingerprints(conn)
+        wrong = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
+        wrong += [f"{t}: content differs from what was recorded" for t, fp in record["fingerprints"].items()
+                  if prints.get(t) != fp and counts.get(t) == record["counts"].get(t)]
+        if wrong:
+            raise StepFailed("the restored database differs from what was recorded with the backup: " + "; ".join(wrong))
+        return counts
+
+    def drill(self, record: dict) -> dict[str, tuple[int, str]]:
+        """Restore into a throwaway container with a temporary volume and compare counts and
+        fingerprints with the record; the container and volume are removed whatever happens."""
+        import psycopg
+        from ..docker_engine import ContainerSpec
+        path = self.check_file(record)
+        db = self._db()
+        eng = self.rc.engine
+        tag = uuid.uuid4().hex[:8]
+        name, volume = f"{self.rc.plan.name}-drill-{tag}", f"{self.rc.plan.name}-drill-{tag}"
+        labels = {**self.labels, "orchestrate.drill": tag}
+        password = _random.token_urlsafe(24)
+        from ..redact import register
+        register(password)
+        from socket import socket
+        with socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cid = None
+        try:
+            eng.create_volume(volume, labels)
+            cid = eng.create_container(ContainerSpec(
+                name=name, image=db.spec.image, command=["postgres"], labels=labels,
+                env={"POSTGRES_USER": db.spec.user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": db.spec.db},
+                ports=[("127.0.0.1", port, 5432, "tcp")], volumes=[(volume, db.spec.data_dir)], restart=("no", 0),
+                healthcheck={"test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {db.spec.user} -d {db.spec.db}"],
+                             "interval": 500_000_000, "timeout": 5_000_000_000, "retries": 120, "start_period": 0}))
+            eng.start(cid, name)
+            self.rc.progress(f"drill: waiting for the throwaway container {name}")
+            _wait_healthy(eng, cid, name, 120)
+            self._load_dump(cid, name, db.spec.user, db.spec.db, record, path)
+            url = f"postgresql://{db.spec.user}:{password}@127.0.0.1:{port}/{db.spec.db}"
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                counts, prints = table_fingerprints(conn)
+        finally:
+            if cid is not None:
+                eng.remove_container(cid, name)
+            if eng.volume(volume) is not None:
+                eng.remove_volume(volume)
+        problems = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
+        problems += [f"{t}: content differs from what was recorded" for t, fp in record["fingerprints"].items()
+                     if prints.get(t) != fp and counts.get(t) == record["counts"].get(t)]
+        if problems:
+            raise StepFailed(f"drill of {record['name']} failed: " + "; ".join(problems))
+        return {t: (counts[t], prints[t]) for t in record["counts"]}
+
+
+def table_fingerprints(conn) -> tuple[dict[str, int], dict[str, str]]:
+    """Row count and content fingerprint of every table of the current schema."""
+    from psycopg import sql
+    counts, prints = {}, {}
+    for name, table in sorted(reflect_target(conn).items()):
+        cols = list(table.columns.values())
+        expr = row_hash_sql(cols, [sql.Identifier(c.name).as_string(conn) for c in cols], conn.info.server_version)
+        count, total = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {}").format(
+            sql.SQL(expr), sql.Identifier(name))).fetchone()
+        counts[name], prints[name] = count, f"{count}:{total}"
+    return counts, prints
+
+
+def _libpq(url: str) -> str:
+    import re
+    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
+
+
+def _wait_healthy(eng, cid: str, name: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = (eng.container(cid) or {}).get("State") or {}
+        if (state.get("Health") or {}).get("Status") == "healthy":
+            return
+        if state.get("Status") in ("exited", "dead"):
+            break
+        time.sleep(0.25)
+    raise StepFailed(f"throwaway container {name} did not become healthy: {eng.logs(cid, 20)}")
