@@ -185,7 +185,12 @@ class Backup(Resource):
         self.directory.mkdir(parents=True, exist_ok=True)
         now = datetime.now(timezone.utc)
         ext = "dump" if self.spec.format == "custom" else "sql"
-        name = f"{self.rc.plan.name}-{now.strftime(STAMP)}.{ext}"
+        taken = {b["name"] for b in self.recorded_backups()}
+        stem, n = f"{self.rc.plan.name}-{now.strftime(STAMP)}", 1
+        name = f"{stem}.{ext}"
+        while name in taken or (self.directory / name).exists():   # two backups in one second
+            n += 1
+            name = f"{stem}-{n}.{ext}"
         path = self.directory / name
         self.rc.progress(f"backing up {out['database']} to {path} ({reason})")
         with psycopg.connect(_libpq(out["url"]), connect_timeout=5) as conn:

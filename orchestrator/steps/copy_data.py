@@ -29,10 +29,10 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from ..changes import Action, Change, Diff
 from ..copying.convert import BOOL_WORDS, ConvertError, TargetColumn, make_converter, row_hash_sql
@@ -49,6 +49,11 @@ STABLE_OUTPUT = ("SET {local} TimeZone = 'UTC'; SET {local} DateStyle = 'ISO, YM
                  "SET {local} IntervalStyle = 'postgres'; SET {local} extra_float_digits = 3; "
                  "SET {local} bytea_output = 'hex'")
 LINE = re.compile(r"COPY [^,]+, line (\d+)(?:, column ([^:]+))?")
+
+
+def _argument(value: Any) -> Any:
+    """Command arguments are text; a number from a template ("{{ vars.rows }}") becomes text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 class CopyDataSpec(Strict):
@@ -71,6 +76,8 @@ class CopyDataSpec(Strict):
     transaction: Literal["table", "single"] = Field("table", description="one transaction per table, or one in all")
     batch_size: int = Field(5000, ge=100, le=1_000_000)
     preflight: bool = Field(True, description="plan reads and converts every source value to report problems")
+    if_missing: list[Annotated[str, BeforeValidator(_argument)]] | None = Field(None, min_length=1, description="a command (argv, no shell, run from the "
+                                         "plan root) that creates the source when it does not exist")
 
     @field_validator("timezone")
     @classmethod
@@ -153,6 +160,8 @@ def decide(ts: TableState, recorded: dict, *, same_file: bool, overwrite: bool) 
 def diff_copy(obs: Observed, on_dangling: str) -> Diff:
     """Per table: copy, reload or refuse, with counts and every problem found. Pure."""
     d = Diff(problems=list(obs.problems), notes=list(obs.notes))
+    if obs.fingerprint is None and not obs.problems:      # the source is to be created first
+        d.changes.append(Change(Action.CREATE, "source", None, str(obs.source), "created by if_missing"))
     details = {}
     for ts in obs.tables:
         t = ts.plan.target
@@ -228,7 +237,11 @@ class CopyData(Resource):
         import psycopg
         obs = Observed(self.source_path)
         if not obs.source.is_file():
-            obs.problems.append(f"the source database {obs.source} does not exist")
+            if self.spec.if_missing:
+                obs.notes.append(f"the source {obs.source} does not exist yet: apply creates it with "
+                                 f"{' '.join(self.spec.if_missing)}, then copies every table")
+            else:
+                obs.problems.append(f"the source database {obs.source} does not exist")
             return obs
         obs.fingerprint = fingerprint(obs.source)
         rec = self.recorded.get("observed") or {}
@@ -295,10 +308,11 @@ class CopyData(Resource):
 
     def _target_checksum(self, pg, p: TablePlan) -> tuple[int, str]:
         """Row count and a fingerprint of the target table's content, taken in the server: the
-        sum of a 64-bit hash of each row (every column, copied or not). It answers "is the table
-        still what the last copy left?" at a fraction of the cost of an md5 over every value."""
+        sum of a 64-bit hash of each row's copied columns. It answers "is the table still what
+        the last copy left?" at a fraction of the cost of an md5 over every value; a migration
+        that adds a column since (filled by its default) does not count as a change."""
         from psycopg import sql
-        cols = list(p.table.columns.values())
+        cols = p.target_columns
         idents = [sql.Identifier(c.name).as_string(pg) for c in cols]
         expr = row_hash_sql(cols, idents, pg.info.server_version)
         count, total = pg.execute(sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {}").format(
@@ -406,6 +420,12 @@ class CopyData(Resource):
     # apply -------------------------------------------------------------------------------------
 
     def apply(self, obs: Observed, diff: Diff) -> str:
+        if obs.fingerprint is None and self.spec.if_missing:
+            self._create_source()
+            obs = self.observe()
+            later = self.diff(obs)
+            if later.problems:
+                raise StepFailed("; ".join(later.problems))
         todo = [t for t in obs.tables if t.action in ("copy", "reload")]
         if not todo:
             return "nothing to copy"
@@ -424,6 +444,18 @@ class CopyData(Resource):
                 total += self._load_unit(pg, src, unit, states, obs, rec)
         rate = total / max(time.monotonic() - started, 1e-6)
         return f"copied {total} rows into {len(names)} table(s) ({rate / 1000:.0f}k rows/s)"
+
+    def _create_source(self) -> None:
+        import subprocess
+        cmd = self.spec.if_missing
+        self.rc.progress(f"creating the source with: {' '.join(cmd)}")
+        try:
+            done = subprocess.run(cmd, cwd=self.rc.plan.base_dir, capture_output=True, text=True, timeout=3600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StepFailed(f"if_missing could not run {cmd[0]}: {exc}") from None
+        if done.returncode != 0 or not self.source_path.is_file():
+            raise StepFailed(f"if_missing ({' '.join(cmd)}) did not create {self.source_path} "
+                             f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
 
     def _checkpoint(self, obs: Observed, tables: dict[str, dict]) -> None:
         """Record tables in the lockfile as soon as they are known (before and after COMMIT)."""

@@ -41,7 +41,12 @@ def test_phase1_whole(repo_copy):
     url = read_env(env_file)["DATABASE_URL"]
     assert url == repo_copy.url
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), connect_timeout=5) as conn:
-        assert conn.execute("SELECT count(*) FROM tenants").fetchone()[0] == 0
+        counts = [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                  for t in ("tenants", "deployments", "deployment_logs")]
+    assert counts == [5, 205, 10000], "the demo SQLite database (created if missing) is copied"
+    assert (repo_copy.root / "deployment_platform.db").is_file()
+    assert "ok:      check    (verify): verified 3 table(s)" in out, out
+    assert len(list((repo_copy.root / "backups").glob("autodeploy-phase1-*.dump"))) == 1
     assert "# DATABASE_URL=postgresql+psycopg://dbadmin:" in env_file.read_text()
     assert "@postgres:5432/autodeploy" in env_file.read_text(), "phase 2's service-name form, commented"
     check = compose_config(repo_copy.root)
@@ -50,7 +55,7 @@ def test_phase1_whole(repo_copy):
     code, out = repo_copy.run("plan", "--detailed-exitcode")
     assert code == 0, out
     code, out = repo_copy.run("apply")
-    assert code == 0 and "ok=3 changed=0 failed=0" in out, out
+    assert code == 0 and "ok=6 changed=0 failed=0" in out, out
 
 
 def test_new_revision_is_the_only_one_planned_and_run(repo_copy):
@@ -131,6 +136,7 @@ def test_downgrade_is_refused_unless_allowed(repo_copy):
     assert "DOWNGRADE: undoing c9f0e8d7b6a5" in out, out
     code, out = repo_copy.run("apply")
     assert code == 0 and "downgraded c9f0e8d7b6a5 -> 7e5a1c9b2d34" in out, out
+    assert "before a migration downgrade to 7e5a1c9b2d34; --no-backup skips this" in out, "a backup first"
     assert repo_copy.revision() == "7e5a1c9b2d34"
 
 

@@ -45,7 +45,7 @@ def test_phase1_on_a_fresh_machine(phase1, docker_client):
         assert conn.execute("show shared_buffers").fetchone()[0] == "256MB"
         assert conn.execute("show max_connections").fetchone()[0] == "200"
     lock = json.loads(plan.with_suffix(".lock").read_text())
-    assert lock["plan"] == "autodeploy-phase1" and list(lock["steps"]) == ["files", "postgres", "schema"]
+    assert lock["plan"] == "autodeploy-phase1" and sorted(lock["steps"]) == ["check", "data", "files", "postgres", "schema", "snapshot"]
     for text in (first.stdout, first.stderr, plan.with_suffix(".lock").read_text()):
         assert password not in text
 
@@ -54,7 +54,7 @@ def test_phase1_on_a_fresh_machine(phase1, docker_client):
     check = orchestrate("plan", plan, "--detailed-exitcode", *extra)
     assert check.returncode == 0, check.stdout + check.stderr
     again = orchestrate("apply", plan, *extra)
-    assert again.returncode == 0 and "ok=3 changed=0 failed=0" in again.stdout, again.stdout
+    assert again.returncode == 0 and "ok=6 changed=0 failed=0" in again.stdout, again.stdout
     after = docker_client.api.inspect_container(name)
     assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
     assert yaml.safe_load(secrets_file.read_text())["db_password"] == password, "the generated secret is reused"
