@@ -121,6 +121,7 @@ class Observed:
     reachable: bool = True
     plans: list[TablePlan] = field(default_factory=list)     # every table mapped, copied now or not
     incoming: dict[str, list[ForeignKey]] = field(default_factory=dict)   # target table -> FKs to it
+    create_source: bool = False       # the source is missing and if_missing will create it
 
 
 def decide(ts: TableState, recorded: dict, *, same_file: bool, overwrite: bool) -> None:
@@ -160,7 +161,7 @@ def decide(ts: TableState, recorded: dict, *, same_file: bool, overwrite: bool) 
 def diff_copy(obs: Observed, on_dangling: str) -> Diff:
     """Per table: copy, reload or refuse, with counts and every problem found. Pure."""
     d = Diff(problems=list(obs.problems), notes=list(obs.notes))
-    if obs.fingerprint is None and not obs.problems:      # the source is to be created first
+    if obs.create_source:
         d.changes.append(Change(Action.CREATE, "source", None, str(obs.source), "created by if_missing"))
     details = {}
     for ts in obs.tables:
@@ -238,6 +239,7 @@ class CopyData(Resource):
         obs = Observed(self.source_path)
         if not obs.source.is_file():
             if self.spec.if_missing:
+                obs.create_source = True
                 obs.notes.append(f"the source {obs.source} does not exist yet: apply creates it with "
                                  f"{' '.join(self.spec.if_missing)}, then copies every table")
             else:
@@ -420,7 +422,7 @@ class CopyData(Resource):
     # apply -------------------------------------------------------------------------------------
 
     def apply(self, obs: Observed, diff: Diff) -> str:
-        if obs.fingerprint is None and self.spec.if_missing:
+        if obs.create_source:
             self._create_source()
             obs = self.observe()
             later = self.diff(obs)
