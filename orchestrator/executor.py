@@ -87,7 +87,7 @@ class Executor:
         self.lock = Lockfile.load(plan.lock_path)
         self.store = SecretStore(secrets_path(plan.path))
         self.rc = RunContext(plan=plan, mode=mode, lock=self.lock, log=log, progress=progress,
-                             options=dict(options or {}))
+                             options=dict(options or {}), only=self.only)
 
     def _resources(self, ctx):
         """Yield (step, resource) in plan order, each rendered with the outputs so far."""

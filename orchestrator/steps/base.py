@@ -44,6 +44,10 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)   # command options, e.g. {"sql": True}
     resources: dict[str, Any] = field(default_factory=dict)  # the steps rendered so far, by name
     changed: list[str] = field(default_factory=list)         # steps changed (apply) or pending (plan) so far
+    only: set[str] | None = None                              # apply --only: the steps selected
+
+    def selected(self, step: StepDecl) -> bool:
+        return self.only is None or step.name in self.only
     log: Callable[[str], None] = lambda _m: None
     progress: Callable[[str], None] = lambda _m: None
     _engine: Engine | None = field(default=None, repr=False)

@@ -109,7 +109,7 @@ class Verify(Resource):
 
     def observe(self) -> Observed:
         obs = Observed()
-        if self.rc.mode not in ("apply", "verify"):
+        if self.rc.mode not in ("apply", "verify") or not self.rc.selected(self.step):
             return obs
         import psycopg
         obs.ran = True
