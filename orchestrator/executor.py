@@ -180,6 +180,10 @@ class Executor:
 
     def _backup_before(self, step: StepDecl, why: str) -> None:
         """Something destructive the user allowed is about to happen: take a backup first."""
+        if not any(s.type == "db-container" for s in self.plan.steps[:step.index]):
+            raise StepFailed(f"a backup must be taken before {why}, but this plan has no db-container step to "
+                             f"take it from; nothing was changed",
+                             hint="back the database up yourself, then apply with --no-backup")
         res = self.backup_resource(self._ctx)
         record = res.take(f"before {why} (step {step.name})")
         self.rc.progress(f"took {record['name']} before {why}; --no-backup skips this")

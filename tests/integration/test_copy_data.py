@@ -202,6 +202,9 @@ def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_
     assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 1
     plan.write(overwrite=True)
     code, out = plan.run("apply")
+    assert code == 1 and "a backup must be taken before copy-data overwrite: true" in out, out
+    assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 1
+    code, out = plan.run("apply", "--no-backup")
     assert code == 0, out
     assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 0
     assert rows(url, "SELECT name FROM tenants WHERE id = 1")[0][0] == "changed"
