@@ -86,6 +86,7 @@ class StepReport:
     message: str = ""
     outputs: dict[str, Any] = field(default_factory=dict)
     drift: list[tuple[str, Any, Any]] = field(default_factory=list)   # status: (key, recorded, now)
+    fingerprint: str = ""       # plan: digest of what the step observed and would change
 
     @property
     def action(self) -> Action:

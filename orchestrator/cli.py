@@ -17,6 +17,7 @@ from .errors import OrchestrateError, PlanError
 from .executor import Executor, validate
 from .output import (Output, plan_document, print_plan, print_recap, print_status,
                      print_step_line, print_verify)
+from . import saved
 from .plan import json_schema, load_plan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -32,17 +33,25 @@ def _overrides(pairs: list[str] | None) -> dict[str, str]:
     return result
 
 
-def cmd_validate(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
+def _load(args, out: Output, path=None):
+    """Load and validate the plan named on the command line; print its warnings."""
+    plan = load_plan(path or args.plan, _overrides(args.extra_vars), getattr(args, "var_files", None))
     steps = validate(plan)
-    out.print(f"{plan.path}: valid plan {plan.name!r} with {len(steps)} step(s): "
-              + ", ".join(f"{s.name} ({s.type})" for s, _ in steps), always=True)
+    for warning in plan.warnings:
+        out.print(out.c(f"warning: {warning}", "yellow"), always=True)
+    return plan, steps
+
+
+def cmd_validate(args, out: Output) -> int:
+    for path in args.plan:
+        plan, steps = _load(args, out, path)
+        out.print(f"{plan.path}: valid plan {plan.name!r} with {len(steps)} step(s): "
+                  + ", ".join(f"{s.name} ({s.type})" for s, _ in steps), always=True)
     return EXIT_OK
 
 
 def cmd_plan(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    validate(plan)
+    plan, _ = _load(args, out)
     result = Executor(plan, "plan", log=out.debug, options={"sql": args.sql}).run()
     if args.json:
         out.json(plan_document(result, "plan"))
@@ -52,16 +61,36 @@ def cmd_plan(args, out: Output) -> int:
         raise result.error
     if result.problems:
         return EXIT_ERROR
+    if args.out:
+        saved.write(args.out, result)
+        if not args.json:
+            out.print(f"Saved the plan to {args.out}; apply exactly these changes with: orchestrate apply {args.out}")
     return EXIT_CHANGES if args.detailed_exitcode and result.changes_pending else EXIT_OK
 
 
 def cmd_apply(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    validate(plan)
+    options = {"no_backup": args.no_backup}
+    if saved.is_saved(args.plan):
+        if args.extra_vars or args.var_files or args.only:
+            raise OrchestrateError("a saved plan already holds its variables and steps; -e, --var-file and --only "
+                                   "go with orchestrate plan")
+        doc = saved.load(args.plan)
+        saved.check_inputs(doc)
+        plan = load_plan(doc["_plan_path"], doc["extra_vars"], doc["_var_files"])
+        validate(plan)
+        stale = saved.differences(doc, Executor(plan, "plan").run())
+        if stale:
+            raise OrchestrateError("the saved plan is stale: the real state changed since it was made: "
+                                   + "; ".join(stale) + "; nothing was changed",
+                                   hint="make a new plan (orchestrate plan PLAN --out FILE) and review it")
+        options["expected"] = saved.expected_changes(doc)
+        out.print(f"Applying the saved plan {args.plan} (made {doc['created']})")
+    else:
+        plan, _ = _load(args, out)
     width = max(len(s.name) for s in plan.steps)
     out.print(f"Applying {plan.name} ({plan.path})")
     ex = Executor(plan, "apply", only=args.only, log=out.debug, progress=out.progress,
-                  on_step=lambda r: print_step_line(out, r, width), options={"no_backup": args.no_backup})
+                  on_step=lambda r: print_step_line(out, r, width), options=options)
     result = ex.run()
     print_recap(out, result)
     if result.error:
@@ -70,8 +99,7 @@ def cmd_apply(args, out: Output) -> int:
 
 
 def cmd_status(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    validate(plan)
+    plan, _ = _load(args, out)
     result = Executor(plan, "status", log=out.debug).run()
     if args.json:
         out.json(plan_document(result, "status"))
@@ -84,8 +112,7 @@ def cmd_status(args, out: Output) -> int:
 
 
 def cmd_verify(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    steps = validate(plan)
+    plan, steps = _load(args, out)
     if not any(s.type == "verify" for s, _ in steps):
         raise OrchestrateError(f"plan {plan.name!r} has no verify step",
                                hint="add one after the copy-data step:  - {name: check, verify: {}}")
@@ -100,8 +127,7 @@ def cmd_verify(args, out: Output) -> int:
 
 
 def cmd_destroy(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    validate(plan)
+    plan, _ = _load(args, out)
     if args.volumes and not args.yes:
         if not sys.stdin.isatty():
             raise OrchestrateError("--volumes deletes the data volumes of this plan for good; refusing "
@@ -128,8 +154,7 @@ def _confirm(question: str, yes: bool, plan_name: str) -> None:
 
 
 def cmd_backup(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    validate(plan)
+    plan, _ = _load(args, out)
 
     def run(ex, ctx):
         res = ex.backup_resource(ctx)
@@ -151,8 +176,7 @@ def cmd_backup(args, out: Output) -> int:
 
 
 def cmd_restore(args, out: Output) -> int:
-    plan = load_plan(args.plan, _overrides(args.extra_vars))
-    validate(plan)
+    plan, _ = _load(args, out)
 
     def run(ex, ctx):
         res = ex.backup_resource(ctx)
@@ -192,11 +216,16 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="print only the recap and errors")
     common.add_argument("--no-color", action="store_true", help="plain text, no colour")
 
-    def with_plan(sub, name, help_):
+    def with_plan(sub, name, help_, many=False):
         p = sub.add_parser(name, help=help_, parents=[common], description=help_)
-        p.add_argument("plan", help="the plan file (YAML)")
+        if many:
+            p.add_argument("plan", nargs="+", help="plan files (YAML)")
+        else:
+            p.add_argument("plan", help="the plan file (YAML)")
         p.add_argument("-e", "--extra-var", dest="extra_vars", action="append", metavar="KEY=VALUE",
-                       help="override a variable of the plan (repeatable)")
+                       help="override a variable of the plan (repeatable; wins over --var-file)")
+        p.add_argument("--var-file", dest="var_files", action="append", metavar="FILE",
+                       help="YAML file of variables (repeatable; later files win; -e wins over all)")
         return p
 
     ap = argparse.ArgumentParser(prog="orchestrate", parents=[common],
@@ -205,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"orchestrate {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = with_plan(sub, "validate", "check a plan's syntax, keys, types and references (no Docker)")
+    p = with_plan(sub, "validate", "check plans' syntax, keys, types and references (no Docker)", many=True)
     p.set_defaults(func=cmd_validate)
 
     p = with_plan(sub, "plan", "show what apply would change (a read-only dry run)")
@@ -214,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
                    help="exit 0 when nothing would change, 2 when changes are pending, 1 on error")
     p.add_argument("--sql", action="store_true",
                    help="show the SQL that pending migrations would run (Alembic's offline mode)")
+    p.add_argument("--out", metavar="FILE", help="save the plan; orchestrate apply FILE applies exactly it")
     p.set_defaults(func=cmd_plan)
 
     p = with_plan(sub, "apply", "make the real state match the plan, changing only what differs")

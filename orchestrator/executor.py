@@ -134,6 +134,9 @@ class Executor:
         report.diff = diff = res.diff(obs)
         if self.mode in ("plan", "status", "verify"):
             report.status = "pending" if diff.changes else "ok"
+            report.fingerprint = digest(redact.redact_obj({
+                "observed": res.record(obs),
+                "changes": [[c.action.key, c.field, c.to_dict()["before"], c.to_dict()["after"]] for c in diff.changes]}))
             if diff.changes:
                 self.rc.changed.append(step.name)
             if self.mode == "status":
@@ -144,6 +147,13 @@ class Executor:
             return res.outputs(obs)
         if diff.problems:
             raise StepFailed("; ".join(diff.problems))
+        expected = self.rc.options.get("expected")
+        if expected is not None:
+            unplanned = {(c.action.key, c.field) for c in diff.changes} - expected.get(step.name, set())
+            if unplanned:
+                raise StepFailed(f"step {step.name} would now {', '.join(sorted(a + ' ' + f for a, f in unplanned))}, "
+                                 f"which the saved plan did not show; stopped here",
+                                 hint="make a new plan (orchestrate plan PLAN --out FILE) and review it")
         if diff.changes:
             if diff.destructive and not self.rc.options.get("no_backup"):
                 self._backup_before(step, diff.destructive)

@@ -83,7 +83,10 @@ class Plan:
     doc: PlanDocument
     smap: SourceMap
     steps: list[StepDecl]
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)      # -e KEY=VALUE
+    var_files: list[Path] = field(default_factory=list)           # --var-file, in order
+    file_vars: dict[str, Any] = field(default_factory=dict)      # their values, merged in order
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -201,7 +204,11 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def load_plan(path: str | Path, overrides: dict[str, str] | None = None) -> Plan:
+SECRET_NAME = re.compile(r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential)")
+
+
+def load_plan(path: str | Path, overrides: dict[str, str] | None = None,
+              var_files: list[str | Path] | None = None) -> Plan:
     """Parse and check the shape of a plan; step bodies stay raw (templates)."""
     path = Path(path)
     data, smap = load_yaml(path)
@@ -245,7 +252,41 @@ def load_plan(path: str | Path, overrides: dict[str, str] | None = None) -> Plan
     plan = Plan(path=path, doc=doc, smap=smap, steps=steps)
     plan.overrides = dict(overrides or {})
     _check_overrides(plan)
+    _warn_secret_vars(plan, "the plan", plan.doc.vars)
+    _warn_secret_vars(plan, "-e", plan.overrides)
+    for var_file in var_files or []:
+        _load_var_file(plan, Path(var_file))
     return plan
+
+
+def _load_var_file(plan: Plan, path: Path) -> None:
+    """A YAML mapping of variables the plan declares; values keep their YAML types."""
+    data, smap = load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise smap.error((), "a variable file must be a YAML mapping of variable: value")
+    for key, value in data.items():
+        if key not in plan.doc.vars:
+            known = ", ".join(sorted(plan.doc.vars)) or "none"
+            raise smap.error((key,), f"the plan {plan.path} has no variable {key!r}{_suggest(str(key), plan.doc.vars)}",
+                             hint=f"declare it under 'vars' in the plan first (variables: {known})")
+        plan.file_vars[key] = value
+    plan.var_files.append(path)
+    _warn_secret_vars(plan, f"variable file {path}", data)
+
+
+def _warn_secret_vars(plan: Plan, where: str, values: dict) -> None:
+    """A secret belongs under 'secrets' (from the environment or a file), never in a plain
+    variable: warn, and keep the value out of every output and file all the same."""
+    from . import redact
+    for key, value in values.items():
+        if SECRET_NAME.search(str(key)) and isinstance(value, str) and value and "{{" not in value:
+            redact.register(value)
+            plan.warnings.append(
+                f"variable {key!r} in {where} looks like a secret: variables are kept in clear; declare it "
+                f"under 'secrets' ({{env: NAME}} or {{file: PATH}}) instead. Its value is masked in every "
+                f"output, the lockfile and saved plans.")
 
 
 def _check_overrides(plan: Plan) -> None:
@@ -293,6 +334,7 @@ class Context:
 def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -> Context:
     values: dict[str, Any] = {}
     for key, default in plan.doc.vars.items():
+        default = plan.file_vars.get(key, default)     # plan < variable files (in order) < -e
         if key in plan.overrides:
             try:
                 values[key] = _coerce(plan.overrides[key], default)

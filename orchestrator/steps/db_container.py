@@ -688,7 +688,10 @@ class DbContainer(Resource):
     def record(self, obs: Observed) -> dict[str, Any]:
         c = obs.container or {}
         labels = (c.get("Config") or {}).get("Labels") or {}
+        actual = (digest([getattr(actual_config(c, obs.image, self.spec.data_dir, self.spec.network), f)
+                          for f in ContainerConfig.__dataclass_fields__])[7:23] if c else None)
         return {
+            "config": actual,     # the container's configuration as it is: a change by hand shows
             "container": self.spec.container,
             "container_id": c.get("Id"),
             "image": self.spec.image,

@@ -195,15 +195,17 @@ def state(source_rows=10, target_rows=0, checksum=None, digest=None):
 
 @pytest.mark.parametrize("ts,rec,same,overwrite,action", [
     (state(), {}, False, False, "copy"),
-    (state(target_rows=10, checksum="10:5"), {"checksum": "10:5", "source_rows": 10}, True, False, "ok"),
-    (state(target_rows=10, checksum="10:5", digest="d1"), {"checksum": "10:5", "source_digest": "d1"}, False, False, "ok"),
-    (state(target_rows=10, checksum="10:5", digest="d2"), {"checksum": "10:5", "source_digest": "d1"}, False, False, "reload"),
-    (state(target_rows=10, checksum="10:5"), {"committing": "10:5", "checksum": None}, True, False, "ok"),
-    (state(target_rows=11, checksum="11:9"), {"checksum": "10:5"}, True, False, "refuse"),
-    (state(target_rows=11, checksum="11:9"), {}, True, False, "refuse"),
-    (state(target_rows=11, checksum="11:9"), {"checksum": "10:5"}, True, True, "reload"),
+    (state(target_rows=10, checksum="h2:10:5"), {"checksum": "h2:10:5", "source_rows": 10}, True, False, "ok"),
+    (state(target_rows=10, checksum="h2:10:5", digest="d1"), {"checksum": "h2:10:5", "source_digest": "d1"}, False, False, "ok"),
+    (state(target_rows=10, checksum="h2:10:5", digest="d2"), {"checksum": "h2:10:5", "source_digest": "d1"}, False, False, "reload"),
+    (state(target_rows=10, checksum="h2:10:5"), {"committing": "h2:10:5", "checksum": None}, True, False, "ok"),
+    (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, False, "refuse"),
+    (state(target_rows=11, checksum="h2:11:9"), {}, True, False, "refuse"),
+    (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, True, "reload"),
+    (state(target_rows=10, checksum="h2:10:5"), {"checksum": "10:77", "rows": 10}, True, False, "ok"),
+    (state(target_rows=11, checksum="h2:11:5"), {"checksum": "10:77", "rows": 10}, True, False, "refuse"),
 ], ids=["empty", "unchanged", "same-digest", "source-changed", "killed-after-commit", "foreign-rows",
-        "never-copied", "overwrite"])
+        "never-copied", "overwrite", "older-fingerprint-same-count", "older-fingerprint-other-count"])
 def test_decide(ts, rec, same, overwrite, action):
     decide(ts, rec, same_file=same, overwrite=overwrite)
     assert ts.action == action
