@@ -192,7 +192,8 @@ class RepoCopy:
         import psycopg
         with psycopg.connect(host="127.0.0.1", port=self.port, user="dbadmin", password=self.password,
                              dbname="autodeploy", autocommit=True, connect_timeout=5) as conn:
-            return conn.execute(query, params).fetchall()
+            cur = conn.execute(query, params or None)
+            return cur.fetchall() if cur.description else []
 
     def revision(self) -> str | None:
         rows = self.sql("SELECT version_num FROM alembic_version")
