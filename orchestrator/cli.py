@@ -19,6 +19,7 @@ from .output import (Output, plan_document, print_plan, print_recap, print_statu
                      print_step_line, print_verify)
 from . import saved
 from .plan import json_schema, load_plan
+from .steps.base import libpq_url
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -188,7 +189,7 @@ def cmd_restore(args, out: Output) -> int:
             import psycopg
             db = res._db()
             try:
-                with psycopg.connect(db.outputs()["url"].replace("+psycopg", ""), connect_timeout=5) as conn:
+                with psycopg.connect(libpq_url(db.outputs()["url"]), connect_timeout=5) as conn:
                     has_tables = bool(conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema()").fetchone())
             except psycopg.OperationalError:
                 has_tables = False

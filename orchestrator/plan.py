@@ -282,7 +282,8 @@ def _warn_secret_vars(plan: Plan, where: str, values: dict) -> None:
     from . import redact
     for key, value in values.items():
         if SECRET_NAME.search(str(key)) and isinstance(value, str) and value and "{{" not in value:
-            redact.register(value)
+            if len(value) >= 8:   # a guess: masking a short word ("none") everywhere would garble output
+                redact.register(value)
             plan.warnings.append(
                 f"variable {key!r} in {where} looks like a secret: variables are kept in clear; declare it "
                 f"under 'secrets' ({{env: NAME}} or {{file: PATH}}) instead. Its value is masked in every "

@@ -48,6 +48,15 @@ def docker_cleanup(client, *, every_session: bool = False) -> None:
         n.remove()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_redaction():
+    """Each test starts with no known secrets, as each orchestrate process does."""
+    from orchestrator import redact
+    redact.clear()
+    yield
+    redact.clear()
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     import docker

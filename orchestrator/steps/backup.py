@@ -33,7 +33,7 @@ from ..copying.reflect import reflect_target
 from ..errors import OrchestrateError, StepFailed
 from ..fields import Duration
 from ..plan import Strict
-from .base import Resource
+from .base import Resource, libpq_url
 
 STAMP = "%Y%m%dT%H%M%SZ"
 
@@ -92,10 +92,6 @@ class Backup(Resource):
     type = "backup"
     Spec = BackupSpec
     spec: BackupSpec
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._taken: list[dict] = []
 
     # where and what --------------------------------------------------------------------------
 
@@ -193,7 +189,7 @@ class Backup(Resource):
             name = f"{stem}-{n}.{ext}"
         path = self.directory / name
         self.rc.progress(f"backing up {out['database']} to {path} ({reason})")
-        with psycopg.connect(_libpq(out["url"]), connect_timeout=5) as conn:
+        with psycopg.connect(libpq_url(out["url"]), connect_timeout=5) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
@@ -207,7 +203,6 @@ class Backup(Resource):
         record = {"name": name, "path": rel, "size": size, "sha256": digest, "created": now.strftime(STAMP),
                   "format": self.spec.format, "reason": reason, "counts": counts, "fingerprints": prints}
         self._save(self.recorded_backups() + [record])
-        self._taken.append(record)
         return record
 
     def _stream_to(self, container_id: str, container: str, cmd: list[str], path: Path) -> tuple[int, str]:
@@ -300,7 +295,7 @@ class Backup(Resource):
                                    hint="apply the plan first, then restore")
         self.rc.progress(f"restoring {record['name']} into {db.spec.db}")
         self._load_dump(info["Id"], db.spec.container, db.spec.user, db.spec.db, record, path)
-        with psycopg.connect(_libpq(db.outputs()["url"]), connect_timeout=5) as conn:
+        with psycopg.connect(libpq_url(db.outputs()["url"]), connect_timeout=5) as conn:
             counts, prints = table_fingerprints(conn)
         wrong = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
         wrong += [f"{t}: content differs from what was recorded" for t, fp in record["fingerprints"].items()
@@ -367,11 +362,6 @@ def table_fingerprints(conn) -> tuple[dict[str, int], dict[str, str]]:
             sql.SQL(expr), sql.Identifier(name))).fetchone()
         counts[name], prints[name] = count, f"{count}:{total}"
     return counts, prints
-
-
-def _libpq(url: str) -> str:
-    import re
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
 
 
 def _wait_healthy(eng, cid: str, name: str, seconds: float) -> None:

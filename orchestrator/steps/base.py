@@ -10,6 +10,7 @@ to ``diff`` with a read-only engine, so a dry run cannot mutate.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -20,6 +21,11 @@ from ..docker_engine import Engine
 from ..errors import PlanError
 from ..lockfile import Lockfile
 from ..plan import Context, Plan, StepDecl
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg://...) as libpq and psycopg take it."""
+    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
 
 
 def extra_labels() -> dict[str, str]:

@@ -42,7 +42,7 @@ from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlit
                                reflect_target)
 from ..errors import StepFailed
 from ..plan import Strict
-from .base import Resource
+from .base import Resource, libpq_url
 
 SAMPLE = 5
 # the version of the target fingerprint; one recorded by another version cannot be compared
@@ -224,7 +224,7 @@ class CopyData(Resource):
 
     @property
     def libpq_url(self) -> str:
-        return re.sub(r"^postgresql\+\w+://", "postgresql://", self.url)
+        return libpq_url(self.url)
 
     @property
     def tz(self) -> ZoneInfo:

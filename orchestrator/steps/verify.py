@@ -27,7 +27,7 @@ from ..copying.mapping import TablePlan, map_tables
 from ..copying.reflect import open_source, quote_sqlite, reflect_source, reflect_target
 from ..errors import OrchestrateError
 from ..plan import Strict
-from .base import Resource
+from .base import Resource, libpq_url
 from .copy_data import STABLE_OUTPUT, TableState
 
 
@@ -91,8 +91,7 @@ class Verify(Resource):
 
     @property
     def url(self) -> str:
-        import re
-        return re.sub(r"^postgresql\+\w+://", "postgresql://", self.database_url(self.spec.url))
+        return libpq_url(self.database_url(self.spec.url))
 
     def _copy_step(self):
         if self.spec.copy_step:

@@ -30,7 +30,7 @@ def compose_config(cwd) -> subprocess.CompletedProcess:
 def test_phase1_whole(repo_copy):
     code, out = repo_copy.run("apply")
     assert code == 0, out
-    assert "changed: schema" in out and f"upgraded (none) -> {HEAD} (3 revision(s))" in out
+    assert "changed: schema" in out and f"upgraded (none) -> {HEAD} (3 revision(s))" in out, out
     tables = {r[0] for r in repo_copy.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == {"tenants", "deployments", "deployment_logs", "alembic_version"}
     assert repo_copy.revision() == HEAD

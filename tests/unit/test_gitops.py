@@ -143,3 +143,14 @@ def test_quiet_prints_only_the_recap_and_errors():
     out.progress("copying")
     assert stream.getvalue() == "RECAP x\n"
 
+
+
+def test_a_short_secret_looking_default_is_warned_about_but_not_masked(tmp_path):
+    from orchestrator import redact
+    plan = tmp_path / "p.yaml"
+    plan.write_text("name: p\nvars: {api_token: none}\nsteps:\n  - name: f\n    render: {files: [{src: t.j2, dest: out}]}\n")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.j2").write_text("x")
+    code, out = run_cli("validate", plan)
+    assert code == 0 and "warning: variable 'api_token'" in out
+    assert redact.redact("upgraded (none) -> head") == "upgraded (none) -> head"
