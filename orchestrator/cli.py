@@ -34,10 +34,11 @@ def _overrides(pairs: list[str] | None) -> dict[str, str]:
     return result
 
 
-def _load(args, out: Output, path=None):
-    """Load and validate the plan named on the command line; print its warnings."""
+def _load(args, out: Output, path=None, checks: bool = True):
+    """Load and validate the plan named on the command line; print its warnings. ``checks``:
+    also each step's file-level checks (templates, migrations), which backup and restore skip."""
     plan = load_plan(path or args.plan, _overrides(args.extra_vars), getattr(args, "var_files", None))
-    steps = validate(plan)
+    steps = validate(plan, checks=checks)
     for warning in plan.warnings:
         out.print(out.c(f"warning: {warning}", "yellow"), always=True)
     return plan, steps
@@ -155,7 +156,7 @@ def _confirm(question: str, yes: bool, plan_name: str) -> None:
 
 
 def cmd_backup(args, out: Output) -> int:
-    plan, _ = _load(args, out)
+    plan, _ = _load(args, out, checks=False)
 
     def run(ex, ctx):
         res = ex.backup_resource(ctx)
@@ -177,7 +178,7 @@ def cmd_backup(args, out: Output) -> int:
 
 
 def cmd_restore(args, out: Output) -> int:
-    plan, _ = _load(args, out)
+    plan, _ = _load(args, out, checks=False)
 
     def run(ex, ctx):
         res = ex.backup_resource(ctx)
@@ -211,11 +212,21 @@ def cmd_schema(args, out: Output) -> int:
     return EXIT_OK
 
 
-def parser() -> argparse.ArgumentParser:
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """-v, -q and --no-color, accepted before and after the command. After it, they must not
+    overwrite what was given before it, so there they default to nothing."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="show the Docker operations performed")
-    common.add_argument("-q", "--quiet", action="store_true", help="print only the recap and errors")
-    common.add_argument("--no-color", action="store_true", help="plain text, no colour")
+    default = False if defaults else argparse.SUPPRESS
+    common.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show the Docker and SQL operations performed")
+    common.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="print only the recap, warnings and errors")
+    common.add_argument("--no-color", action="store_true", default=default, help="plain text, no colour")
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common(defaults=False)
 
     def with_plan(sub, name, help_, many=False):
         p = sub.add_parser(name, help=help_, parents=[common], description=help_)
@@ -229,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
                        help="YAML file of variables (repeatable; later files win; -e wins over all)")
         return p
 
-    ap = argparse.ArgumentParser(prog="orchestrate", parents=[common],
+    ap = argparse.ArgumentParser(prog="orchestrate", parents=[_common(defaults=True)],
                                  description="Declarative, idempotent moves of an application's "
                                              "database from SQLite to PostgreSQL in Docker.")
     ap.add_argument("--version", action="version", version=f"orchestrate {__version__}")

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import secrets as _random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -193,12 +194,24 @@ class Backup(Resource):
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-                counts, prints = table_fingerprints(conn)
                 cmd = ["pg_dump", "-U", db.spec.user, "-d", db.spec.db, "--no-password", f"--snapshot={snapshot}",
                        f"--format={self.spec.format}"]
                 if self.spec.format == "plain":
                     cmd += ["--clean", "--if-exists"]
-                size, digest = self._stream_to(info["Id"], db.spec.container, cmd, path)
+                # the counts and fingerprints are taken in the very snapshot pg_dump reads, while
+                # it runs (this connection is the thread's alone until it is joined)
+                taken: dict[str, Any] = {}
+                worker = threading.Thread(target=_fingerprints_into, args=(conn, taken), daemon=True)
+                worker.start()
+                try:
+                    size, digest = self._stream_to(info["Id"], db.spec.container, cmd, path)
+                finally:
+                    worker.join()
+                if "error" in taken:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    raise StepFailed(f"cannot count the tables for the backup record: {taken['error']}")
+                counts, prints = taken["result"]
         rel = os.path.relpath(path, self.rc.plan.base_dir)
         record = {"name": name, "path": rel, "size": size, "sha256": digest, "created": now.strftime(STAMP),
                   "format": self.spec.format, "reason": reason, "counts": counts, "fingerprints": prints}
@@ -349,6 +362,13 @@ class Backup(Resource):
         if problems:
             raise StepFailed(f"drill of {record['name']} failed: " + "; ".join(problems))
         return {t: (counts[t], prints[t]) for t in record["counts"]}
+
+
+def _fingerprints_into(conn, taken: dict[str, Any]) -> None:
+    try:
+        taken["result"] = table_fingerprints(conn)
+    except Exception as exc:   # reported by the caller, in its thread
+        taken["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def table_fingerprints(conn) -> tuple[dict[str, int], dict[str, str]]:

@@ -95,10 +95,16 @@ class Resource:
         self.recorded: dict[str, Any] = rc.lock.step(step.name)
 
     @property
+    def own_labels(self) -> dict[str, str]:
+        """The labels that identify what this step creates (part of its configuration)."""
+        return {"orchestrate.plan": self.rc.plan.name, "orchestrate.step": self.step.name}
+
+    @property
     def labels(self) -> dict[str, str]:
-        """The labels of everything this step creates."""
-        return {**extra_labels(), "orchestrate.plan": self.rc.plan.name,
-                "orchestrate.step": self.step.name}
+        """The labels of everything this step creates: its own, and those of ORCHESTRATE_LABELS,
+        which are put on at creation but are not part of the configuration (a shell without the
+        variable must not see a change)."""
+        return {**extra_labels(), **self.own_labels}
 
     def database_url(self, explicit: str | None) -> str:
         """``explicit``, or the url of the nearest earlier db-container step."""

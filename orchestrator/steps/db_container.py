@@ -36,13 +36,14 @@ from ..lockfile import digest
 from ..plan import Strict
 from ..redact import REDACTED
 from ..secrets import hash_matches
-from .base import Resource
+from .base import Resource, extra_labels
 
 DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 PG_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 SETTING = re.compile(r"^[a-z_][a-z0-9_.]*$")
 NS = 1_000_000_000
 HASH_LABEL = "orchestrate.config-hash"
+EXTRA_LABEL = "orchestrate.extra-labels"      # which labels came from ORCHESTRATE_LABELS
 VOLUME_LABEL = "orchestrate.volume-created"   # Docker's own CreatedAt is the data dir's mtime
 OLD_SUFFIX = "-orchestrate-old"
 RESERVED_ENV = {"POSTGRES_USER": "user", "POSTGRES_PASSWORD": "password", "POSTGRES_DB": "database",
@@ -204,8 +205,10 @@ def actual_config(container: dict, image: dict | None, data_dir: str, network: s
               "timeout": hc.get("Timeout") or 0, "retries": hc.get("Retries") or 0,
               "start_period": hc.get("StartPeriod") or 0}
     image_labels = image_cfg.get("Labels") or {}
-    labels = {k: v for k, v in (cfg.get("Labels") or {}).items()
-              if image_labels.get(k) != v and k != HASH_LABEL}
+    all_labels = cfg.get("Labels") or {}
+    extra = set(filter(None, all_labels.get(EXTRA_LABEL, "").split(",")))
+    labels = {k: v for k, v in all_labels.items()
+              if image_labels.get(k) != v and k not in (HASH_LABEL, EXTRA_LABEL) and k not in extra}
     policy = host.get("RestartPolicy") or {}
     networks = ((container.get("NetworkSettings") or {}).get("Networks") or {})
     return ContainerConfig(
@@ -424,7 +427,7 @@ class DbContainer(Resource):
     # observe ---------------------------------------------------------------------------------
 
     def _desired(self, image: dict | None) -> tuple[ContainerConfig, str]:
-        want = desired_config(self.spec, self.labels, image)
+        want = desired_config(self.spec, self.own_labels, image)
         return want, config_hash(want)
 
     def observe(self) -> Observed:
@@ -556,7 +559,8 @@ class DbContainer(Resource):
         hc = dict(want.healthcheck)
         return ContainerSpec(
             name=spec.container, image=spec.image, command=list(want.command), env=env,
-            labels={**dict(want.labels), HASH_LABEL: want_hash},
+            labels={**extra_labels(), **dict(want.labels), HASH_LABEL: want_hash,
+                    **({EXTRA_LABEL: ",".join(sorted(extra_labels()))} if extra_labels() else {})},
             ports=[tuple(p) for p in spec.ports], volumes=[(spec.volume, spec.data_dir)],
             restart=(spec.restart, 0),
             healthcheck={"test": list(hc["test"]), "interval": hc["interval"], "timeout": hc["timeout"],

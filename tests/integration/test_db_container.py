@@ -354,3 +354,14 @@ def test_two_deployments_of_one_plan_never_touch_each_other(tmp_path, pg_image, 
     code, out = a.run("destroy")
     assert code == 0 and b.container not in out, out
     assert container(docker_client, b.container)["State"]["Running"]
+
+
+def test_labels_from_the_environment_are_not_configuration(db_plan, docker_client, monkeypatch):
+    """ORCHESTRATE_LABELS tags what is created (the suite relies on it), but a shell without it
+    must not see a change."""
+    assert db_plan.run("apply")[0] == 0
+    labels = container(docker_client, db_plan.container)["Config"]["Labels"]
+    assert labels[TEST_LABEL[0]] == TEST_LABEL[1] and labels["orchestrate.extra-labels"] == TEST_LABEL[0]
+    monkeypatch.delenv("ORCHESTRATE_LABELS")
+    code, out = db_plan.run("plan", "--detailed-exitcode")
+    assert code == 0, out

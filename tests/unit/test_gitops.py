@@ -154,3 +154,10 @@ def test_a_short_secret_looking_default_is_warned_about_but_not_masked(tmp_path)
     code, out = run_cli("validate", plan)
     assert code == 0 and "warning: variable 'api_token'" in out
     assert redact.redact("upgraded (none) -> head") == "upgraded (none) -> head"
+
+
+@pytest.mark.parametrize("argv", [["-v", "-q", "--no-color", "plan", "p.yaml"], ["plan", "p.yaml", "-v", "-q", "--no-color"]])
+def test_global_options_work_before_and_after_the_command(argv):
+    args = parser().parse_args(argv)
+    assert (args.verbose, args.quiet, args.no_color) == (True, True, True)
+    assert parser().parse_args(["plan", "p.yaml"]).verbose is False
