@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""`orchestrate verify` right after the copy it checks, measured in one run on the reference
+database: the copy (`orchestrate apply PLAN --only data` into the empty migrated tables) next to
+`orchestrate verify PLAN --json`, and their ratio. Target: verifying takes less time than copying.
+
+    python3 benchmarks/verify.py [--rows 1000000] [--runs 3] [--image IMAGE]
+
+Setup (not timed): a copy of the repository's plans, templates, migrations and example
+application in a temp directory (as tests/conftest.py's repo_copy does), the deterministic SQLite
+database (examples.autodeploy.make_sqlite, seed 42) at --rows deployment_logs rows, and the
+phase-1 plan applied (its own container, volume and port, through -e). Each run then empties the
+three tables (TRUNCATE), removes the data step's entry from the plan's lockfile and runs a
+CHECKPOINT, so the copy really copies everything and does not pay for earlier dirty pages, then
+times, as whole processes (start-up included):
+
+  copy     orchestrate apply PLAN --only data     (its own load time: rows / the rows/s it prints)
+  verify   orchestrate verify PLAN --json         (right after; the step's own time: details.seconds)
+  verify   orchestrate apply PLAN --only check    (the step's time as apply prints it: "... in X s")
+
+Every run checks that the copy copied every row and that verify found everything equal.
+Medians are reported. The verify step loads the whole source again (through the copy's own
+loader, into a temporary table) and compares both tables in the server, so it cannot be much
+cheaper than the load itself; what it skips is the target's indexes, foreign keys and WAL.
+
+Everything created carries the labels orchestrate.bench=backup and orchestrate.bench.run=<tag>;
+it is destroyed at the end whatever happens (orchestrate destroy --volumes, then by label).
+Left-overs of a killed run: docker rm -f -v $(docker ps -aq --filter label=orchestrate.bench=backup);
+docker volume rm $(docker volume ls -q --filter label=orchestrate.bench=backup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))          # examples.autodeploy (and orchestrator, if not installed)
+
+LABEL = "orchestrate.bench=backup"
+REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples")
+TABLES = ("tenants", "deployments", "deployment_logs")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Env:
+    """A copy of the repository with its own SQLite source, container, volume and port."""
+
+    def __init__(self, base: Path, rows: int, image: str, tag: str, env: dict):
+        self.root = base / "repo"
+        self.rows = rows
+        self.env = env
+        self.container = f"bench-{tag}-pg"
+        self.volume = f"bench-{tag}-data"
+        self.port = free_port()
+        self.plan = self.root / "plans" / "phase1.yaml"
+        self.lock = self.plan.with_suffix(".lock")
+        self.extra = ["-e", f"pg_image={image}", "-e", f"db_port={self.port}",
+                      "-e", f"container_name={self.container}", "-e", f"volume_name={self.volume}"]
+        self.applied = False
+
+    def prepare(self) -> dict[str, int]:
+        from examples.autodeploy import make_sqlite
+        self.root.mkdir(parents=True)
+        for part in REPO_PARTS:
+            src = REPO / part
+            if src.is_dir():
+                shutil.copytree(src, self.root / part,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets", ".*.lck"))
+            else:
+                shutil.copy(src, self.root / part)
+        for leftover in ("deployment_platform.db", ".env", "docker-compose.yml"):
+            (self.root / leftover).unlink(missing_ok=True)
+        return make_sqlite.write(self.root / "deployment_platform.db", self.rows)
+
+    def orchestrate(self, command: str, *argv: str) -> tuple[float, str]:
+        """Run an orchestrate command as a whole process; returns (wall seconds, stdout+stderr)."""
+        start = time.perf_counter()
+        proc = subprocess.run(["orchestrate", command, str(self.plan), *self.extra, *argv], cwd=self.root,
+                              env=self.env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"orchestrate {command} {' '.join(argv)} failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout}{proc.stderr}")
+        return elapsed, proc.stdout + proc.stderr
+
+    def apply(self) -> tuple[float, str]:
+        self.applied = True
+        return self.orchestrate("apply")
+
+    def connect(self):
+        import psycopg
+        import yaml
+        password = yaml.safe_load(self.plan.with_suffix(".secrets").read_text())["db_password"]
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="dbadmin", password=password,
+                               dbname="autodeploy", connect_timeout=5, autocommit=True)
+
+    def empty(self) -> None:
+        """Empty the copied tables and forget the last copy, so the next apply copies everything."""
+        with self.connect() as conn:
+            conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+            conn.execute("CHECKPOINT")
+        lock = json.loads(self.lock.read_text())
+        lock["steps"].pop("data", None)
+        self.lock.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+
+    def destroy(self) -> None:
+        if self.applied:
+            subprocess.run(["orchestrate", "destroy", str(self.plan), *self.extra, "--volumes", "--yes", "--no-backup"],
+                           cwd=self.root, env=self.env, capture_output=True)
+
+
+def cleanup_by_label(tag: str) -> None:
+    flt = ["--filter", f"label={LABEL}", "--filter", f"label=orchestrate.bench.run={tag}"]
+    ids = subprocess.run(["docker", "ps", "-aq", *flt], capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
+    vols = subprocess.run(["docker", "volume", "ls", "-q", *flt], capture_output=True, text=True).stdout.split()
+    if vols:
+        subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
+
+
+COPIED = re.compile(r"changed: data\s+\(copy-data\): copied (\d+) rows into \d+ table\(s\) \((\d+)k rows/s\)")
+VERIFIED = re.compile(r"ok:\s+check\s+\(verify\): verified (\d+) table\(s\) and (\d+) check\(s\) in ([\d.]+)s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000, help="deployment_logs rows (default 1000000)")
+    ap.add_argument("--runs", type=int, default=3, help="measured runs (default 3)")
+    ap.add_argument("--image", default=os.environ.get("ORCHESTRATE_TEST_PG_IMAGE", "orchestrate-test/postgres:15"))
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:6]
+    env = {**os.environ, "ORCHESTRATE_LABELS": f"{LABEL},orchestrate.bench.run={tag}", "NO_COLOR": "1"}
+    env.pop("AUTODEPLOY_DB_PASSWORD", None)
+    work = Path(tempfile.mkdtemp(prefix="orchestrate-bench-verify-"))
+    e = Env(work, args.rows, args.image, tag, env)
+    t_all = time.perf_counter()
+    res: dict[str, list[float]] = {"copy": [], "copy_load": [], "verify": [], "verify_step": [],
+                                   "apply_check": [], "apply_check_step": []}
+    try:
+        t0 = time.perf_counter()
+        counts = e.prepare()
+        total_rows = sum(counts.values())
+        print(f"SQLite source: {total_rows:,} rows ({counts}) in {time.perf_counter() - t0:.1f} s; applying the "
+              f"phase-1 plan ({args.image}) ...", flush=True)
+        elapsed, out = e.apply()
+        first = VERIFIED.search(out)
+        print(f"applied (container, files, migrations, copy, verify, backup) in {elapsed:.1f} s; "
+              f"{(COPIED.search(out) or [''])[0]}; {(first or [''])[0]}", flush=True)
+
+        for i in range(args.runs):
+            e.empty()
+            t_copy, out = e.orchestrate("apply", "--only", "data")
+            m = COPIED.search(out)
+            if not m or int(m.group(1)) != total_rows:
+                raise RuntimeError(f"run {i + 1}: the copy did not copy all {total_rows} rows:\n{out}")
+            copied, rate = int(m.group(1)), int(m.group(2)) * 1000
+            res["copy"].append(t_copy)
+            res["copy_load"].append(copied / rate)
+
+            t_verify, out = e.orchestrate("verify", "--json")
+            doc = json.loads(out[out.index("{"):])
+            details = next(s["details"] for s in doc["steps"] if s["type"] == "verify")
+            if not details.get("ok"):
+                raise RuntimeError(f"run {i + 1}: verify did not find everything equal:\n{json.dumps(details)}")
+            res["verify"].append(t_verify)
+            res["verify_step"].append(details["seconds"])
+
+            t_check, out = e.orchestrate("apply", "--only", "check")
+            v = VERIFIED.search(out)
+            if not v:
+                raise RuntimeError(f"run {i + 1}: apply --only check printed no 'verified ...' line:\n{out}")
+            res["apply_check"].append(t_check)
+            res["apply_check_step"].append(float(v.group(3)))
+            print(f"run {i + 1}/{args.runs}: copy {t_copy:.2f} s (load {copied / rate:.2f} s, {rate // 1000}k rows/s); "
+                  f"verify {t_verify:.2f} s (step {details['seconds']:.2f} s); apply --only check {t_check:.2f} s "
+                  f"(step {float(v.group(3)):.1f} s)", flush=True)
+    finally:
+        e.destroy()
+        cleanup_by_label(tag)
+        shutil.rmtree(work, ignore_errors=True)
+    total = time.perf_counter() - t_all
+
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f"\ncopy then verify of the reference database ({args.rows:,} deployment_logs rows, {total_rows:,} rows in all), "
+          f"{args.runs} runs, each into emptied tables; medians; whole benchmark {total:.0f} s\n")
+    print(f"{'what':<44}{'median s':>10}{'min s':>9}{'max s':>9}{'k rows/s':>10}")
+    rows = [
+        ("copy: orchestrate apply --only data", "copy"),
+        ("  its load (rows / printed rows/s)", "copy_load"),
+        ("verify: orchestrate verify --json", "verify"),
+        ("  the step (details.seconds)", "verify_step"),
+        ("verify: orchestrate apply --only check", "apply_check"),
+        ("  the step (printed '... in X s')", "apply_check_step"),
+    ]
+    for name, key in rows:
+        times = res[key]
+        print(f"{name:<44}{med[key]:>10.2f}{min(times):>9.2f}{max(times):>9.2f}{total_rows / med[key] / 1000:>10.0f}")
+    ratio = med["verify"] / med["copy"]
+    step_ratio = med["verify_step"] / med["copy_load"]
+    print(f"\nratio verify / copy: {ratio:.2f} as commands, {step_ratio:.2f} step against load; target verify "
+          f"faster than the copy: {'met' if ratio < 1 else 'NOT met'} (commands), "
+          f"{'met' if step_ratio < 1 else 'NOT met'} (steps)")
+
+
+if __name__ == "__main__":
+    main()
