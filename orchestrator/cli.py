@@ -163,8 +163,9 @@ def cmd_backup(args, out: Output) -> int:
         if args.drill:
             record = res.find(args.source or "latest")
             result = res.drill(record)
-            out.print(f"drill of {record['name']}: restored into a throwaway container; every table's rows and "
-                      f"content match what was recorded:", always=True)
+            what = "rows and content" if record.get("fingerprints") else "row count"
+            out.print(f"drill of {record['name']}: sha256 as recorded; restored into a throwaway container; "
+                      f"every table's {what} match what was recorded:", always=True)
             for table, (count, _) in result.items():
                 out.print(f"  {table}: {count} rows", always=True)
             out.print("the throwaway container and volume were removed", always=True)
@@ -198,8 +199,8 @@ def cmd_restore(args, out: Output) -> int:
                 before = res.take(f"before restoring {record['name']}")
                 out.print(f"took {before['name']} first (--no-backup skips this)", always=True)
         counts = res.restore(record)
-        out.print(f"restored {record['name']} in one transaction; row counts and content match the backup's:",
-                  always=True)
+        what = "row counts and content match" if record.get("fingerprints") else "row counts match"
+        out.print(f"restored {record['name']} in one transaction; {what} the backup's:", always=True)
         for table, count in counts.items():
             out.print(f"  {table}: {count} rows", always=True)
         return EXIT_OK

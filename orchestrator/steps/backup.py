@@ -44,6 +44,9 @@ class BackupSpec(Strict):
     format: Literal["custom", "plain"] = Field("custom", description="pg_dump's custom format, or plain SQL")
     keep: int | None = Field(None, ge=1, description="keep this many of this plan's backups (newest)")
     max_age: Duration | None = Field(None, description="remove this plan's backups older than this (e.g. 7d)")
+    fingerprints: bool = Field(False, description="also record a fingerprint of every table's content, so "
+                                                  "restore and drills check content, not only row counts "
+                                                  "(about 0.3 s per million rows)")
     when: Literal["always", "changed", "daily"] = Field(
         "changed", description="in apply: always; only if an earlier step changed something; or if the "
                                "newest backup is older than a day")
@@ -198,10 +201,11 @@ class Backup(Resource):
                        f"--format={self.spec.format}"]
                 if self.spec.format == "plain":
                     cmd += ["--clean", "--if-exists"]
-                # the counts and fingerprints are taken in the very snapshot pg_dump reads, while
+                # the counts (and fingerprints) are taken in the very snapshot pg_dump reads, while
                 # it runs (this connection is the thread's alone until it is joined)
                 taken: dict[str, Any] = {}
-                worker = threading.Thread(target=_fingerprints_into, args=(conn, taken), daemon=True)
+                worker = threading.Thread(target=_fingerprints_into, args=(conn, taken, self.spec.fingerprints),
+                                          daemon=True)
                 worker.start()
                 try:
                     size, digest = self._stream_to(info["Id"], db.spec.container, cmd, path)
@@ -214,7 +218,9 @@ class Backup(Resource):
                 counts, prints = taken["result"]
         rel = os.path.relpath(path, self.rc.plan.base_dir)
         record = {"name": name, "path": rel, "size": size, "sha256": digest, "created": now.strftime(STAMP),
-                  "format": self.spec.format, "reason": reason, "counts": counts, "fingerprints": prints}
+                  "format": self.spec.format, "reason": reason, "counts": counts}
+        if prints:
+            record["fingerprints"] = prints
         self._save(self.recorded_backups() + [record])
         return record
 
@@ -309,9 +315,9 @@ class Backup(Resource):
         self.rc.progress(f"restoring {record['name']} into {db.spec.db}")
         self._load_dump(info["Id"], db.spec.container, db.spec.user, db.spec.db, record, path)
         with psycopg.connect(libpq_url(db.outputs()["url"]), connect_timeout=5) as conn:
-            counts, prints = table_fingerprints(conn)
+            counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
         wrong = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
-        wrong += [f"{t}: content differs from what was recorded" for t, fp in record["fingerprints"].items()
+        wrong += [f"{t}: content differs from what was recorded" for t, fp in record.get("fingerprints", {}).items()
                   if prints.get(t) != fp and counts.get(t) == record["counts"].get(t)]
         if wrong:
             raise StepFailed("the restored database differs from what was recorded with the backup: " + "; ".join(wrong))
@@ -350,32 +356,36 @@ class Backup(Resource):
             self._load_dump(cid, name, db.spec.user, db.spec.db, record, path)
             url = f"postgresql://{db.spec.user}:{password}@127.0.0.1:{port}/{db.spec.db}"
             with psycopg.connect(url, connect_timeout=5) as conn:
-                counts, prints = table_fingerprints(conn)
+                counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
         finally:
             if cid is not None:
                 eng.remove_container(cid, name)
             if eng.volume(volume) is not None:
                 eng.remove_volume(volume)
         problems = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
-        problems += [f"{t}: content differs from what was recorded" for t, fp in record["fingerprints"].items()
+        problems += [f"{t}: content differs from what was recorded" for t, fp in record.get("fingerprints", {}).items()
                      if prints.get(t) != fp and counts.get(t) == record["counts"].get(t)]
         if problems:
             raise StepFailed(f"drill of {record['name']} failed: " + "; ".join(problems))
-        return {t: (counts[t], prints[t]) for t in record["counts"]}
+        return {t: (counts[t], prints.get(t)) for t in record["counts"]}
 
 
-def _fingerprints_into(conn, taken: dict[str, Any]) -> None:
+def _fingerprints_into(conn, taken: dict[str, Any], content: bool) -> None:
     try:
-        taken["result"] = table_fingerprints(conn)
+        taken["result"] = table_fingerprints(conn, content=content)
     except Exception as exc:   # reported by the caller, in its thread
         taken["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def table_fingerprints(conn) -> tuple[dict[str, int], dict[str, str]]:
-    """Row count and content fingerprint of every table of the current schema."""
+def table_fingerprints(conn, content: bool = True) -> tuple[dict[str, int], dict[str, str]]:
+    """Row count and (``content``) a fingerprint of the content of every table of the current
+    schema."""
     from psycopg import sql
     counts, prints = {}, {}
     for name, table in sorted(reflect_target(conn).items()):
+        if not content:
+            counts[name] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()[0]
+            continue
         cols = list(table.columns.values())
         expr = row_hash_sql(cols, [sql.Identifier(c.name).as_string(conn) for c in cols], conn.info.server_version)
         count, total = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {}").format(

@@ -67,7 +67,8 @@ def test_a_corrupted_backup_is_refused_and_a_drill_leaves_nothing(repo_copy, doc
     assert code == 1 and "is not a backup that this plan recorded" in out, out
     code, out = repo_copy.run("backup", "--drill")
     assert code == 0, out
-    assert "every table's rows and content match what was recorded" in out and "deployment_logs: 10000 rows" in out
+    assert "sha256 as recorded" in out and "every table's row count match what was recorded" in out
+    assert "deployment_logs: 10000 rows" in out
     flt = {"label": "orchestrate.drill"}
     assert not docker_client.containers.list(all=True, filters=flt)
     assert not docker_client.volumes.list(filters=flt)
@@ -106,3 +107,15 @@ def test_backup_is_ok_when_nothing_changed(repo_copy):
     assert code == 0 and "ok:      snapshot (backup)" in out, out
     assert len(recorded(repo_copy)) == count
 
+
+
+def test_content_fingerprints_make_restore_and_drills_check_content(repo_copy):
+    repo_copy.plan.write_text(repo_copy.plan.read_text().replace("backup: {keep: 7, when: changed}",
+                                                                 "backup: {keep: 7, when: changed, fingerprints: true}"))
+    assert repo_copy.run("apply")[0] == 0
+    record = recorded(repo_copy)[-1]
+    assert set(record["fingerprints"]) == {"alembic_version", "tenants", "deployments", "deployment_logs"}
+    code, out = repo_copy.run("backup", "--drill")
+    assert code == 0 and "every table's rows and content match what was recorded" in out, out
+    code, out = repo_copy.run("restore", "--from", "latest", "--yes", "--no-backup")
+    assert code == 0 and "row counts and content match" in out, out
