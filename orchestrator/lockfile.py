@@ -68,9 +68,6 @@ class Lockfile:
     def set_step(self, name: str, entry: dict[str, Any]) -> None:
         self.data["steps"][name] = entry
 
-    def drop_step(self, name: str) -> None:
-        self.data["steps"].pop(name, None)
-
     def render(self) -> str:
         return redact(json.dumps(self.data, sort_keys=True, indent=2, default=str)) + "\n"
 

@@ -119,16 +119,3 @@ def load_units(plans: list[TablePlan]) -> list[list[TablePlan]]:
             visit(name)
     return [[by_name[n] for n in g] for g in groups]
 
-
-def dependents(names: set[str], plans: list[TablePlan]) -> set[str]:
-    """``names`` and every table that references them, directly or not (reloading a table means
-    emptying it, which its children must follow)."""
-    result = set(names)
-    changed = True
-    while changed:
-        changed = False
-        for p in plans:
-            if p.target not in result and p.parents & result:
-                result.add(p.target)
-                changed = True
-    return result

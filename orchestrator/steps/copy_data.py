@@ -16,8 +16,9 @@ its key, the column and why; what they can convert, they convert, and the table 
 
 The lockfile keeps, per table, the source's digest, the row counts and the target's checksum:
 an unchanged source and target is ``ok``; a changed source reloads only the tables that changed
-(and the tables that reference them); rows in the target that the last copy did not leave there
-are never overwritten unless the step says ``overwrite: true``.
+(the foreign keys pointing at a reloaded table are set aside and put back, which checks the rows
+of the tables that reference it against the new rows); rows in the target that the last copy did
+not leave there are never overwritten unless the step says ``overwrite: true``.
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ class CopyData(Resource):
             n = len(p.columns)
             while batch := cur.fetchmany(self.spec.batch_size):
                 for row in batch:
-                    for i, (conv, (scol, tcol)) in enumerate(zip(convs, p.columns)):
+                    for i, (conv, (_, tcol)) in enumerate(zip(convs, p.columns)):
                         v = row[i]
                         try:
                             if v is None:
