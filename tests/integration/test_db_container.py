@@ -259,7 +259,7 @@ def test_data_directory_of_another_major_version_is_refused(db_plan, docker_clie
         info.size = 3
         tar.addfile(info, io.BytesIO(b"14\n"))
     docker_client.api.put_archive(helper["Id"], "/data", buf.getvalue())
-    docker_client.api.remove_container(helper["Id"])
+    docker_client.api.remove_container(helper["Id"], v=True)   # and the image's anonymous data volume
     mutations.calls.clear()
     code, out = db_plan.run("apply")
     assert code == 1, out
