@@ -22,19 +22,17 @@ the snapshot the dump reads (so the lockfile describes the dump exactly), hashes
 (sha256), fsyncs the file and records it in the lockfile. That is reported as is; the
 fingerprints are also timed on their own, so the rest can be compared with the raw dump.
 
-Everything created carries the labels orchestrate.bench=backup and orchestrate.bench.run=<tag>;
+Everything created carries the labels orchestrate.bench=phase1 and orchestrate.bench.run=<tag>;
 it is destroyed at the end whatever happens (orchestrate destroy --volumes, then by label).
-Left-overs of a killed run: docker rm -f -v $(docker ps -aq --filter label=orchestrate.bench=backup);
-docker volume rm $(docker volume ls -q --filter label=orchestrate.bench=backup).
+Left-overs of a killed run: docker rm -f -v $(docker ps -aq --filter label=orchestrate.bench=phase1);
+docker volume rm $(docker volume ls -q --filter label=orchestrate.bench=phase1).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,79 +43,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))          # examples.autodeploy (and orchestrator, if not installed)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from phase1_env import LABEL, Phase1Copy, cleanup_by_label  # noqa: E402
 
-LABEL = "orchestrate.bench=backup"
-REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples")
 TIME = "/usr/bin/time"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Env:
-    """A copy of the repository with its own SQLite source, container, volume and port."""
-
-    def __init__(self, base: Path, name: str, rows: int, image: str, tag: str, env: dict):
-        self.root = base / name
-        self.rows = rows
-        self.env = env
-        self.container = f"bench-{tag}-{name}-pg"
-        self.volume = f"bench-{tag}-{name}-data"
-        self.port = free_port()
-        self.plan = self.root / "plans" / "phase1.yaml"
-        self.extra = ["-e", f"pg_image={image}", "-e", f"db_port={self.port}",
-                      "-e", f"container_name={self.container}", "-e", f"volume_name={self.volume}"]
-        self.applied = False
-
-    def prepare(self) -> dict[str, int]:
-        from examples.autodeploy import make_sqlite
-        self.root.mkdir(parents=True)
-        for part in REPO_PARTS:
-            src = REPO / part
-            if src.is_dir():
-                shutil.copytree(src, self.root / part,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets", ".*.lck"))
-            else:
-                shutil.copy(src, self.root / part)
-        for leftover in ("deployment_platform.db", ".env", "docker-compose.yml"):
-            (self.root / leftover).unlink(missing_ok=True)
-        return make_sqlite.write(self.root / "deployment_platform.db", self.rows)
-
-    def orchestrate(self, command: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["orchestrate", command, str(self.plan), *self.extra, *argv], cwd=self.root,
-                              env=self.env, capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"orchestrate {command} {' '.join(argv)} failed (exit {proc.returncode}):\n"
-                               f"{proc.stdout}{proc.stderr}")
-        return proc
-
+class Env(Phase1Copy):
     def apply(self) -> float:
-        self.applied = True
-        start = time.perf_counter()
-        self.orchestrate("apply")
-        return time.perf_counter() - start
-
-    @property
-    def password(self) -> str:
-        import yaml
-        return yaml.safe_load((self.plan.with_suffix(".secrets")).read_text())["db_password"]
-
-    def connect(self):
-        import psycopg
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="dbadmin", password=self.password,
-                               dbname="autodeploy", connect_timeout=5)
+        return super().apply()[0]
 
     def latest_backup(self) -> dict:
-        lock = json.loads(self.plan.with_suffix(".lock").read_text())
-        return lock["steps"]["snapshot"]["observed"]["backups"][-1]
-
-    def destroy(self) -> None:
-        if self.applied:
-            subprocess.run(["orchestrate", "destroy", str(self.plan), *self.extra, "--volumes", "--yes", "--no-backup"],
-                           cwd=self.root, env=self.env, capture_output=True)
+        return self.step_record("snapshot")["backups"][-1]
 
 
 def timed(cmd: list[str], cwd: Path, env: dict, stdout_path: Path | None = None) -> tuple[float, float, str]:
@@ -156,16 +93,6 @@ def fingerprint_seconds(env: Env) -> float:
             start = time.perf_counter()
             table_fingerprints(conn)
             return time.perf_counter() - start
-
-
-def cleanup_by_label(tag: str) -> None:
-    flt = ["--filter", f"label={LABEL}", "--filter", f"label=orchestrate.bench.run={tag}"]
-    ids = subprocess.run(["docker", "ps", "-aq", *flt], capture_output=True, text=True).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
-    vols = subprocess.run(["docker", "volume", "ls", "-q", *flt], capture_output=True, text=True).stdout.split()
-    if vols:
-        subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ Medians are reported. The verify step loads the whole source again (through the 
 loader, into a temporary table) and compares both tables in the server, so it cannot be much
 cheaper than the load itself; what it skips is the target's indexes, foreign keys and WAL.
 
-Everything created carries the labels orchestrate.bench=backup and orchestrate.bench.run=<tag>;
+Everything created carries the labels orchestrate.bench=phase1 and orchestrate.bench.run=<tag>;
 it is destroyed at the end whatever happens (orchestrate destroy --volumes, then by label).
-Left-overs of a killed run: docker rm -f -v $(docker ps -aq --filter label=orchestrate.bench=backup);
-docker volume rm $(docker volume ls -q --filter label=orchestrate.bench=backup).
+Left-overs of a killed run: docker rm -f -v $(docker ps -aq --filter label=orchestrate.bench=phase1);
+docker volume rm $(docker volume ls -q --filter label=orchestrate.bench=phase1).
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,93 +44,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))          # examples.autodeploy (and orchestrator, if not installed)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from phase1_env import LABEL, Phase1Copy, cleanup_by_label  # noqa: E402
 
-LABEL = "orchestrate.bench=backup"
-REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples")
 TABLES = ("tenants", "deployments", "deployment_logs")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Env:
-    """A copy of the repository with its own SQLite source, container, volume and port."""
-
+class Env(Phase1Copy):
     def __init__(self, base: Path, rows: int, image: str, tag: str, env: dict):
-        self.root = base / "repo"
-        self.rows = rows
-        self.env = env
-        self.container = f"bench-{tag}-pg"
-        self.volume = f"bench-{tag}-data"
-        self.port = free_port()
-        self.plan = self.root / "plans" / "phase1.yaml"
-        self.lock = self.plan.with_suffix(".lock")
-        self.extra = ["-e", f"pg_image={image}", "-e", f"db_port={self.port}",
-                      "-e", f"container_name={self.container}", "-e", f"volume_name={self.volume}"]
-        self.applied = False
-
-    def prepare(self) -> dict[str, int]:
-        from examples.autodeploy import make_sqlite
-        self.root.mkdir(parents=True)
-        for part in REPO_PARTS:
-            src = REPO / part
-            if src.is_dir():
-                shutil.copytree(src, self.root / part,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets", ".*.lck"))
-            else:
-                shutil.copy(src, self.root / part)
-        for leftover in ("deployment_platform.db", ".env", "docker-compose.yml"):
-            (self.root / leftover).unlink(missing_ok=True)
-        return make_sqlite.write(self.root / "deployment_platform.db", self.rows)
-
-    def orchestrate(self, command: str, *argv: str) -> tuple[float, str]:
-        """Run an orchestrate command as a whole process; returns (wall seconds, stdout+stderr)."""
-        start = time.perf_counter()
-        proc = subprocess.run(["orchestrate", command, str(self.plan), *self.extra, *argv], cwd=self.root,
-                              env=self.env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"orchestrate {command} {' '.join(argv)} failed (exit {proc.returncode}):\n"
-                               f"{proc.stdout}{proc.stderr}")
-        return elapsed, proc.stdout + proc.stderr
-
-    def apply(self) -> tuple[float, str]:
-        self.applied = True
-        return self.orchestrate("apply")
-
-    def connect(self):
-        import psycopg
-        import yaml
-        password = yaml.safe_load(self.plan.with_suffix(".secrets").read_text())["db_password"]
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="dbadmin", password=password,
-                               dbname="autodeploy", connect_timeout=5, autocommit=True)
+        super().__init__(base, "repo", rows, image, tag, env)
 
     def empty(self) -> None:
         """Empty the copied tables and forget the last copy, so the next apply copies everything."""
-        with self.connect() as conn:
+        with self.connect(autocommit=True) as conn:
             conn.execute(f"TRUNCATE {', '.join(TABLES)}")
             conn.execute("CHECKPOINT")
         lock = json.loads(self.lock.read_text())
         lock["steps"].pop("data", None)
         self.lock.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
-
-    def destroy(self) -> None:
-        if self.applied:
-            subprocess.run(["orchestrate", "destroy", str(self.plan), *self.extra, "--volumes", "--yes", "--no-backup"],
-                           cwd=self.root, env=self.env, capture_output=True)
-
-
-def cleanup_by_label(tag: str) -> None:
-    flt = ["--filter", f"label={LABEL}", "--filter", f"label=orchestrate.bench.run={tag}"]
-    ids = subprocess.run(["docker", "ps", "-aq", *flt], capture_output=True, text=True).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
-    vols = subprocess.run(["docker", "volume", "ls", "-q", *flt], capture_output=True, text=True).stdout.split()
-    if vols:
-        subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
 
 
 COPIED = re.compile(r"changed: data\s+\(copy-data\): copied (\d+) rows into \d+ table\(s\) \((\d+)k rows/s\)")
