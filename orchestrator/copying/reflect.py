@@ -97,10 +97,14 @@ class SourceTable:
     primary_key: list[str]
 
 
-def open_source(path: Path) -> sqlite3.Connection:
-    """Read-only (never writes, never creates the file). Text arrives as str; a value that is
-    not UTF-8 makes SQLite raise, and the caller then looks for it with a bytes reader."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+def open_source(path: Path, raw_text: bool = False) -> sqlite3.Connection:
+    """Read-only (never writes, never creates the file). Text arrives as str, and a value that is
+    not UTF-8 makes SQLite raise; with ``raw_text`` it arrives as bytes, so such a value can be
+    found and named."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    if raw_text:
+        conn.text_factory = bytes
+    return conn
 
 
 def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:

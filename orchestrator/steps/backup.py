@@ -159,10 +159,7 @@ class Backup(Resource):
         return "; ".join(done)
 
     def _save(self, backups: list[dict]) -> None:
-        entry = self.rc.lock.step(self.step.name) or {"type": self.type}
-        entry.setdefault("observed", {})["backups"] = backups
-        self.rc.lock.set_step(self.step.name, entry)
-        self.rc.lock.save()
+        self.update_observed(backups=backups)
 
     def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
         backups = self.recorded_backups()

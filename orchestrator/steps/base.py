@@ -117,6 +117,14 @@ class Resource:
                                                                   "step before it")
         return found[1]["url"]
 
+    def update_observed(self, **fields: Any) -> None:
+        """Write part of this step's record into the lockfile now, and save it (a checkpoint that
+        survives a crash later in the step)."""
+        entry = self.rc.lock.step(self.step.name) or {"type": self.type}
+        entry.setdefault("observed", {}).update(fields)
+        self.rc.lock.set_step(self.step.name, entry)
+        self.rc.lock.save()
+
     def check(self) -> None:
         """Validate-time checks that need no Docker and no database (files, templates)."""
 

@@ -347,14 +347,13 @@ class CopyData(Resource):
     def _describe(self, src: sqlite3.Connection, p: TablePlan, line: int | None = None,
                   where: str | None = None) -> list[str]:
         """Primary keys of rows, for messages: the ``line``-th row read, or those matching ``where``."""
-        keys = p.source_pk or ["rowid"]
-        cols = ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
+        keys, cols = _keys(p)
         if line is not None:
             rows = src.execute(f"{self._select(p, ', ' + cols)} LIMIT 1 OFFSET ?", (line - 1,)).fetchall()
             rows = [r[len(p.columns):] for r in rows]
         else:
             rows = src.execute(f"SELECT {cols} FROM {quote_sqlite(p.source)} AS s {where} LIMIT {SAMPLE}").fetchall()
-        return [", ".join(f"{k}={_plain(v)}" for k, v in zip(keys, r)) for r in rows]
+        return [_row_name(keys, r) for r in rows]
 
     def _dangling(self, src: sqlite3.Connection, p: TablePlan, plans: list[TablePlan]) -> list[Dangling]:
         out = []
@@ -393,11 +392,8 @@ class CopyData(Resource):
         and a sample of keys. Read-only."""
         convs = self._converters(p)
         found: dict[tuple[str, str], list] = {}
-        keys = p.source_pk or ["rowid"]
-        key_sql = ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
-        raw = sqlite3.connect(f"file:{self.source_path}?mode=ro", uri=True)
-        raw.text_factory = bytes
-        try:
+        keys, key_sql = _keys(p)
+        with contextlib.closing(open_source(self.source_path, raw_text=True)) as raw:
             cur = raw.execute(self._select(p, ", " + key_sql))
             n = len(p.columns)
             while batch := cur.fetchmany(self.spec.batch_size):
@@ -415,9 +411,7 @@ class CopyData(Resource):
                             hits = found.setdefault((tcol.name, reason), [0, str(exc), []])
                             hits[0] += 1
                             if len(hits[2]) < SAMPLE:
-                                hits[2].append(", ".join(f"{k}={_plain(x)}" for k, x in zip(keys, row[n:])))
-        finally:
-            raw.close()
+                                hits[2].append(_row_name(keys, row[n:]))
         return [f"{p.target}: column {col}: {count} value(s) cannot be loaded, e.g. row {sample[0]}: {first}"
                 + (f" (rows: {'; '.join(sample)})" if len(sample) > 1 else "")
                 for (col, _), (count, first, sample) in found.items()]
@@ -469,13 +463,8 @@ class CopyData(Resource):
 
     def _checkpoint(self, obs: Observed, tables: dict[str, dict]) -> None:
         """Record tables in the lockfile as soon as they are known (before and after COMMIT)."""
-        entry = self.rc.lock.step(self.step.name) or {"type": self.type}
-        observed = entry.setdefault("observed", {})
-        observed["source"] = str(obs.source)
-        observed["fingerprint"] = obs.fingerprint
-        observed.setdefault("tables", {}).update(tables)
-        self.rc.lock.set_step(self.step.name, entry)
-        self.rc.lock.save()
+        known = (self.rc.lock.step(self.step.name).get("observed") or {}).get("tables") or {}
+        self.update_observed(source=str(obs.source), fingerprint=obs.fingerprint, tables={**known, **tables})
 
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
                    obs: Observed, rec: dict) -> int:
@@ -613,25 +602,20 @@ class CopyData(Resource):
 
     def _unreadable(self, p: TablePlan, exc: Exception) -> StepFailed:
         """SQLite could not hand over a value as text (invalid UTF-8): find and name the row."""
-        raw = sqlite3.connect(f"file:{self.source_path}?mode=ro", uri=True)
-        raw.text_factory = bytes
-        keys = p.source_pk or ["rowid"]
-        key_sql = ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
+        keys, key_sql = _keys(p)
         n = len(p.columns)
-        try:
+        with contextlib.closing(open_source(self.source_path, raw_text=True)) as raw:
             for row in raw.execute(self._select(p, ", " + key_sql)):
                 for i, v in enumerate(row[:n]):
                     if isinstance(v, bytes) and p.columns[i][1].kind != "bytea":
                         try:
                             v.decode("utf-8")
                         except UnicodeDecodeError as err:
-                            key = ", ".join(f"{k}={_plain(x)}" for k, x in zip(keys, row[n:]))
+                            key = _row_name(keys, row[n:])
                             return StepFailed(f"{p.target}: row {key}: column {p.columns[i][1].name}: invalid "
                                               f"UTF-8 at byte {err.start} ({v[max(0, err.start - 8):err.start + 8]!r}); "
                                               f"nothing of {p.target} was loaded",
                                               hint="fix the text in the source (it is not UTF-8)")
-        finally:
-            raw.close()
         return StepFailed(f"{p.target}: SQLite could not read the table: {exc}")
 
     @staticmethod
@@ -758,12 +742,8 @@ class CopyData(Resource):
         where = f"row {key[0]}" if key else (f"row {line}" if line else "a row")
         col = next((c for _, c in p.columns if c.name == column), None)
         if col is not None and line is not None and not final:
-            raw = sqlite3.connect(f"file:{self.source_path}?mode=ro", uri=True)
-            raw.text_factory = bytes
-            try:
+            with contextlib.closing(open_source(self.source_path, raw_text=True)) as raw:
                 row = raw.execute(f"{self._select(p)} LIMIT 1 OFFSET ?", (line - 1,)).fetchone()
-            finally:
-                raw.close()
             value = row[[c.name for c in p.target_columns].index(col.name)] if row else None
             try:
                 if value is not None:
@@ -834,6 +814,16 @@ class _Progress:
                 self.say(f"{self.table} [{bar:<20}] {done:4.0%} {rows:,}/{self.total:,} rows, {rate / 1000:.0f}k rows/s")
             else:
                 self.say(f"{self.table}: {rows:,} rows, {rate / 1000:.0f}k rows/s")
+
+
+def _keys(p: TablePlan) -> tuple[list[str], str]:
+    """The source columns that name a row in messages (rowid when there is no key), and their SQL."""
+    keys = p.source_pk or ["rowid"]
+    return keys, ", ".join(f"s.{quote_sqlite(k)}" if k != "rowid" else "s.rowid" for k in keys)
+
+
+def _row_name(keys: list[str], values) -> str:
+    return ", ".join(f"{k}={_plain(v)}" for k, v in zip(keys, values))
 
 
 def _plain(value: Any) -> str:
