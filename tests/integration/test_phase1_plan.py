@@ -64,19 +64,23 @@ def test_kill_9_during_apply_is_repaired_by_the_next_apply(phase1, docker_client
     plan, extra, port, name = phase1
     env = {**os.environ}
     env.pop("AUTODEPLOY_DB_PASSWORD", None)
-    proc = subprocess.Popen(["orchestrate", "apply", str(plan), *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:     # kill it while it waits for the new container
-        if docker_client.containers.list(all=True, filters={"name": name}):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_log = plan.parent / "killed-apply.log"
+    with open(killed_log, "wb") as log:
+        proc = subprocess.Popen(["orchestrate", "apply", str(plan), *extra], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:     # kill it while it waits for the new container
+            # summaries only: a per-container inspect races with the container coming and going
+            if docker_client.api.containers(all=True, filters={"name": name}):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     done = orchestrate("apply", plan, *extra)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0, (done.stdout + done.stderr + "\nthe killed apply said:\n"
+                                  + killed_log.read_text(errors="replace"))
     assert orchestrate("plan", plan, "--detailed-exitcode", *extra).returncode == 0
-    assert len(docker_client.containers.list(filters={"name": name})) == 1
+    assert len(docker_client.api.containers(filters={"name": name})) == 1
 
 
 def test_leftover_of_an_interrupted_replace_is_cleaned_up(phase1, docker_client):
