@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PG_IMAGE = os.environ.get("ORCHESTRATE_TEST_PG_IMAGE", "orchestrate-test/postgres:15")
 SESSION = uuid.uuid4().hex[:8]
-TEST_LABEL = ("orchestrate.test", SESSION)
+# the label's value names the test process: the start-up cleanup removes what killed sessions
+# left, never what a session still running beside this one (another shell, a CI rehearsal) uses
+TEST_LABEL = ("orchestrate.test", f"{os.getpid()}-{SESSION}")
 os.environ["ORCHESTRATE_LABELS"] = f"{TEST_LABEL[0]}={TEST_LABEL[1]}"
 
 
@@ -37,15 +39,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _abandoned(labels: dict | None) -> bool:
+    """Made by a test session whose process is gone (or by one that did not say which)."""
+    value = (labels or {}).get(TEST_LABEL[0], "")
+    pid = value.split("-", 1)[0]
+    if value == TEST_LABEL[1] or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def docker_cleanup(client, *, every_session: bool = False) -> None:
     """Remove what this session (or, at start, any earlier killed session) left behind."""
     flt = {"label": TEST_LABEL[0] if every_session else f"{TEST_LABEL[0]}={TEST_LABEL[1]}"}
     for c in client.containers.list(all=True, filters=flt):
-        c.remove(force=True)
+        if _abandoned(c.labels):
+            c.remove(force=True)
     for v in client.volumes.list(filters=flt):
-        v.remove(force=True)
+        if _abandoned(v.attrs.get("Labels")):
+            v.remove(force=True)
     for n in client.networks.list(filters=flt):
-        n.remove()
+        if _abandoned(n.attrs.get("Labels")):
+            n.remove()
 
 
 @pytest.fixture(autouse=True)
