@@ -17,10 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets as _random
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -324,41 +321,16 @@ class Backup(Resource):
         """Restore into a throwaway container with a temporary volume and compare counts and
         fingerprints with the record; the container and volume are removed whatever happens."""
         import psycopg
-        from ..docker_engine import ContainerSpec
+        from ..throwaway import throwaway_postgres
         path = self.check_file(record)
         db = self._db()
-        eng = self.rc.engine
-        tag = uuid.uuid4().hex[:8]
-        name, volume = f"{self.rc.plan.name}-drill-{tag}", f"{self.rc.plan.name}-drill-{tag}"
-        labels = {**self.labels, "orchestrate.drill": tag}
-        password = _random.token_urlsafe(24)
-        from ..redact import register
-        register(password)
-        from socket import socket
-        with socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cid = None
-        try:
-            eng.create_volume(volume, labels)
-            cid = eng.create_container(ContainerSpec(
-                name=name, image=db.spec.image, command=["postgres"], labels=labels,
-                env={"POSTGRES_USER": db.spec.user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": db.spec.db},
-                ports=[("127.0.0.1", port, 5432, "tcp")], volumes=[(volume, db.spec.data_dir)], restart=("no", 0),
-                healthcheck={"test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {db.spec.user} -d {db.spec.db}"],
-                             "interval": 500_000_000, "timeout": 5_000_000_000, "retries": 120, "start_period": 0}))
-            eng.start(cid, name)
-            self.rc.progress(f"drill: waiting for the throwaway container {name}")
-            _wait_healthy(eng, cid, name, 120)
-            self._load_dump(cid, name, db.spec.user, db.spec.db, record, path)
-            url = f"postgresql://{db.spec.user}:{password}@127.0.0.1:{port}/{db.spec.db}"
-            with psycopg.connect(url, connect_timeout=5) as conn:
+        with throwaway_postgres(self.rc.engine, plan=self.rc.plan.name, purpose="drill", image=db.spec.image,
+                                user=db.spec.user, database=db.spec.db, data_dir=db.spec.data_dir,
+                                labels={**self.labels, "orchestrate.drill": "yes"},
+                                progress=lambda m: self.rc.progress(f"drill: {m}")) as tmp:
+            self._load_dump(tmp.container_id, tmp.name, tmp.user, tmp.database, record, path)
+            with psycopg.connect(tmp.url, connect_timeout=5) as conn:
                 counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
-        finally:
-            if cid is not None:
-                eng.remove_container(cid, name)
-            if eng.volume(volume) is not None:
-                eng.remove_volume(volume)
         problems = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
         problems += [f"{t}: content differs from what was recorded" for t, fp in record.get("fingerprints", {}).items()
                      if prints.get(t) != fp and counts.get(t) == record["counts"].get(t)]
@@ -389,15 +361,3 @@ def table_fingerprints(conn, content: bool = True) -> tuple[dict[str, int], dict
             sql.SQL(expr), sql.Identifier(name))).fetchone()
         counts[name], prints[name] = count, f"{count}:{total}"
     return counts, prints
-
-
-def _wait_healthy(eng, cid: str, name: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        state = (eng.container(cid) or {}).get("State") or {}
-        if (state.get("Health") or {}).get("Status") == "healthy":
-            return
-        if state.get("Status") in ("exited", "dead"):
-            break
-        time.sleep(0.25)
-    raise StepFailed(f"throwaway container {name} did not become healthy: {eng.logs(cid, 20)}")

@@ -1,0 +1,98 @@
+"""A throwaway PostgreSQL container: made for one job (a restore drill, a migration preview) and
+removed whatever happens.
+
+Container and volume share the name ``<plan>-<purpose>-<tag>`` and carry the labels
+``orchestrate.throwaway=<purpose>`` and ``orchestrate.owner=<host>:<pid>``, so that the next
+command of the plan can recognise and remove what a killed run left (:mod:`orchestrator.leftovers`)
+without touching one that a live process still uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets as _random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .docker_engine import ContainerSpec, Engine
+from .errors import StepFailed
+from .redact import register
+
+PURPOSE_LABEL = "orchestrate.throwaway"
+OWNER_LABEL = "orchestrate.owner"
+
+
+def owner() -> str:
+    """This process, as the owner label names it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Throwaway:
+    name: str
+    container_id: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+
+@contextlib.contextmanager
+def throwaway_postgres(engine: Engine, *, plan: str, purpose: str, image: str, user: str, database: str,
+                       data_dir: str, labels: dict[str, str], progress: Callable[[str], None] = lambda m: None,
+                       wait: float = 120) -> Iterator[Throwaway]:
+    """A PostgreSQL container named ``<plan>-<purpose>-<tag>`` with a volume of the same name, both
+    labelled (``labels`` plus the throwaway and owner labels), published on a random 127.0.0.1
+    port, healthy when yielded; container and volume are removed whatever happens."""
+    name = f"{plan}-{purpose}-{uuid.uuid4().hex[:8]}"
+    labels = {**labels, PURPOSE_LABEL: purpose, OWNER_LABEL: owner()}
+    password = _random.token_urlsafe(24)
+    register(password)
+    cid = None
+    try:
+        engine.create_volume(name, labels)
+        cid = engine.create_container(ContainerSpec(
+            name=name, image=image, command=["postgres"], labels=labels,
+            env={"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": database},
+            ports=[("127.0.0.1", None, 5432, "tcp")],   # Docker picks a free port
+            volumes=[(name, data_dir)], restart=("no", 0),
+            healthcheck={"test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {user} -d {database}"],
+                         "interval": 500_000_000, "timeout": 5_000_000_000, "retries": 120, "start_period": 0}))
+        engine.start(cid, name)
+        progress(f"waiting for the throwaway container {name}")
+        info = wait_healthy(engine, cid, name, wait)
+        port = int(info["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"])
+        yield Throwaway(name, cid, port, user, password, database)
+    finally:
+        # removed even on KeyboardInterrupt; a kill -9 is repaired by the next command of the plan
+        if cid is not None:
+            engine.remove_container(cid, name)
+        if engine.volume(name) is not None:
+            engine.remove_volume(name)
+
+
+def wait_healthy(engine: Engine, cid: str, name: str, seconds: float) -> dict:
+    """Wait until the container is healthy and return its inspect; bounded by ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        info = engine.container(cid) or {}
+        state = info.get("State") or {}
+        if (state.get("Health") or {}).get("Status") == "healthy":
+            return info
+        if state.get("Status") in ("exited", "dead"):
+            why = f"exited with code {state.get('ExitCode')}"
+            break
+        if time.monotonic() > deadline:
+            why = f"was not healthy after waiting {seconds:g}s"
+            break
+        time.sleep(0.25)
+    raise StepFailed(f"throwaway container {name} {why}; its last log lines:\n"
+                     f"{engine.logs(cid, 20).rstrip() or '(no output)'}")
