@@ -67,6 +67,9 @@ class Diff:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)   # step-specific data (revisions, file diffs)
     destructive: str | None = None    # why applying it destroys data (a backup is taken first)
+    # plan: what the step will do depends on changes of earlier steps not made yet ("known after
+    # apply", as Terraform says): a saved plan may then make other non-destructive changes
+    after_apply: bool = False
 
     @property
     def action(self) -> Action:
@@ -104,5 +107,6 @@ class StepReport:
             "problems": list(self.diff.problems),
             "notes": list(self.diff.notes),
             "details": dict(self.diff.details),
+            "known_after_apply": self.diff.after_apply,
             "drift": [{"field": k, "recorded": a, "observed": b} for k, a, b in self.drift],
         }

@@ -86,6 +86,7 @@ def cmd_apply(args, out: Output) -> int:
                                    + "; ".join(stale) + "; nothing was changed",
                                    hint="make a new plan (orchestrate plan PLAN --out FILE) and review it")
         options["expected"] = saved.expected_changes(doc)
+        options["after_apply"] = saved.known_after_apply(doc)
         out.print(f"Applying the saved plan {args.plan} (made {doc['created']})")
     else:
         plan, _ = _load(args, out)

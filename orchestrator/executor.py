@@ -152,6 +152,8 @@ class Executor:
         expected = self.rc.options.get("expected")
         if expected is not None:
             unplanned = {(c.action.key, c.field) for c in diff.changes} - expected.get(step.name, set())
+            if step.name in self.rc.options.get("after_apply", ()) and not diff.destructive:
+                unplanned = {(a, f) for a, f in unplanned if a not in ("create", "update", "start")}
             if unplanned:
                 raise StepFailed(f"step {step.name} would now {', '.join(sorted(a + ' ' + f for a, f in unplanned))}, "
                                  f"which the saved plan did not show; stopped here",

@@ -42,7 +42,8 @@ def write(path: str | Path, result: RunResult) -> dict[str, Any]:
     plan = result.plan
     rel = lambda p: os.path.relpath(Path(p).resolve(), path.parent)  # noqa: E731
     steps = [{"name": r.name, "type": r.type, "action": r.action.key, "fingerprint": r.fingerprint,
-              "changes": [c.to_dict() for c in r.diff.changes]} for r in result.reports]
+              "known_after_apply": r.diff.after_apply, "changes": [c.to_dict() for c in r.diff.changes]}
+             for r in result.reports]
     doc = {
         "kind": KIND,
         "format_version": FORMAT,
@@ -108,3 +109,10 @@ def differences(doc: dict[str, Any], fresh: RunResult) -> list[str]:
 
 def expected_changes(doc: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
     return {s["name"]: {(c["action"], c["field"]) for c in s["changes"]} for s in doc["steps"]}
+
+
+def known_after_apply(doc: dict[str, Any]) -> set[str]:
+    """Steps whose changes the saved plan could only show as "known after apply": they depended on
+    earlier steps' changes. Applying the saved plan lets them create and update (never recreate
+    or destroy) what the plan could not see."""
+    return {s["name"] for s in doc["steps"] if s.get("known_after_apply")}

@@ -25,11 +25,31 @@ class TablePlan:
         return [c for _, c in self.columns]
 
 
+def selected_tables(source, *, tables: list[str], exclude: list[str],
+                    rename: dict[str, str]) -> list[tuple[str, str]]:
+    """(source table, target table) of every source table the step copies, by name only: all
+    but Alembic's version table, those excluded and those outside ``tables``."""
+    wanted = set(tables)
+    out = []
+    for s_name in sorted(source):
+        t_name = rename.get(s_name, s_name)
+        if t_name in SKIP_TABLES or s_name in SKIP_TABLES:
+            continue
+        if wanted and s_name not in wanted and t_name not in wanted:
+            continue
+        if s_name in exclude or t_name in exclude:
+            continue
+        out.append((s_name, t_name))
+    return out
+
+
 def map_tables(source: dict[str, SourceTable], target: dict[str, TargetTable], *, tables: list[str],
                exclude: list[str], rename: dict[str, str], columns: dict[str, dict[str, str]],
                drop_columns: dict[str, list[str]]) -> tuple[list[TablePlan], list[str], list[str]]:
     """Returns (table plans, problems, notes). The target schema is the truth: a table is copied
-    when it exists on both sides (after ``rename``), except Alembic's version table."""
+    when it exists on both sides (after ``rename``), except Alembic's version table. A source
+    table with no table in the target is a problem (its rows would be lost without a word)
+    unless the step excludes or renames it."""
     problems, notes = [], []
     for key, what in ((rename, "rename"), (columns, "columns"), (drop_columns, "drop_columns")):
         for name in key:
@@ -37,19 +57,13 @@ def map_tables(source: dict[str, SourceTable], target: dict[str, TargetTable], *
                 problems.append(f"{what}: the source has no table {name!r}")
     plans = []
     wanted = set(tables)
-    for s_name in sorted(source):
-        t_name = rename.get(s_name, s_name)
-        if t_name in SKIP_TABLES:
-            continue
-        if wanted and s_name not in wanted and t_name not in wanted:
-            continue
-        if s_name in exclude or t_name in exclude:
-            continue
+    unmapped = []
+    for s_name, t_name in selected_tables(source, tables=tables, exclude=exclude, rename=rename):
         if t_name not in target:
             if s_name in rename:
                 problems.append(f"rename: {s_name} -> {t_name}, but the target has no table {t_name!r}")
             else:
-                notes.append(f"source table {s_name} has no table in the target schema: not copied")
+                unmapped.append(s_name)
             continue
         src, tgt = source[s_name], target[t_name]
         cmap, dropped = columns.get(s_name, {}), set(drop_columns.get(s_name, []))
@@ -74,6 +88,10 @@ def map_tables(source: dict[str, SourceTable], target: dict[str, TargetTable], *
         back = {c.name: s for s, c in pairs}
         pk = [back[c] for c in tgt.primary_key if c in back] or list(src.primary_key)
         plans.append(TablePlan(s_name, t_name, pairs, pk, tgt))
+    if unmapped:
+        problems.append(f"source table(s) {', '.join(unmapped)} have no table in the target schema: their rows "
+                        f"would be left behind. Add them to exclude: to leave them out on purpose, or map each "
+                        f"with rename: {{source_table: target_table}}")
     for name in wanted:
         if name not in source and name not in {rename.get(s, s) for s in source}:
             problems.append(f"tables: the source has no table {name!r}")

@@ -69,6 +69,13 @@ class RunContext:
                 return self.resources[earlier.name]
         return None
 
+    def pending_before(self, step: StepDecl, *types: str) -> list[str]:
+        """Read-only runs: the earlier steps (of these types) with changes pending, whose result
+        this step cannot see yet."""
+        if not self.read_only:
+            return []
+        return [s.name for s in self.plan.steps[:step.index] if s.name in self.changed and s.type in types]
+
     def earlier_outputs(self, step: StepDecl, type_: str) -> tuple[str, dict] | None:
         """Name and outputs of the nearest earlier step of type ``type_``."""
         for earlier in reversed(self.plan.steps[:step.index]):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import marshal
+import os
 import re
 import sqlite3
 import time
@@ -38,7 +39,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from ..changes import Action, Change, Diff
 from ..copying.convert import BOOL_WORDS, ConvertError, TargetColumn, make_converter, row_hash_sql
-from ..copying.mapping import TablePlan, load_units, map_tables
+from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target)
 from ..errors import StepFailed
@@ -126,11 +127,28 @@ class Observed:
     plans: list[TablePlan] = field(default_factory=list)     # every table mapped, copied now or not
     incoming: dict[str, list[ForeignKey]] = field(default_factory=dict)   # target table -> FKs to it
     create_source: bool = False       # the source is missing and if_missing will create it
+    after_apply: str | None = None    # why the target cannot be seen yet (plan: known after apply)
+    # with after_apply: (source table, target table, source rows, loaded from this very file before)
+    unknown: list[tuple[str, str, int, bool]] = field(default_factory=list)
 
 
-def decide(ts: TableState, recorded: dict, *, same_file: bool, overwrite: bool) -> None:
-    """What to do with one table, from counts, checksums and what the last copy recorded. Pure."""
-    rec = recorded or {}
+def settled(entry: dict, checksum: str | None) -> dict:
+    """The lockfile's entry for a table as it really stands: a load records what it is about to
+    commit under ``committing`` just before COMMIT; if the target now holds exactly that, the
+    commit happened (and the process died before it could say so). Pure."""
+    entry = dict(entry or {})
+    committing = entry.pop("committing", None)
+    if isinstance(committing, dict) and checksum is not None and committing.get("checksum") == checksum:
+        return committing
+    if isinstance(committing, str) and checksum is not None and committing == checksum:   # older format
+        return {**entry, "checksum": checksum}
+    return entry
+
+
+def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool) -> None:
+    """What to do with one table, from counts, checksums and what the last copy recorded of it
+    (its entry, with the source file's fingerprint ``file`` at the time it was loaded). Pure."""
+    rec = settled(recorded, ts.checksum)
     if ts.target_rows is None:
         ts.action, ts.reason = "copy", "the target is not reachable yet"
         return
@@ -140,12 +158,13 @@ def decide(ts: TableState, recorded: dict, *, same_file: bool, overwrite: bool) 
         else:
             ts.action, ts.reason = "copy", f"copy {ts.source_rows} rows"
         return
-    ours = rec.get("checksum") == ts.checksum or rec.get("committing") == ts.checksum
+    ours = rec.get("checksum") == ts.checksum
     recorded = rec.get("checksum") or ""
     if recorded and not recorded.startswith(FINGERPRINT + ":"):
         # recorded by another version of orchestrate: only the row count can be compared
         ours = rec.get("rows") == ts.target_rows
     if ours:
+        same_file = file is not None and rec.get("file") == file
         if same_file or (ts.digest is not None and ts.digest == rec.get("source_digest")):
             ts.action = "ok"
             return
@@ -171,7 +190,20 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
     d = Diff(problems=list(obs.problems), notes=list(obs.notes))
     if obs.create_source:
         d.changes.append(Change(Action.CREATE, "source", None, str(obs.source), "created by if_missing"))
+        d.after_apply = True
     details = {}
+    if obs.after_apply:
+        d.after_apply = True
+        d.notes.append(f"known after apply: {obs.after_apply}")
+        for s_name, t, rows, same in obs.unknown:
+            details[t] = {"source_table": s_name, "source_rows": rows, "target_rows": None,
+                          "action": "ok" if same else "copy"}
+            if same:
+                d.notes.append(f"{t}: {rows} source rows, copied from this very file by the last apply "
+                               f"(expected unchanged)")
+            else:
+                d.changes.append(Change(Action.CREATE, f"table {t}", "(known after apply)", f"{rows} rows",
+                                        "every source row, into the migrated table"))
     for ts in obs.tables:
         t = ts.plan.target
         details[t] = {"source_table": ts.plan.source, "source_rows": ts.source_rows,
@@ -220,6 +252,12 @@ class CopyData(Resource):
         return self.rc.plan.resolve(src)
 
     @property
+    def source_name(self) -> str:
+        """The source as recorded: relative to the plan's root, so a lockfile in git means the same
+        file from any working folder and any clone."""
+        return os.path.relpath(self.source_path.absolute(), self.rc.plan.base_dir.absolute())
+
+    @property
     def url(self) -> str:
         return self.database_url(self.spec.url)
 
@@ -255,9 +293,9 @@ class CopyData(Resource):
             return obs
         obs.fingerprint = fingerprint(obs.source)
         rec = self.recorded.get("observed") or {}
-        same_file = rec.get("fingerprint") == obs.fingerprint and rec.get("source") == str(obs.source)
         src = open_source(obs.source)
         try:
+            pending = self.rc.pending_before(self.step, "db-container", "migrate")
             try:
                 pg = self._connect()
             except psycopg.OperationalError as exc:
@@ -265,11 +303,18 @@ class CopyData(Resource):
                     raise StepFailed(f"cannot reach the target database: {str(exc).strip().splitlines()[0]}",
                                      hint="check the db-container step (or the url)") from None
                 obs.reachable = False
-                obs.notes.append("the target database is not reachable now; if an earlier step of this plan "
-                                 "creates it, every table is copied")
+                obs.after_apply = ("the target database is not reachable now"
+                                   + (f"; {_steps(pending)} first" if pending else ""))
                 pg = None
+            schema = self.rc.pending_before(self.step, "migrate")
+            if pg is not None and schema:
+                obs.after_apply = (f"{_steps(schema)} first, which migrates the target schema; "
+                                   f"plan --preview shows the copy into that schema")
             try:
-                self._observe_tables(obs, src, pg, rec, same_file)
+                if obs.after_apply:
+                    self._observe_source(obs, src, rec)
+                else:
+                    self._observe_tables(obs, src, pg, rec)
             finally:
                 if pg is not None:
                     pg.close()
@@ -277,12 +322,21 @@ class CopyData(Resource):
             src.close()
         return obs
 
-    def _observe_tables(self, obs: Observed, src: sqlite3.Connection, pg, rec: dict, same_file: bool) -> None:
+    def _observe_source(self, obs: Observed, src: sqlite3.Connection, rec: dict) -> None:
+        """The target cannot be seen yet: what is known from the source and the lockfile."""
+        rec_tables = rec.get("tables") or {}
+        same_source = rec.get("source") == self.source_name
+        for s_name, t_name in selected_tables(reflect_source(src), tables=self.spec.tables,
+                                              exclude=self.spec.exclude, rename=self.spec.rename):
+            rows = src.execute(f"SELECT count(*) FROM {quote_sqlite(s_name)}").fetchone()[0]
+            entry = rec_tables.get(t_name) or {}
+            same = same_source and entry.get("file", rec.get("fingerprint")) == obs.fingerprint \
+                and "committing" not in entry
+            obs.unknown.append((s_name, t_name, rows, same))
+
+    def _observe_tables(self, obs: Observed, src: sqlite3.Connection, pg, rec: dict) -> None:
         spec = self.spec
-        if pg is not None:
-            target = reflect_target(pg)
-        else:
-            target = {}
+        target = reflect_target(pg)
         plans, problems, notes = map_tables(reflect_source(src), target, tables=spec.tables, exclude=spec.exclude,
                                             rename=spec.rename, columns=spec.columns, drop_columns=spec.drop_columns)
         obs.problems += problems
@@ -291,22 +345,23 @@ class CopyData(Resource):
         for t in target.values():
             for fk in t.foreign_keys:
                 obs.incoming.setdefault(fk.ref_table, []).append(fk)
-        if pg is None:
-            for name in sorted(reflect_source(src)):
-                rows = src.execute(f"SELECT count(*) FROM {quote_sqlite(name)}").fetchone()[0]
-                obs.notes.append(f"{name}: {rows} source rows")
-            return
         rec_tables = rec.get("tables") or {}
+        same_source = rec.get("source") == self.source_name
         for p in plans:
             ts = TableState(p, src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)}").fetchone()[0])
             if p.target in self._loaded:
                 ts.target_rows, ts.checksum = self._loaded[p.target]
             else:
                 ts.target_rows, ts.checksum = self._target_checksum(pg, p)
-            r = rec_tables.get(p.target) or {}
-            if ts.target_rows and not same_file and ts.checksum in (r.get("checksum"), r.get("committing")):
+            r = dict(rec_tables.get(p.target) or {})
+            if "file" not in r and rec.get("fingerprint"):     # recorded before per-table fingerprints
+                r["file"] = rec["fingerprint"]
+            if not same_source:
+                r.pop("file", None)
+            now = settled(r, ts.checksum)
+            if ts.target_rows and now.get("file") != obs.fingerprint and now.get("checksum") == ts.checksum:
                 ts.digest = self._source_digest(src, p)
-            decide(ts, r, same_file=same_file, overwrite=spec.overwrite)
+            decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
             obs.tables.append(ts)
         for ts in obs.tables:
             # in apply with on_dangling: error, the foreign keys put back after the load check
@@ -461,10 +516,12 @@ class CopyData(Resource):
             raise StepFailed(f"if_missing ({' '.join(cmd)}) did not create {self.source_path} "
                              f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
 
-    def _checkpoint(self, obs: Observed, tables: dict[str, dict]) -> None:
-        """Record tables in the lockfile as soon as they are known (before and after COMMIT)."""
+    def _checkpoint(self, tables: dict[str, dict]) -> None:
+        """Record tables in the lockfile as soon as they are known (before and after COMMIT). Each
+        table's entry names the source file's fingerprint it was loaded from: a run killed between
+        two tables leaves the others recorded as they were, so the next run reloads them."""
         known = (self.rc.lock.step(self.step.name).get("observed") or {}).get("tables") or {}
-        self.update_observed(source=str(obs.source), fingerprint=obs.fingerprint, tables={**known, **tables})
+        self.update_observed(source=self.source_name, tables={**known, **tables})
 
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
                    obs: Observed, rec: dict) -> int:
@@ -540,14 +597,14 @@ class CopyData(Resource):
                 if count != expected:
                     raise StepFailed(f"{p.target}: {count} rows in the target after the copy, {expected} expected; "
                                      f"rolled back")
-                results[p.target].update(rows=count, checksum=checksum)
+                results[p.target].update(rows=count, checksum=checksum, file=obs.fingerprint)
             self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
-            pending = {t: {**r, "committing": r["checksum"], "checksum": (rec.get("tables") or {}).get(t, {}).get("checksum")}
-                       for t, r in results.items()}
-            self._checkpoint(obs, pending)      # a kill between COMMIT and the next line is recognised
+            before = (self.rc.lock.step(self.step.name).get("observed") or {}).get("tables") or {}
+            pending = {t: {**settled(before.get(t) or {}, None), "committing": r} for t, r in results.items()}
+            self._checkpoint(pending)      # a kill between COMMIT and the next line is recognised
         for t, r in results.items():
             self._loaded[t] = (r["rows"], r["checksum"])
-        self._checkpoint(obs, results)
+        self._checkpoint(results)
         return rows
 
     def _fk_failure(self, src, p: TablePlan, fk: ForeignKey, exc: Exception, plans: list[TablePlan]) -> StepFailed:
@@ -767,16 +824,22 @@ class CopyData(Resource):
         rec = ((self.rc.lock.step(self.step.name).get("observed") or {}).get("tables")) or {}
         tables = {}
         for ts in obs.tables:
-            prev = rec.get(ts.plan.target) or {}
+            prev = settled(rec.get(ts.plan.target) or {}, ts.checksum)
             entry = {"source_table": ts.plan.source, "source_rows": ts.source_rows, "rows": ts.target_rows,
-                     "checksum": ts.checksum, "source_digest": prev.get("source_digest")}
+                     "checksum": ts.checksum, "source_digest": prev.get("source_digest"), "file": prev.get("file")}
             if ts.digest:
                 entry["source_digest"] = ts.digest
+            if ts.action == "ok":
+                entry["file"] = obs.fingerprint      # proven equal to this very file
             for key in ("nulled", "skipped"):
                 if key in (self._report.get(ts.plan.target) or prev):
                     entry[key] = (self._report.get(ts.plan.target) or prev)[key]
             tables[ts.plan.target] = entry
-        return {"source": str(obs.source), "fingerprint": obs.fingerprint, "tables": tables}
+        return {"source": self.source_name, "fingerprint": obs.fingerprint, "tables": tables}
+
+
+def _steps(names: list[str]) -> str:
+    return f"step {names[0]} runs" if len(names) == 1 else f"steps {', '.join(names)} run"
 
 
 def _digest_bytes(batch: list) -> bytes:

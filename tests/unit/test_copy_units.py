@@ -169,8 +169,13 @@ def test_mapping_rename_columns_drop_and_problems():
     assert [(s, c.name) for s, c in plans[0].columns] == [("id", "id"), ("nm", "name")]
     assert any("posts.gone has no column in target table posts" in p for p in problems)
     assert any("posts.must is NOT NULL without a default" in p for p in problems)
-    assert notes == ["source table extra has no table in the target schema: not copied"]
+    assert notes == []
+    assert any(p.startswith("source table(s) extra have no table in the target schema") and "exclude:" in p
+               for p in problems)
     assert plans[1].parents == {"users"}
+    _, problems, _ = map_tables(source, tgt, tables=[], exclude=["extra"], rename={"old_users": "users"},
+                                columns={"old_users": {"nm": "name"}}, drop_columns={"old_users": ["legacy"]})
+    assert not any("extra" in p for p in problems)
 
 
 def test_load_units_parents_first_self_references_and_cycles():
@@ -199,15 +204,22 @@ def state(source_rows=10, target_rows=0, checksum=None, digest=None):
     (state(target_rows=10, checksum="h2:10:5", digest="d1"), {"checksum": "h2:10:5", "source_digest": "d1"}, False, False, "ok"),
     (state(target_rows=10, checksum="h2:10:5", digest="d2"), {"checksum": "h2:10:5", "source_digest": "d1"}, False, False, "reload"),
     (state(target_rows=10, checksum="h2:10:5"), {"committing": "h2:10:5", "checksum": None}, True, False, "ok"),
+    (state(target_rows=10, checksum="h2:10:5"), {"checksum": "h2:9:1", "file": "OLD",
+                                                 "committing": {"checksum": "h2:10:5", "file": "F"}}, False, False, "ok"),
+    (state(target_rows=9, checksum="h2:9:1", digest="d0"), {"checksum": "h2:9:1", "file": "OLD", "source_digest": "d0",
+                                                            "committing": {"checksum": "h2:10:5", "file": "F"}}, False, False, "ok"),
+    (state(target_rows=9, checksum="h2:9:1", digest="d1"), {"checksum": "h2:9:1", "file": "OLD", "source_digest": "d0",
+                                                            "committing": {"checksum": "h2:10:5", "file": "F"}}, False, False, "reload"),
     (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, False, "refuse"),
     (state(target_rows=11, checksum="h2:11:9"), {}, True, False, "refuse"),
     (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, True, "reload"),
     (state(target_rows=10, checksum="h2:10:5"), {"checksum": "10:77", "rows": 10}, True, False, "ok"),
     (state(target_rows=11, checksum="h2:11:5"), {"checksum": "10:77", "rows": 10}, True, False, "refuse"),
-], ids=["empty", "unchanged", "same-digest", "source-changed", "killed-after-commit", "foreign-rows",
+], ids=["empty", "unchanged", "same-digest", "source-changed", "killed-after-commit", "killed-after-commit-dict",
+        "killed-before-commit-same-source", "killed-before-commit-source-changed", "foreign-rows",
         "never-copied", "overwrite", "older-fingerprint-same-count", "older-fingerprint-other-count"])
 def test_decide(ts, rec, same, overwrite, action):
-    decide(ts, rec, same_file=same, overwrite=overwrite)
+    decide(ts, {**rec, "file": "F"} if same and rec else rec, file="F", overwrite=overwrite)
     assert ts.action == action
     if action == "refuse":
         assert "Refusing to overwrite" in ts.problems[0] and "overwrite: true" in ts.problems[0]
@@ -216,7 +228,7 @@ def test_decide(ts, rec, same, overwrite, action):
 def test_diff_names_tables_counts_and_dangling():
     from orchestrator.steps.copy_data import Dangling
     ts = state(source_rows=5)
-    decide(ts, {}, same_file=False, overwrite=False)
+    decide(ts, {}, file=None, overwrite=False)
     fk = ForeignKey("fk", "t", ["parent_id"], "p", ["id"], "", nullable=True)
     ts.dangling = [Dangling(fk, 2, ["id=3", "id=4"])]
     d = diff_copy(Observed(source=None, tables=[ts]), "error")
