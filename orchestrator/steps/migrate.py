@@ -1,12 +1,15 @@
-"""The migrate step: the application's Alembic migrations, run in-process.
+"""The migrate step: the application's Alembic migrations.
 
 Observe reads the migration scripts (heads, the target, the revisions between the database's
 revision and the target) and the database's current revision; the diff says which revisions
 would run, in order, or why none may (several heads, a downgrade not allowed, a database at a
 revision the scripts do not know). Apply takes a PostgreSQL advisory lock, so two runs never
-migrate at once, then runs ``alembic upgrade`` through Alembic's command API with the URL in both
-``sqlalchemy.url`` and ``DATABASE_URL`` (env.py files of either style work unchanged), from the
-folder of ``alembic.ini`` (as people run ``alembic`` from their project root).
+migrate at once, then runs ``alembic upgrade`` exactly as it runs from the folder of
+``alembic.ini``: that folder is the working directory, ``prepend_sys_path`` is resolved there, and
+the URL is in both ``sqlalchemy.url`` and ``DATABASE_URL`` (env.py files of either style work
+unchanged). Alembic runs in-process through its command API, or, with ``python:``, in the
+application's own interpreter (the scripts are still read here). What Alembic, SQLAlchemy and
+env.py log, warn or print is captured: shown with ``-v``, its last lines added to an error.
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import io
 import logging
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
+import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from pydantic import Field
 
+from .. import redact
 from ..changes import Action, Change, Diff
 from ..errors import OrchestrateError, StepFailed
 from ..fields import Duration
@@ -31,6 +40,21 @@ from ..plan import Strict
 from .base import Resource
 
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"orchestrate.migrate").digest()[:8], "big", signed=True)
+TAIL = 10   # captured lines added to an error
+
+# Alembic's command API in the application's interpreter: the URL comes from the environment
+# (never from argv, where other users could read the password)
+BOOTSTRAP = """\
+import os, sys
+from alembic import command
+from alembic.config import Config
+ini, location, verb, target, sql = sys.argv[1:]
+cfg = Config(file_=ini)
+if location:
+    cfg.set_main_option("script_location", location)
+cfg.set_main_option("sqlalchemy.url", os.environ["DATABASE_URL"].replace("%", "%%"))
+getattr(command, verb)(cfg, target, sql=bool(sql))
+"""
 
 
 class MigrateSpec(Strict):
@@ -41,6 +65,9 @@ class MigrateSpec(Strict):
                                               "db-container step)")
     allow_downgrade: bool = Field(False, description="allow a target below the database's revision")
     lock_timeout: Duration = Field(300.0, description="how long to wait for another run's migration")
+    python: str | None = Field(None, min_length=1, description="the application's Python interpreter (a path "
+                               "relative to the plan root, or a command on PATH): Alembic runs there, as a "
+                               "subprocess, instead of in orchestrate's own environment")
 
 
 @dataclass
@@ -59,10 +86,12 @@ class Observed:
     reachable: bool = False
     error: str | None = None                             # why the database was not reachable
     current: str | None = None                           # the database's revision (None: empty)
+    fresh: bool = False                                  # the database has no alembic_version table
     unknown_current: bool = False                        # the database's revision is not in the scripts
     upgrade: list[Rev] = field(default_factory=list)     # revisions to run, in order
     downgrade: list[Rev] = field(default_factory=list)   # revisions to undo, in order
     sql: str | None = None                               # offline SQL of the upgrade (plan --sql)
+    sql_error: str | None = None                         # why that SQL cannot be shown
 
 
 def _first_line(exc: BaseException) -> str:
@@ -86,6 +115,9 @@ def diff_migrate(obs: Observed, *, target: str, allow_downgrade: bool, recorded:
         d.problems.append(f"the database is at revision {obs.current}, which these migrations do not contain "
                           f"(was it migrated by a newer version of the application?); refusing to guess")
         return d
+    elif rec is not None and obs.current is None and obs.fresh:
+        d.notes.append(f"the database is new (it has no alembic_version table; the last apply left it at "
+                       f"{rec}): every revision up to the target runs")
     elif rec is not None and rec != obs.current:
         d.warnings.append(f"the database is at revision {obs.current or '(none)'} but the last apply recorded "
                           f"{rec}: alembic was run (or stamped) by hand since")
@@ -109,11 +141,161 @@ def diff_migrate(obs: Observed, *, target: str, allow_downgrade: bool, recorded:
             d.details["undo"] = [{"revision": r.revision, "message": r.message} for r in obs.downgrade]
     if obs.sql:
         d.details["sql"] = obs.sql
+    if obs.sql_error:
+        d.problems.append(obs.sql_error)
     return d
 
 
+# running Alembic: failures, and what it printed ------------------------------------------------
+
+@dataclass
+class Failure:
+    """An exception raised by Alembic, env.py or a migration, in-process or in a subprocess."""
+    frames: list[tuple[str, str]]   # (file, function), outermost first
+    kind: str                       # the exception's class name
+    text: str                       # the first line of its message
+    module: str | None = None       # the module an ImportError could not find
+
+
+class AlembicFailed(Exception):
+    def __init__(self, failure: Failure, lines: list[str]):
+        super().__init__(failure.text)
+        self.failure, self.lines = failure, lines
+
+
+def failure_of(exc: BaseException) -> Failure:
+    frames = [(f.filename, f.name) for f in traceback.extract_tb(exc.__traceback__)]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        frames.append((exc.filename, "<module>"))        # the file that does not parse
+    module = exc.name if isinstance(exc, ImportError) else None
+    return Failure(frames, type(exc).__name__, _first_line(exc), module)
+
+
+_FRAME = re.compile(r'^  File "(.+)", line \d+(?:, in (.+))?$')
+
+
+def failure_in_output(lines: list[str]) -> Failure | None:
+    """The last traceback Python printed in ``lines``."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return None
+    frames, kind, text = [], "", ""
+    for line in lines[starts[-1] + 1:]:
+        match = _FRAME.match(line)
+        if match:
+            frames.append((match.group(1), match.group(2) or "<module>"))
+        elif line and not line.startswith(" "):
+            kind, _, text = line.partition(": ")
+            break
+    text = re.sub(r"^\([\w.]+\) ", "", text.strip())       # SQLAlchemy's "(psycopg.errors.X) " prefix
+    module = re.search(r"No module named '([^']+)'", text)
+    return Failure(frames, kind.rsplit(".", 1)[-1], text or kind, module.group(1) if module else None)
+
+
+def blame(failure: Failure, scripts: dict[str, Rev]) -> tuple[str, str | Rev | None]:
+    """Where a failure happened: ``("revision", Rev)`` inside a migration, ``("load", file)`` while
+    loading a migration script, ``("running", None)`` while migrating but outside any script's code
+    (a commit), else ``("load", None)``: env.py (or what it imports) failed before any revision ran."""
+    for file, function in reversed(failure.frames):
+        rev = scripts.get(os.path.realpath(file))
+        if rev is not None:
+            return ("load", file) if function == "<module>" else ("revision", rev)
+    if any(function == "run_migrations" and file.endswith(os.path.join("runtime", "migration.py"))
+           for file, function in failure.frames):
+        return "running", None
+    return "load", None
+
+
+_RUNNING = re.compile(r"Running (?:upgrade|downgrade) \S* ?-> (\S*), (.*)")
+
+
+def last_started(lines: list[str]) -> str | None:
+    """The last ``Running upgrade a -> b, message`` Alembic logged, as ``b message``."""
+    found = [m for m in map(_RUNNING.search, lines) if m]
+    return f"{found[-1].group(1)} {found[-1].group(2)}" if found else None
+
+
+class _Lines(io.TextIOBase):
+    """A text stream that keeps what is written to it as lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._part = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._part += text
+        *done, self._part = self._part.split("\n")
+        self.lines += [line.rstrip() for line in done if line.strip()]
+        return len(text)
+
+    def close_lines(self) -> list[str]:
+        if self._part.strip():
+            self.lines.append(self._part.rstrip())
+        self._part = ""
+        return self.lines
+
+
+@contextlib.contextmanager
+def captured(sink: _Lines) -> Iterator[None]:
+    """Log records, warnings and prints go to ``sink`` instead of the terminal, whatever env.py's
+    ``fileConfig`` sets up; the logging configuration is put back afterwards."""
+    root = logging.getLogger()
+    loggers = [root, *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    saved = {lg: (lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers}
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
+    root.addHandler(handler)
+    if logging.getLogger("alembic").level == logging.NOTSET:
+        logging.getLogger("alembic").setLevel(logging.INFO)    # what `alembic upgrade` tells, for -v
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sink.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            for lg in [root, *logging.Logger.manager.loggerDict.values()]:
+                if isinstance(lg, logging.Logger):
+                    level, handlers, propagate, disabled = saved.get(lg, (logging.NOTSET, [], True, False))
+                    lg.setLevel(level)
+                    lg.handlers[:] = handlers
+                    lg.propagate, lg.disabled = propagate, disabled
+
+
+@contextlib.contextmanager
+def app_imports(folder: Path, paths: list[Path]) -> Iterator[None]:
+    """Python as in ``folder`` with ``paths`` first on sys.path (as ``alembic`` run there has it).
+    Afterwards the working directory and sys.path are put back, and the modules imported from
+    those folders forgotten, so the next run (of this or another application) imports afresh."""
+    saved_cwd, saved_path, before = os.getcwd(), list(sys.path), set(sys.modules)
+    roots = [str(p) + os.sep for p in {folder, *paths}]
+    os.chdir(folder)
+    sys.path[:0] = [str(p) for p in paths]
+    importlib_invalidate()
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - before:
+            module = sys.modules[name]
+            where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), "")
+            if where and any(str(where).startswith(r) for r in roots):
+                del sys.modules[name]
+
+
+def importlib_invalidate() -> None:
+    import importlib
+    importlib.invalidate_caches()    # files written since the last import (a new revision) are seen
+
+
 class Migrate(Resource):
-    """Alembic migrations of the application, run in-process under an advisory lock."""
+    """Alembic migrations of the application, run under an advisory lock."""
     type = "migrate"
     Spec = MigrateSpec
     spec: MigrateSpec
@@ -122,10 +304,21 @@ class Migrate(Resource):
 
     @property
     def ini(self) -> Path:
-        return self.rc.plan.resolve(self.spec.alembic_ini)
+        return Path(os.path.abspath(self.rc.plan.resolve(self.spec.alembic_ini)))
 
     def _error(self, key: str, message: str, hint: str | None = None) -> OrchestrateError:
         return self.rc.plan.smap.error(self.step.path + (key,), message, hint=hint)
+
+    def _shown(self, path: str | Path) -> str:
+        """A path as the user knows it: relative to the plan root when inside it."""
+        rel = os.path.relpath(path, os.path.abspath(self.rc.plan.base_dir))
+        return str(path) if rel.startswith("..") else rel
+
+    def _location(self, cfg) -> str | None:
+        location = self.spec.script_location or cfg.get_main_option("script_location")
+        if location and not Path(location).is_absolute():
+            location = str(self.ini.parent / location)   # alembic runs from the ini's folder
+        return location
 
     def _config(self, **kw):
         from alembic.config import Config
@@ -133,24 +326,74 @@ class Migrate(Resource):
             raise self._error("alembic_ini", f"{self.ini} does not exist",
                               hint="point alembic_ini at the application's alembic.ini")
         cfg = Config(file_=str(self.ini), **kw)
-        location = self.spec.script_location or cfg.get_main_option("script_location")
-        if location and not Path(location).is_absolute():
-            location = str(self.ini.parent / location)   # alembic runs from the ini's folder
+        location = self._location(cfg)
         if location:
             cfg.set_main_option("script_location", location)
         return cfg
 
+    @contextlib.contextmanager
+    def _in_app(self, url: str | None = None, **kw) -> Iterator[tuple[Any, list[str]]]:
+        """Alembic's configuration in force as when ``alembic`` runs from the ini's folder (see
+        :func:`app_imports`), the URL in sqlalchemy.url and DATABASE_URL, everything printed or
+        logged captured into the yielded list of lines (shown with -v afterwards)."""
+        sink = _Lines()
+        saved_url = os.environ.get("DATABASE_URL")
+        try:
+            with captured(sink):
+                cfg = self._config(**kw)
+                paths = [Path(os.path.normpath(self.ini.parent / p)) for p in cfg.get_prepend_sys_paths_list() or []]
+                cfg.set_main_option("prepend_sys_path", "")     # put on sys.path by app_imports, resolved
+                with app_imports(self.ini.parent, paths):
+                    if url:
+                        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+                        os.environ["DATABASE_URL"] = url
+                    try:
+                        yield cfg, sink.lines
+                    finally:
+                        if saved_url is None:
+                            os.environ.pop("DATABASE_URL", None)
+                        else:
+                            os.environ["DATABASE_URL"] = saved_url
+        finally:
+            for line in sink.close_lines():
+                self.rc.log(f"alembic: {line}")
+
     def _script(self):
+        """The migration scripts, every revision file loaded (as Alembic loads them)."""
         from alembic.script import ScriptDirectory
         from alembic.util import CommandError
-        try:
-            return ScriptDirectory.from_config(self._config())
-        except CommandError as exc:
-            raise self._error("alembic_ini", f"cannot load the migrations: {exc}") from None
+        if getattr(self, "_loaded", None) is None:
+            with self._in_app() as (cfg, lines):
+                try:
+                    script = ScriptDirectory.from_config(cfg)
+                    _ = script.revision_map.heads       # loads every revision file, here
+                except CommandError as exc:
+                    raise self._error("alembic_ini", f"cannot load the migrations: {exc}") from None
+                except Exception as exc:  # a revision file is application code
+                    failure = failure_of(exc)
+                    file = next((f for f, fn in failure.frames if fn == "<module>" and not f.startswith("<")), None)
+                    raise self._error("alembic_ini", "cannot read the migrations: " + self._load_message(
+                                      failure, file, lines), hint=self._load_hint(failure, reading=True)) from None
+            self._loaded = script
+        return self._loaded
+
+    def _scripts(self, script) -> dict[str, Rev]:
+        return {os.path.realpath(s.path): Rev(s.revision, s.doc) for s in script.walk_revisions()}
 
     @property
     def url(self) -> str:
         return self.database_url(self.spec.url)
+
+    def _python(self) -> str:
+        """The application's interpreter (``python:``), as a path."""
+        given = self.spec.python
+        found = shutil.which(given) if os.sep not in given else str(self.rc.plan.resolve(given))
+        if not found or not os.access(found, os.X_OK) or os.path.isdir(found):
+            raise self._error("python", f"{given}: no such interpreter"
+                              + (f" ({found} does not exist or is not executable)" if found else " on PATH"),
+                              hint="give the application's interpreter, e.g. python: .venv/bin/python "
+                                   "(relative to the plan root)")
+        return found
 
     def check(self) -> None:
         script = self._script()
@@ -160,6 +403,14 @@ class Migrate(Resource):
                               hint="merge them (alembic merge heads) or name one as the step's target")
         self._resolve_target(script)
         _ = self.url
+        if self.spec.python:
+            python = self._python()
+            done = subprocess.run([python, "-c", "import alembic"], capture_output=True, text=True,
+                                  cwd=self.ini.parent)
+            if done.returncode:
+                last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                raise self._error("python", f"{python} cannot run Alembic: {last}",
+                                  hint=f"install it into the application's environment: {python} -m pip install alembic")
 
     def _resolve_target(self, script) -> str | None:
         from alembic.util import CommandError
@@ -176,10 +427,10 @@ class Migrate(Resource):
     # observe ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self, autocommit: bool = True) -> Iterator[Any]:
+    def _connect(self, url: str, autocommit: bool = True) -> Iterator[Any]:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
-        engine = create_engine(self.url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
         try:
             conn = engine.connect()
             if autocommit:
@@ -193,6 +444,19 @@ class Migrate(Resource):
         from alembic.runtime.migration import MigrationContext
         return MigrationContext.configure(conn).get_current_heads()
 
+    def _now(self, script, conn, obs: Observed) -> Observed:
+        """``obs`` with the database's current revision and the revisions between it and the target."""
+        from sqlalchemy import inspect
+        current = self._current(conn)
+        if len(current) > 1:
+            raise StepFailed(f"the database has several current revisions ({', '.join(current)}); "
+                             f"resolve the branches with alembic by hand first")
+        obs.reachable = True
+        obs.current = current[0] if current else None
+        obs.fresh = obs.current is None and not inspect(conn).has_table("alembic_version")
+        self._walk(script, obs)
+        return obs
+
     def observe(self) -> Observed:
         from sqlalchemy.exc import SQLAlchemyError
         script = self._script()
@@ -201,22 +465,16 @@ class Migrate(Resource):
             return obs
         obs.target = self._resolve_target(script)
         try:
-            with self._connect() as conn:
-                current = self._current(conn)
-            obs.reachable = True
+            with self._connect(self.url) as conn:
+                self._now(script, conn, obs)
         except SQLAlchemyError as exc:
             obs.error = _first_line(exc)
             if self.rc.mode == "apply":
                 raise StepFailed(f"cannot reach the database to migrate: {obs.error}",
                                  hint="check the db-container step (or the url) and that the server is up") from None
-            current = ()
-        if len(current) > 1:
-            raise StepFailed(f"the database has several current revisions ({', '.join(current)}); "
-                             f"resolve the branches with alembic by hand first")
-        obs.current = current[0] if current else None
-        self._walk(script, obs)
+            self._walk(script, obs)
         if self.rc.options.get("sql") and obs.upgrade:
-            obs.sql = self._offline_sql(obs)
+            self._offline_sql(obs)
         return obs
 
     def _walk(self, script, obs: Observed) -> None:
@@ -237,36 +495,28 @@ class Migrate(Resource):
             path = list(script.iterate_revisions(obs.current, obs.target or "base"))
             obs.downgrade = [Rev(s.revision, s.doc) for s in path]
 
-    def _offline_sql(self, obs: Observed) -> str:
-        from alembic import command
-        buf = io.StringIO()
-        cfg = self._config(output_buffer=buf)
+    def _offline_sql(self, obs: Observed) -> None:
+        """plan --sql: the SQL of the pending revisions (Alembic's offline mode), or why it cannot be shown."""
         span = f"{obs.current}:{obs.target}" if obs.current else obs.target
-        with self._alembic_env(cfg):
-            command.upgrade(cfg, span, sql=True)
-        return buf.getvalue()
+        try:
+            obs.sql = self._run(self.url, "upgrade", span, sql=True)
+        except AlembicFailed as failed:
+            where, what = blame(failed.failure, self._scripts(self._script()))
+            if where == "load":
+                obs.sql_error = "plan --sql cannot show the SQL: " + self._load_message(
+                    failed.failure, what, failed.lines) + "; " + self._load_hint(failed.failure)
+            else:
+                rev = what or last_started(failed.lines) or obs.upgrade[0]
+                obs.sql_error = (f"plan --sql cannot show the SQL of revision {rev}: {failed.failure.text}. "
+                                 f"Alembic's offline mode runs no query, so a migration that reads the database "
+                                 f"(op.get_bind(), a SELECT) cannot be shown as SQL; apply runs it as usual"
+                                 + self._tail(failed.lines))
 
     # diff and apply --------------------------------------------------------------------------
 
     def diff(self, obs: Observed) -> Diff:
         return diff_migrate(obs, target=self.spec.target, allow_downgrade=self.spec.allow_downgrade,
                             recorded=self.recorded)
-
-    @contextlib.contextmanager
-    def _alembic_env(self, cfg) -> Iterator[None]:
-        """The URL in sqlalchemy.url and DATABASE_URL, and the ini's folder as working directory."""
-        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        saved_url, saved_cwd = os.environ.get("DATABASE_URL"), os.getcwd()
-        os.environ["DATABASE_URL"] = self.url
-        os.chdir(self.ini.parent)
-        try:
-            yield
-        finally:
-            os.chdir(saved_cwd)
-            if saved_url is None:
-                os.environ.pop("DATABASE_URL", None)
-            else:
-                os.environ["DATABASE_URL"] = saved_url
 
     def _lock(self, conn) -> None:
         from sqlalchemy import text
@@ -282,43 +532,107 @@ class Migrate(Resource):
                 announced = True
             time.sleep(0.5)
 
-    def apply(self, obs: Observed, diff: Diff) -> str:
+    def _run(self, url: str, verb: str, target: str, *, sql: bool = False) -> str:
+        """``alembic <verb> <target>`` (``--sql``: the SQL, returned), in-process or in ``python:``;
+        raises :class:`AlembicFailed` with what went wrong and the lines captured."""
+        from sqlalchemy.engine import make_url
+        redact.register(make_url(url).password or "")     # a URL given here (a preview's) is masked too
+        if self.spec.python:
+            return self._run_python(url, verb, target, sql=sql)
         from alembic import command
+        buf = io.StringIO()
+        with self._in_app(url, **({"output_buffer": buf} if sql else {})) as (cfg, lines):
+            try:
+                getattr(command, verb)(cfg, target, sql=sql)
+            except Exception as exc:  # env.py and the migrations are application code
+                raise AlembicFailed(failure_of(exc), lines) from None
+        return buf.getvalue()
+
+    def _run_python(self, url: str, verb: str, target: str, *, sql: bool) -> str:
+        python = self._python()
+        location = self._location(self._config()) or ""
+        argv = [python, "-c", BOOTSTRAP, str(self.ini), location, verb, target, "sql" if sql else ""]
+        try:
+            done = subprocess.run(argv, cwd=self.ini.parent, env={**os.environ, "DATABASE_URL": url},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE if sql else subprocess.STDOUT,
+                                  text=True, errors="replace")
+        except OSError as exc:
+            raise self._error("python", f"cannot run {python}: {exc.strerror}") from None
+        lines = [line.rstrip() for line in ((done.stderr or "") if sql else done.stdout).splitlines() if line.strip()]
+        for line in lines:
+            self.rc.log(f"alembic: {line}")
+        if done.returncode:
+            failure = failure_in_output(lines) or Failure([], "", (lines or [f"exit code {done.returncode}"])[-1])
+            raise AlembicFailed(failure, lines)
+        return done.stdout if sql else ""
+
+    def _migrate(self, url: str, now: Observed, conn) -> None:
+        """Run the revisions ``now`` lists; a failure names what failed and where the database stays."""
+        verb = "upgrade" if now.upgrade else "downgrade"
+        try:
+            self._run(url, verb, now.target or "base")
+        except AlembicFailed as failed:
+            current = self._current(conn)
+            at = current[0] if current else "(none)"
+            where, what = blame(failed.failure, self._scripts(self._script()))
+            if where == "load":
+                raise StepFailed(self._load_message(failed.failure, what, failed.lines)
+                                 + f"; no revision ran, the database stays at revision {at}",
+                                 hint=self._load_hint(failed.failure)) from None
+            rev = what or last_started(failed.lines) or self._next(now, at)
+            raise StepFailed(f"migration {rev} failed: {failed.failure.text}; the database stays at "
+                             f"revision {at} (the failed revision was rolled back)" + self._tail(failed.lines),
+                             hint="fix the migration and apply again: it is still pending") from None
+
+    def _load_message(self, failure: Failure, file: str | None, lines: list[str]) -> str:
+        env_py = Path(self._location(self._config()) or self.ini.parent) / "env.py"
+        name = f"the migration script {self._shown(file)}" if file else self._shown(env_py)
+        return (f"{name} could not be loaded: "
+                f"{failure.kind + ': ' if failure.kind and failure.module is None else ''}{failure.text}"
+                + self._tail(lines))
+
+    def _load_hint(self, failure: Failure, reading: bool = False) -> str:
+        if failure.module is None:
+            return (f"it runs as `alembic upgrade` does from {self.ini.parent}; run that there to see the "
+                    f"whole error, and fix it")
+        top = failure.module.split(".")[0]
+        if self.spec.python and not reading:
+            return f"install {top} into the application's environment: {self.spec.python} -m pip install {top}"
+        where = f"orchestrate's environment ({sys.executable} -m pip install {top})"
+        if reading:
+            return (f"orchestrate reads the migration scripts itself, so {top} must be importable in "
+                    f"{where}; or make the scripts import it inside upgrade()")
+        return (f"install {top} into {where}, or set python: to the application's interpreter "
+                f"(e.g. python: .venv/bin/python) so Alembic runs there")
+
+    @staticmethod
+    def _tail(lines: list[str]) -> str:
+        tail = lines[-TAIL:]
+        return "".join(f"\n  | {line}" for line in tail)
+
+    def apply(self, obs: Observed, diff: Diff) -> str:
         script = self._script()
-        with self._connect() as lock_conn:
+        with self._connect(self.url) as lock_conn:
             self._lock(lock_conn)
             # under the lock, look again: another run may have migrated meanwhile
-            now = Observed(heads=obs.heads, target=obs.target, reachable=True)
-            current = self._current(lock_conn)
-            now.current = current[0] if current else None
-            self._walk(script, now)
+            now = self._now(script, lock_conn, Observed(heads=obs.heads, target=obs.target))
             if not now.upgrade and not now.downgrade:
                 return f"already at {obs.target or 'base'} (migrated by another run meanwhile)"
-            started: list[str] = []
-            handler = _RevisionLog(started)
-            log = logging.getLogger("alembic.runtime.migration")
-            log.addHandler(handler)
-            if log.level == logging.NOTSET or log.level > logging.INFO:
-                log.setLevel(logging.INFO)
-            cfg = self._config()
-            try:
-                with self._alembic_env(cfg):
-                    if now.upgrade:
-                        command.upgrade(cfg, obs.target)
-                    else:
-                        command.downgrade(cfg, obs.target or "base")
-            except Exception as exc:  # a migration is application code: any failure is reported
-                current = self._current(lock_conn)
-                at = current[0] if current else "(none)"
-                failed = started[-1] if started else self._next(now, at)
-                raise StepFailed(f"migration {failed} failed: {_first_line(exc)}; the database stays at "
-                                 f"revision {at} (the failed revision was rolled back)",
-                                 hint="fix the migration and apply again: it is still pending") from None
-            finally:
-                log.removeHandler(handler)
+            self._migrate(self.url, now, lock_conn)
         done = now.upgrade or now.downgrade
         verb = "upgraded" if now.upgrade else "downgraded"
         return f"{verb} {now.current or '(none)'} -> {obs.target or 'base'} ({len(done)} revision(s))"
+
+    def run_upgrade(self, url: str) -> None:
+        """Bring the database at ``url`` (a SQLAlchemy URL) to the step's target by the same path as
+        apply (in-process or ``python:``), without the lockfile; raises StepFailed as apply does."""
+        script = self._script()
+        with self._connect(url) as conn:
+            now = self._now(script, conn, Observed(target=self._resolve_target(script)))
+            if now.unknown_current:
+                raise StepFailed(f"the database is at revision {now.current}, which these migrations do not contain")
+            if now.upgrade or now.downgrade:
+                self._migrate(url, now, conn)
 
     @staticmethod
     def _next(now: Observed, at: str) -> str:
@@ -336,17 +650,3 @@ class Migrate(Resource):
 
     def record(self, obs: Observed) -> dict[str, Any]:
         return {"revision": obs.current if obs.reachable else None}
-
-
-class _RevisionLog(logging.Handler):
-    """Remembers each ``Running upgrade a -> b, message`` line, so a failure names its revision."""
-    PATTERN = re.compile(r"Running (?:upgrade|downgrade) \S* ?-> (\S*), (.*)")
-
-    def __init__(self, started: list[str]):
-        super().__init__(logging.INFO)
-        self.started = started
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self.PATTERN.search(record.getMessage())
-        if match:
-            self.started.append(f"{match.group(1)} {match.group(2)}")
