@@ -92,7 +92,7 @@ def cmd_apply(args, out: Output) -> int:
         plan, _ = _load(args, out)
     width = max(len(s.name) for s in plan.steps)
     out.print(f"Applying {plan.name} ({plan.path})")
-    ex = Executor(plan, "apply", only=args.only, log=out.debug, progress=out.progress,
+    ex = Executor(plan, "apply", only=args.only, log=out.debug, progress=out.progress, say=out.print,
                   on_step=lambda r: print_step_line(out, r, width), options=options)
     result = ex.run()
     print_recap(out, result)
@@ -139,7 +139,7 @@ def cmd_destroy(args, out: Output) -> int:
                        f"Type the plan name to confirm: ")
         if answer.strip() != plan.name:
             raise OrchestrateError("not confirmed; nothing was removed")
-    said = Executor(plan, "destroy", only=args.only, log=out.debug, progress=out.progress,
+    said = Executor(plan, "destroy", only=args.only, log=out.debug, progress=out.progress, say=out.print,
                     options={"no_backup": args.no_backup}).destroy(volumes=args.volumes)
     for step, lines in said:
         for line in lines or ["nothing to remove"]:
@@ -175,7 +175,7 @@ def cmd_backup(args, out: Output) -> int:
         out.print(res.apply(obs, res.diff(obs)) or "nothing to do", always=True)
         return EXIT_OK
 
-    return Executor(plan, "operate", log=out.debug, progress=out.progress,
+    return Executor(plan, "operate", log=out.debug, progress=out.progress, say=out.print,
                     options={"force_backup": True}).operate(run)
 
 
@@ -206,7 +206,7 @@ def cmd_restore(args, out: Output) -> int:
             out.print(f"  {table}: {count} rows", always=True)
         return EXIT_OK
 
-    return Executor(plan, "operate", log=out.debug, progress=out.progress).operate(run)
+    return Executor(plan, "operate", log=out.debug, progress=out.progress, say=out.print).operate(run)
 
 
 def cmd_schema(args, out: Output) -> int:

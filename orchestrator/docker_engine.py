@@ -145,6 +145,17 @@ class Engine:
         found = self._call("list containers", lambda: self.api.containers(filters={"volume": volume}))
         return [(c["Id"], c["Names"][0].lstrip("/")) for c in found]
 
+    def containers_labelled(self, *labels: str) -> list[dict]:
+        """Summaries (``Id``, ``Names``, ``Labels``, ...) of the containers, running or not, that
+        carry every label given (``key`` or ``key=value``)."""
+        return self._call("list containers",
+                          lambda: self.api.containers(all=True, filters={"label": list(labels)}))
+
+    def volumes_labelled(self, *labels: str) -> list[dict]:
+        """Summaries (``Name``, ``Labels``, ...) of the volumes that carry every label given."""
+        return self._call("list volumes",
+                          lambda: self.api.volumes(filters={"label": list(labels)}).get("Volumes") or [])
+
     def publishing(self, host_port: int) -> list[str]:
         """Names of running containers that publish ``host_port``."""
         found = self._call("list containers", lambda: self.api.containers(filters={"publish": str(host_port)}))

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import redact
+from . import leftovers, redact
 from .changes import Diff, StepReport
-from .errors import OrchestrateError, StepFailed
+from .errors import OrchestrateError, StepFailed, refusal
 from .lockfile import ApplyLock, Lockfile, digest
 from .plan import Plan, StepDecl, build_context, render_step, set_outputs
 from .secrets import SecretStore, secrets_path, stable_hash
 from .steps import REGISTRY
+from .steps.backup import owe
 from .steps.base import Resource, RunContext
 
 
@@ -79,6 +80,7 @@ class Executor:
                  options: dict | None = None,
                  log: Callable[[str], None] = lambda _m: None,
                  progress: Callable[[str], None] = lambda _m: None,
+                 say: Callable[[str], None] | None = None,
                  on_step: Callable[[StepReport], None] = lambda _r: None):
         self.plan = plan
         self.mode = mode
@@ -86,6 +88,7 @@ class Executor:
         for name in self.only or ():
             plan.step(name)   # unknown names are an error before anything runs
         self.on_step = on_step
+        self.say = say or progress
         self.lock = Lockfile.load(plan.lock_path)
         self.store = SecretStore(secrets_path(plan.path))
         self.rc = RunContext(plan=plan, mode=mode, lock=self.lock, log=log, progress=progress,
@@ -115,6 +118,7 @@ class Executor:
             self.store.save()        # a generated secret is kept before anything uses it
             self.lock.data["plan"] = self.plan.name
             self.lock.data["plan_digest"] = digest(self.plan.path.read_text(encoding="utf-8"))
+            self._clean_leftovers(ctx)
         for step, res in self._resources(ctx):
             report = StepReport(step.name, step.type, Diff())
             result.reports.append(report)
@@ -148,7 +152,7 @@ class Executor:
             report.status = "skipped"
             return res.outputs(obs)
         if diff.problems:
-            raise StepFailed("; ".join(diff.problems))
+            raise refusal(diff.problems)
         expected = self.rc.options.get("expected")
         if expected is not None:
             unplanned = {(c.action.key, c.field) for c in diff.changes} - expected.get(step.name, set())
@@ -161,6 +165,7 @@ class Executor:
         if diff.changes:
             if diff.destructive and not self.rc.options.get("no_backup"):
                 self._backup_before(step, diff.destructive)
+            self._owe_backups(step)
             try:
                 report.message = res.apply(obs, diff)
             except OrchestrateError:
@@ -177,6 +182,21 @@ class Executor:
         self.lock.set_step(step.name, _lock_entry(res, obs, outputs, self.lock.step(step.name)))
         self.lock.save()
         return outputs
+
+    def _clean_leftovers(self, ctx) -> None:
+        """Holding the plan's lock: remove what an interrupted run of this plan left, and say so."""
+        line = leftovers.clean(self.plan, self.lock, self.rc.engine, ctx)
+        if line:
+            self.say(line)
+
+    def _owe_backups(self, step: StepDecl) -> None:
+        """Step ``step`` is about to change something: every later backup step owes a backup until
+        one is taken (recorded now, so that a run killed before the backup still owes it)."""
+        later = [s for s in self.plan.steps[step.index + 1:] if s.type == "backup"]
+        for decl in later:
+            owe(self.lock, decl.name, step.name)
+        if later:
+            self.lock.save()
 
     def backup_resource(self, ctx) -> Resource:
         """The plan's (first) backup step, rendered now; a default one if the plan has none."""
@@ -207,6 +227,7 @@ class Executor:
         known outputs set, applying nothing."""
         with ApplyLock(self.plan.path):
             ctx = self._ctx = build_context(self.plan, self.store, generate=False)
+            self._clean_leftovers(ctx)
             for step, res in self._resources(ctx):
                 set_outputs(ctx, step, res.outputs(None))
             return what(self, ctx)
@@ -233,6 +254,7 @@ class Executor:
         said = []
         with ApplyLock(self.plan.path):
             ctx = self._ctx = build_context(self.plan, self.store, generate=False)
+            self._clean_leftovers(ctx)
             resources = []
             for step, res in self._resources(ctx):
                 set_outputs(ctx, step, res.outputs(None))

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """The temp files that :func:`atomic_write` of ``path`` left when it was killed (``.NAME.XXXXXXXX.tmp``)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+    except FileNotFoundError:
+        return []
 
 
 def atomic_write(path: str | Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -17,7 +31,7 @@ def atomic_write(path: str | Path, data: bytes | str, mode: int = 0o644) -> None
     if isinstance(data, str):
         data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:

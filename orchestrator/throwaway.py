@@ -96,3 +96,43 @@ def wait_healthy(engine: Engine, cid: str, name: str, seconds: float) -> dict:
         time.sleep(0.25)
     raise StepFailed(f"throwaway container {name} {why}; its last log lines:\n"
                      f"{engine.logs(cid, 20).rstrip() or '(no output)'}")
+
+
+def _owner_gone(value: str | None) -> bool:
+    """Whether the process an owner label names has ended. Another host's process, or this one,
+    counts as alive; no owner label at all is a drill of an earlier version (gone)."""
+    if value is None:
+        return True
+    host, _, pid = value.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def is_leftover(name: str, labels: dict[str, str], plan: str) -> bool:
+    """A throwaway of ``plan`` whose owner has ended: the name prefix, the plan's label and the
+    throwaway label (or the drill label of earlier versions), and never a data volume."""
+    return (name.startswith(f"{plan}-") and labels.get("orchestrate.plan") == plan
+            and (PURPOSE_LABEL in labels or "orchestrate.drill" in labels)
+            and "orchestrate.volume-created" not in labels and _owner_gone(labels.get(OWNER_LABEL)))
+
+
+def remove_leftovers(engine: Engine, plan: str) -> list[str]:
+    """Remove the throwaway containers and volumes that killed runs of ``plan`` left; say which."""
+    removed = []
+    for c in engine.containers_labelled(f"orchestrate.plan={plan}"):
+        name = c["Names"][0].lstrip("/")
+        if is_leftover(name, c.get("Labels") or {}, plan):
+            engine.remove_container(c["Id"], name)
+            removed.append(f"container {name}")
+    for v in engine.volumes_labelled(f"orchestrate.plan={plan}"):
+        if is_leftover(v["Name"], v.get("Labels") or {}, plan):
+            engine.remove_volume(v["Name"])
+            removed.append(f"volume {v['Name']}")
+    return removed

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,10 +32,19 @@ from ..copying.convert import row_hash_sql
 from ..copying.reflect import reflect_target
 from ..errors import OrchestrateError, StepFailed
 from ..fields import Duration
+from ..lockfile import Lockfile
+from ..redact import redact
 from ..plan import Strict
 from .base import Resource, libpq_url
 
 STAMP = "%Y%m%dT%H%M%SZ"
+PARTIAL = ".partial"
+RESTORE_DIR = "/tmp/orchestrate-restore"   # where a restore copies the dump inside the container
+# Bounds. pg_dump streams without pause (a 1,000,000-row dump sends data every few milliseconds),
+# so silence this long means it is stuck; a restore is silent while it works, so it gets a time
+# that grows with the dump (ten times what a 1,000,000-row restore takes on a slow machine).
+DUMP_IDLE = 300.0
+RESTORE_BASE, RESTORE_PER_MB = 600.0, 2.0
 
 
 class BackupSpec(Strict):
@@ -55,6 +66,7 @@ class Observed:
     missing: list[str] = field(default_factory=list)     # recorded files no longer on disk
     due: str | None = None                               # why a backup would be taken now
     prune: list[dict] = field(default_factory=list)
+    owed: list[str] = field(default_factory=list)        # steps whose change no backup covers yet
 
 
 def _age(record: dict, now: datetime) -> timedelta:
@@ -72,6 +84,98 @@ def plan_retention(backups: list[dict], *, keep: int | None, max_age: float | No
     if max_age is not None:
         doomed += [b for b in ordered if _age(b, now).total_seconds() > max_age and b not in doomed]
     return doomed
+
+
+def partial_path(path: Path) -> Path:
+    """Where a dump is written until it is complete (hidden; renamed into place at the end)."""
+    return path.with_name(f".{path.name}{PARTIAL}")
+
+
+def partials(directory: Path, plan: str) -> list[Path]:
+    """The half-written dumps of ``plan`` that killed backups left in ``directory``."""
+    pattern = re.compile(rf"\.{re.escape(plan)}-\d{{8}}T\d{{6}}Z(-\d+)?\.(dump|sql){re.escape(PARTIAL)}")
+    try:
+        return sorted(p for p in directory.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def owe(lock: Lockfile, step: str, because: str) -> None:
+    """Record that backup step ``step`` owes a backup because step ``because`` is changing. It stays
+    owed (in the lockfile) until a backup is taken, so an apply killed or failed before its backup
+    step leaves it to the next apply."""
+    entry = lock.step(step) or {"type": "backup"}
+    owed = entry.setdefault("observed", {}).setdefault("owed", [])
+    if because not in owed:
+        owed.append(because)
+    lock.set_step(step, entry)
+
+
+def remove_restore_copies(lock: Lockfile, engine) -> list[str]:
+    """A restore killed after copying its dump into the database container left the copy there
+    (the lockfile names the container): remove it. A stopped container keeps it until it runs."""
+    removed = []
+    for entry in lock.data["steps"].values():
+        container = (entry.get("observed") or {}).get("loading") if entry.get("type") == "backup" else None
+        if not container:
+            continue
+        info = engine.container(container)
+        if info is not None and info["State"].get("Status") != "running":
+            continue
+        if info is not None and engine.exec(info["Id"], container, ["rm", "-r", RESTORE_DIR])[0] == 0:
+            removed.append(f"{RESTORE_DIR} in container {container}")
+        del entry["observed"]["loading"]
+        lock.save()
+    return removed
+
+
+def watched(chunks, what: str, *, idle: float | None = None, total: float | None = None):
+    """Yield from a Docker stream; when nothing comes for ``idle`` seconds, or it lasts longer than
+    ``total``, close it and fail, saying what was waited for and how long."""
+    start = last = time.monotonic()
+    tripped: list[str] = []
+    done = threading.Event()
+
+    def watchdog():
+        while not done.wait(min(1.0, idle or 1.0, total or 1.0)):
+            now = time.monotonic()
+            if idle is not None and now - last > idle:
+                tripped.append(f"{what} sent nothing for {idle:g}s")
+            elif total is not None and now - start > total:
+                tripped.append(f"{what} did not finish within {total:g}s")
+            else:
+                continue
+            with contextlib.suppress(Exception):
+                chunks.close()
+            return
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        for chunk in chunks:
+            last = time.monotonic()
+            yield chunk
+    except Exception:
+        if not tripped:
+            raise
+    finally:
+        done.set()
+        with contextlib.suppress(Exception):
+            chunks.close()
+    if tripped:
+        raise StepFailed(f"{tripped[0]}; gave up waiting", hint="is the database container paused or overloaded? "
+                                                              "(docker ps); the next run starts again")
+
+
+@contextlib.contextmanager
+def _writing_into(directory: Path):
+    """File-system errors while writing a dump: one sentence naming the folder and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        cause = (exc.strerror or str(exc)).lower()
+        raise StepFailed(f"cannot write a backup into {directory}: {cause}",
+                         hint="make the folder writable or free space there, then run again (an apply "
+                              "takes the backup it owes)") from None
 
 
 def diff_backup(obs: Observed, *, retention_note: str) -> Diff:
@@ -109,9 +213,11 @@ class Backup(Resource):
     def check(self) -> None:
         self._db()
 
+    def _entry_observed(self) -> dict:
+        return self.rc.lock.step(self.step.name).get("observed") or {}
+
     def recorded_backups(self) -> list[dict]:
-        entry = self.rc.lock.step(self.step.name)
-        return list((entry.get("observed") or {}).get("backups") or [])
+        return list(self._entry_observed().get("backups") or [])
 
     # observe, diff, apply --------------------------------------------------------------------
 
@@ -119,6 +225,8 @@ class Backup(Resource):
         backups = self.recorded_backups()
         obs = Observed(backups=backups,
                        missing=[b["name"] for b in backups if not self.rc.plan.resolve(b["path"]).is_file()])
+        if self.spec.when == "changed":
+            obs.owed = list(self._entry_observed().get("owed") or [])
         now = datetime.now(timezone.utc)
         when = self.spec.when
         if self.rc.options.get("force_backup"):
@@ -127,6 +235,8 @@ class Backup(Resource):
             obs.due = "when: always"
         elif when == "changed" and self.rc.changed:
             obs.due = f"when: changed, and {', '.join(self.rc.changed)} changed"
+        elif when == "changed" and obs.owed:
+            obs.due = f"when: changed, owed since an earlier apply in which {', '.join(obs.owed)} changed"
         elif when == "daily":
             newest = backups[-1] if backups else None
             if newest is None:
@@ -163,7 +273,7 @@ class Backup(Resource):
         return {"latest": backups[-1]["path"] if backups else None, "count": len(backups)}
 
     def record(self, obs: Observed) -> dict[str, Any]:
-        return {"backups": self.recorded_backups()}
+        return {"backups": self.recorded_backups(), **({"owed": obs.owed} if obs.owed else {})}
 
     # taking a backup -------------------------------------------------------------------------
 
@@ -176,7 +286,8 @@ class Backup(Resource):
         if info is None or info["State"].get("Status") != "running":
             raise StepFailed(f"cannot back up: container {db.spec.container} is not running",
                              hint="apply the plan first (orchestrate apply)")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with _writing_into(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
         now = datetime.now(timezone.utc)
         ext = "dump" if self.spec.format == "custom" else "sql"
         taken = {b["name"] for b in self.recorded_backups()}
@@ -204,7 +315,12 @@ class Backup(Resource):
                 try:
                     size, digest = self._stream_to(info["Id"], db.spec.container, cmd, path)
                 finally:
-                    worker.join()
+                    worker.join(DUMP_IDLE)
+                if worker.is_alive():
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    raise StepFailed(f"counting the tables for the backup record did not finish within "
+                                     f"{DUMP_IDLE:g}s after the dump; gave up waiting")
                 if "error" in taken:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
@@ -215,32 +331,41 @@ class Backup(Resource):
                   "format": self.spec.format, "reason": reason, "counts": counts}
         if prints:
             record["fingerprints"] = prints
+        self._entry_observed().pop("owed", None)   # whatever changed before is in this backup
         self._save(self.recorded_backups() + [record])
         return record
 
     def _stream_to(self, container_id: str, container: str, cmd: list[str], path: Path) -> tuple[int, str]:
-        partial = path.with_name(f".{path.name}.partial")
+        partial = partial_path(path)
         digest = hashlib.sha256()
         size = 0
         errors = bytearray()
         chunks, exit_code = self.rc.engine.exec_stream(container_id, container, cmd)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # dumps hold data: 0600
+        fh = None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                for stdout, stderr in chunks:
-                    if stdout:
+            with _writing_into(self.directory):   # dumps hold data: 0600
+                fh = open(partial, "wb", opener=lambda p, flags: os.open(p, flags, 0o600))
+            for stdout, stderr in watched(chunks, "pg_dump", idle=DUMP_IDLE):
+                if stdout:
+                    with _writing_into(self.directory):
                         fh.write(stdout)
-                        digest.update(stdout)
-                        size += len(stdout)
-                    if stderr and len(errors) < 8192:
-                        errors += stderr
+                    digest.update(stdout)
+                    size += len(stdout)
+                if stderr and len(errors) < 8192:
+                    errors += stderr
+            with _writing_into(self.directory):
                 fh.flush()
                 os.fsync(fh.fileno())
+                fh.close()
             code = exit_code()
             if code != 0:
                 raise StepFailed(f"pg_dump failed (exit {code}): {errors.decode(errors='replace').strip()[:500]}")
-            os.replace(partial, path)
+            with _writing_into(self.directory):
+                os.replace(partial, path)
         finally:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
         return size, digest.hexdigest()
@@ -277,9 +402,10 @@ class Backup(Resource):
         return path
 
     def _load_dump(self, container_id: str, container: str, user: str, database: str, record: dict, path: Path) -> None:
-        """Copy the dump into the container and restore it there, in one transaction."""
+        """Copy the dump into the container and restore it there, in one transaction; bounded by
+        a time that grows with the dump."""
         eng = self.rc.engine
-        inside = "/tmp/orchestrate-restore"
+        inside = RESTORE_DIR
         eng.exec(container_id, container, ["mkdir", "-p", inside])
         eng.put_file(container_id, container, inside, path)
         target = f"{inside}/{path.name}"
@@ -290,10 +416,16 @@ class Backup(Resource):
             else:
                 cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", user, "-d", database,
                        "-f", target]
-            code, output = eng.exec(container_id, container, cmd)
+            chunks, exit_code = eng.exec_stream(container_id, container, cmd)
+            output = bytearray()
+            for out, err in watched(chunks, f"restoring {record['name']} ({cmd[0]})",
+                                    total=RESTORE_BASE + RESTORE_PER_MB * path.stat().st_size / 1e6):
+                if len(output) < 8192:
+                    output += (out or b"") + (err or b"")
+            code = exit_code()
             if code != 0:
                 raise StepFailed(f"restoring {record['name']} failed (nothing was changed: one transaction): "
-                                 f"{output.strip()[:500]}")
+                                 f"{redact(output.decode(errors='replace')).strip()[:500]}")
         finally:
             eng.exec(container_id, container, ["rm", "-rf", inside])
 
@@ -307,7 +439,13 @@ class Backup(Resource):
             raise OrchestrateError(f"container {db.spec.container} is not running",
                                    hint="apply the plan first, then restore")
         self.rc.progress(f"restoring {record['name']} into {db.spec.db}")
-        self._load_dump(info["Id"], db.spec.container, db.spec.user, db.spec.db, record, path)
+        self.update_observed(loading=db.spec.container)   # a kill leaves the copy: the next run removes it
+        try:
+            self._load_dump(info["Id"], db.spec.container, db.spec.user, db.spec.db, record, path)
+            self._entry_observed().pop("owed", None)   # the database is now what a backup holds
+        finally:
+            self._entry_observed().pop("loading", None)
+            self.rc.lock.save()
         with psycopg.connect(libpq_url(db.outputs()["url"]), connect_timeout=5) as conn:
             counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
         wrong = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
