@@ -24,6 +24,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from . import fields
 from . import secrets as secretlib
 from .errors import KeyedValueError, PlanError
 from .templating import Scope, render_tree
@@ -31,6 +32,9 @@ from .yamlsrc import Path_, SourceMap, format_key
 from .yamlsrc import load as load_yaml
 
 NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+MAX_NAME = 63                  # a plan's or a step's name (it goes into labels and file names)
+RELATIVE = r"^(?:[^/~\x00][^\x00]*)?$"
+MAX_OVERRIDE = 64 * 1024        # characters of one -e value
 
 
 class Strict(BaseModel):
@@ -40,9 +44,8 @@ class Strict(BaseModel):
 
 class SecretSource(Strict):
     """Where a secret comes from; several sources are tried in the order env, file, generate."""
-    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                            description="environment variable holding the secret")
-    file: str | None = Field(None, description="file holding the secret (relative to the plan)")
+    env: fields.EnvName | None = Field(None, description="environment variable holding the secret")
+    file: fields.Text | None = Field(None, description="file holding the secret (relative to the plan root)")
     generate: int | None = Field(None, ge=12, le=256,
                                  description="generate a random secret of this length once, kept "
                                              "in <plan>.secrets (mode 0600)")
@@ -56,10 +59,11 @@ class SecretSource(Strict):
 
 class PlanDocument(Strict):
     """The top level of a plan file."""
-    name: str = Field(pattern=NAME_RE, description="the plan's name; labels everything it creates")
-    description: str | None = None
-    root: str = Field(".", description="folder that relative paths in the plan start from, relative to "
-                                       "the plan file (default: the plan's own folder)")
+    name: str = Field(pattern=NAME_RE, max_length=MAX_NAME, description="the plan's name; labels everything it creates")
+    description: fields.Text | None = None
+    root: str = Field(".", pattern=RELATIVE, max_length=fields.MAX_TEXT,
+                      description="folder that relative paths in the plan start from, relative to the plan "
+                                  "file (default: the plan's own folder); every path of the plan stays inside it")
     vars: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     steps: list[dict[str, Any]] = Field(min_length=1)
@@ -97,8 +101,23 @@ class Plan:
         """Where relative paths in the plan start (``root``, relative to the plan file)."""
         return self.path.parent / self.doc.root
 
+    def outside_root(self, path: str) -> str | None:
+        """Why ``path`` (relative to the root, or absolute) is not inside the plan's root, symbolic
+        links followed; None when it is."""
+        base = os.path.abspath(self.base_dir)
+        where = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+        root = os.path.realpath(base)
+        if os.path.commonpath([root, os.path.realpath(where)]) == root:
+            return None
+        link = " through a symbolic link" if os.path.commonpath([base, where]) == base else ""
+        return f"{path!r} leads outside the plan's root {root}{link}"
+
     def resolve(self, path: str) -> Path:
-        return Path(os.path.normpath(self.base_dir / Path(path).expanduser()))
+        """``path`` under the plan's root; a path leading outside the root is refused."""
+        problem = self.outside_root(path)
+        if problem:
+            raise PlanError(problem, file=str(self.path), hint=ROOT_HINT)
+        return Path(os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path))))
 
     @property
     def lock_path(self) -> Path:
@@ -121,8 +140,11 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+ROOT_HINT = "paths of a plan stay inside its root (the 'root' key, relative to the plan file)"
 PATTERN_TEXT = {
     NAME_RE: "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+    RELATIVE: "it must be a relative path, from the plan's folder",
+    **fields.PATTERN_TEXT,
 }
 TYPE_TEXT = {
     "dict_type": "must be a mapping", "list_type": "must be a list", "string_type": "must be a string",
@@ -135,6 +157,21 @@ TYPE_TEXT = {
 def _error_order(err: dict) -> int:
     # An unknown key usually explains a missing one (a typo): report it first.
     return {"extra_forbidden": 0, "missing": 2}.get(err["type"], 1)
+
+
+def _shown(value: Any, secret: bool = False) -> str:
+    """A value as an error message shows it: secrets masked first, then cut to a readable length."""
+    from . import redact
+    if secret:
+        return "(redacted)"
+    try:
+        text = redact.redact(repr(value))
+    except ValueError:                      # an integer of thousands of digits
+        return "a number of thousands of digits"
+    if len(text) <= 80:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[:60]}...{size}"
 
 
 def pydantic_error(exc: ValidationError, smap: SourceMap, base: Path_, model: type[BaseModel]) -> PlanError:
@@ -150,6 +187,8 @@ def pydantic_error(exc: ValidationError, smap: SourceMap, base: Path_, model: ty
     kind, msg = err["type"], err["msg"]
     hint = None
     value = err.get("input")
+    ctx = err.get("ctx") or {}
+    shown = _shown(value, secret=bool(SECRET_NAME.search(str(loc[-1]) if loc else "")))
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         known = sorted(_keys(parent)) if parent else []
@@ -159,20 +198,31 @@ def pydantic_error(exc: ValidationError, smap: SourceMap, base: Path_, model: ty
     elif kind == "missing":
         msg = f"required key {loc[-1]!r} is missing"
     elif kind == "string_pattern_mismatch":
-        pattern = (err.get("ctx") or {}).get("pattern")
-        msg = f"{value!r} is not allowed here: " + PATTERN_TEXT.get(pattern, f"it must match {pattern}")
+        pattern = ctx.get("pattern")
+        msg = f"{shown} is not allowed here: " + PATTERN_TEXT.get(pattern, f"it must match {pattern}")
     elif kind in TYPE_TEXT:
-        msg = f"{TYPE_TEXT[kind]} (got {value!r})"
+        msg = f"{TYPE_TEXT[kind]} (got {shown})"
     elif kind == "too_short" and isinstance(value, (list, dict)) or kind == "string_too_short" and value == "":
         msg = "must not be empty"
+    elif kind == "string_too_long":
+        msg = f"too long: {len(value):,} characters, at most {ctx.get('max_length'):,} (got {shown})"
+    elif kind == "too_long":
+        msg = f"too many entries: {len(value):,}, at most {ctx.get('max_length'):,}"
     else:
         msg = msg.removeprefix("Value error, ")
-        if isinstance(value, (str, int, float, bool)) and repr(value) not in msg and str(value) not in msg:
-            msg = f"{msg} (got {value!r})"
+        head = shown[:60]
+        if isinstance(value, (str, int, float, bool)) and head not in msg and head.strip("'\"") not in msg:
+            msg = f"{msg} (got {shown})"
     if len(errors) > 1:
         others = [format_key(base + tuple(e["loc"])) for e in errors[1:4]]
         msg += f"; {len(errors) - 1} more problem(s) at: {', '.join(others)}"
-    return smap.error(path, msg, hint=hint)
+    return smap.error(path, _shown_message(msg), hint=hint)
+
+
+def _shown_message(msg: str, limit: int = 1000) -> str:
+    from . import redact
+    msg = redact.redact(msg)
+    return msg if len(msg) <= limit else msg[:limit] + f"... ({len(msg):,} characters in all)"
 
 
 def _keys(model: type[BaseModel]) -> set[str]:
@@ -226,10 +276,10 @@ def load_plan(path: str | Path, overrides: dict[str, str] | None = None,
         if not isinstance(raw, dict):
             raise smap.error(where, "a step must be a mapping with 'name' and one step type")
         name = raw.get("name")
-        if not isinstance(name, str) or not re.match(NAME_RE, name):
+        if not isinstance(name, str) or not re.match(NAME_RE, name) or len(name) > MAX_NAME:
             raise smap.error(where + ("name",),
-                             "every step needs a 'name' of letters, digits, '_', '.' or '-'"
-                             + (f" (got {name!r})" if name is not None else ""))
+                             f"every step needs a 'name' of letters, digits, '_', '.' or '-' (at most {MAX_NAME})"
+                             + (f" (got {_shown(name)})" if name is not None else ""))
         if name in seen:
             raise smap.error(where + ("name",), f"duplicate step name {name!r} (also step {seen[name]})",
                              hint="step names must be unique: later steps refer to them")
@@ -250,6 +300,10 @@ def load_plan(path: str | Path, overrides: dict[str, str] | None = None,
             body = {}
         steps.append(StepDecl(i, name, kind, body))
     plan = Plan(path=path, doc=doc, smap=smap, steps=steps)
+    for key, source in doc.secrets.items():
+        problem = source.file and plan.outside_root(source.file)
+        if problem:
+            raise smap.error(("secrets", key, "file"), problem, hint=ROOT_HINT)
     plan.overrides = dict(overrides or {})
     _check_overrides(plan)
     _warn_secret_vars(plan, "the plan", plan.doc.vars)
@@ -291,7 +345,11 @@ def _warn_secret_vars(plan: Plan, where: str, values: dict) -> None:
 
 
 def _check_overrides(plan: Plan) -> None:
-    for key in plan.overrides:
+    for key, value in plan.overrides.items():
+        if len(value) > MAX_OVERRIDE or "\x00" in value:
+            what = "holds a NUL character" if "\x00" in value else f"is {len(value):,} characters long"
+            raise PlanError(f"-e {key}=...: the value {what}; -e takes text of at most {MAX_OVERRIDE:,} "
+                            f"characters", file=str(plan.path), line=plan.smap.line(("vars", key)))
         if key not in plan.doc.vars:
             known = ", ".join(sorted(plan.doc.vars)) or "none"
             raise PlanError(f"-e {key}=...: the plan has no variable {key!r}{_suggest(key, plan.doc.vars)}",

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import secrets as _random
+import stat
 import string
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .errors import PlanError
 from .fsutil import atomic_write
 
 ALPHABET = string.ascii_letters + string.digits
+MAX_FILE = 64 * 1024     # characters of a secret file
 PENDING = "(generated at apply)"
 
 
@@ -86,13 +88,21 @@ def resolve(name: str, source: dict, *, base_dir: Path, store: SecretStore, smap
     if file_name:
         file_path = (base_dir / file_name).expanduser()
         try:
-            value = file_path.read_text(encoding="utf-8").rstrip("\r\n")
+            # non-blocking: a FIFO must not make the run wait; a secret file is a regular file
+            with open(os.open(file_path, os.O_RDONLY | os.O_NONBLOCK), encoding="utf-8") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise smap.error(path + ("file",), f"secret file {str(file_path)!r} is not a regular file")
+                value = f.read(MAX_FILE + 1)
+            if len(value) > MAX_FILE:
+                raise smap.error(path + ("file",), f"secret file {str(file_path)!r} is larger than "
+                                                   f"{MAX_FILE // 1024} KiB: it must hold only the secret")
+            value = value.rstrip("\r\n")
         except FileNotFoundError:
             value = None
             if not length:
                 raise smap.error(path + ("file",), f"secret file {str(file_path)!r} does not exist",
                                  hint="create it (mode 0600) or point the secret elsewhere") from None
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise smap.error(path + ("file",), f"cannot read secret file: {exc}") from None
         if value:
             redact.register(value)

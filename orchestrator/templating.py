@@ -4,12 +4,24 @@ Any string value in a step may be a template over ``vars``, ``secrets``, ``env``
 ``steps.<name>.<output>``. A string that is exactly one expression (``"{{ vars.port }}"``) renders
 to the expression's native value (an int stays an int, a mapping stays a mapping), as in Ansible;
 anything else renders to a string. Undefined names are errors that say what *is* defined.
+
+A template is user code, so rendering one is bounded: it may take :data:`MAX_SECONDS`, produce
+:data:`MAX_RENDERED` characters and use :data:`MAX_MEMORY` more memory; repeating text
+(``'x' * n``) and powers (``n ** m``) beyond those sizes are refused before they are computed; a
+template file must be a regular file inside its folder (no symbolic link leading out of it).
+The sandbox already refuses attributes such as ``__class__``, and templates have no function that
+reads files or runs commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
+import resource
+import signal
+import threading
 from typing import Any, Iterable
 
 import jinja2
@@ -48,7 +60,104 @@ class _PlanUndefined(jinja2.StrictUndefined):
         return super()._undefined_message
 
 
+MAX_RENDERED = 1024 * 1024          # characters one template may produce
+MAX_SECONDS = 1.0                   # time one template may take
+MAX_MEMORY = 256 * 1024 * 1024      # memory one template may take, beyond what the process holds
+MAX_POWER_BITS = 4096               # size of a number computed with **
+
+
+class TemplateLimit(SecurityError):
+    """A template went past one of the bounds above."""
+
+
+def _expired(signum, frame):
+    raise TemplateLimit(f"the template ran longer than {MAX_SECONDS:g} s (a loop or recursion too large?)")
+
+
+_active = threading.local()
+
+
+@contextlib.contextmanager
+def _limits():
+    """Bound the time (in the main thread) and the memory of rendering one template."""
+    if getattr(_active, "on", False):       # a macro inside a template being rendered
+        yield
+        return
+    _active.on = True
+    timer = threading.current_thread() is threading.main_thread()
+    if timer:
+        handler = signal.signal(signal.SIGALRM, _expired)
+        signal.setitimer(signal.ITIMER_REAL, MAX_SECONDS)
+    limit = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        with open("/proc/self/statm") as f:
+            cap = int(f.read().split()[0]) * resource.getpagesize() + MAX_MEMORY
+        if limit[0] == resource.RLIM_INFINITY or cap < limit[0]:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, limit[1]) if limit[1] == resource.RLIM_INFINITY
+                               else (min(cap, limit[1]), limit[1]))
+    except (OSError, ValueError):           # no /proc: time bound only
+        pass
+    try:
+        yield
+    except MemoryError:
+        raise TemplateLimit(f"the template needs more than {MAX_MEMORY // 2**20} MiB of memory") from None
+    finally:
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, handler)
+        resource.setrlimit(resource.RLIMIT_AS, limit)
+        _active.on = False
+
+
+def _concat(parts: Iterable[str]) -> str:
+    """What Jinja joins a template's output with: bounded in size, time and memory."""
+    with _limits():
+        out, size = [], 0
+        for part in parts:
+            size += len(part)
+            if size > MAX_RENDERED:
+                raise TemplateLimit(f"the template renders more than {MAX_RENDERED // 1024} KiB of text")
+            out.append(part)
+        return "".join(out)
+
+
+def _too_big(operator: str, left: Any, right: Any) -> bool:
+    if operator == "**":
+        return (isinstance(left, int) and isinstance(right, int) and right > 0
+                and right * abs(left).bit_length() > MAX_POWER_BITS)
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_RENDERED:
+            return True
+    return False
+
+
 class _Env(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+    concat = staticmethod(_concat)
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if _too_big(operator, left, right):
+            raise TemplateLimit(f"{operator!r} here would make a value larger than a template may "
+                                f"({MAX_RENDERED // 1024} KiB of text, {MAX_POWER_BITS}-bit numbers)")
+        return super().call_binop(context, operator, left, right)
+
+    def get_template(self, name, parent=None, globals=None):
+        # A template file (and what it includes) is a regular file inside the template folder.
+        if isinstance(name, str) and isinstance(self.loader, jinja2.FileSystemLoader):
+            full = self.join_path(name, parent) if parent else name
+            for folder in self.loader.searchpath:
+                path = os.path.join(folder, *full.split("/"))
+                if not os.path.lexists(path):
+                    continue
+                real, top = os.path.realpath(path), os.path.realpath(folder)
+                if os.path.commonpath([real, top]) != top:
+                    raise TemplateLimit(f"template {full!r} leads outside {folder} through a symbolic link")
+                if not os.path.isfile(real) or os.path.getsize(real) > MAX_RENDERED:
+                    raise TemplateLimit(f"template {full!r} is not a regular file of at most "
+                                        f"{MAX_RENDERED // 1024} KiB")
+                break
+        return super().get_template(name, parent, globals)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Scopes are looked up by key first, so vars.items (a variable) is never dict.items.
         if isinstance(obj, Scope):
@@ -93,19 +202,25 @@ def render_string(text: str, context: dict[str, Any]) -> Any:
     if not is_template(text):
         return text
     try:
-        single = _SINGLE.match(text)
-        if single:
+        with _limits():
+            single = _SINGLE.match(text)
+            if not single:
+                return _compiled(text).render(**context)
             value = _expression(single.group("expr"))(**context)
-            if isinstance(value, jinja2.Undefined):
-                value._fail_with_undefined_error()
-            return value
-        return _compiled(text).render(**context)
+        if isinstance(value, jinja2.Undefined):
+            value._fail_with_undefined_error()
+        if isinstance(value, str) and len(value) > MAX_RENDERED:
+            raise TemplateLimit(f"the template renders more than {MAX_RENDERED // 1024} KiB of text")
+        return value
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"undefined: {exc.message}",
                             hint="check the variable, secret and step names in the template") from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}",
                             hint="templates use {{ expression }}; check the braces and quotes") from None
+    except TemplateLimit as exc:
+        raise TemplateError(f"template stopped: {exc}", hint="templates fill in values; they are not "
+                                                           "for computing large results") from None
     except SecurityError as exc:
         raise TemplateError(f"template not allowed in the sandbox: {exc}") from None
     except Exception as exc:  # a template is user code: any failure is the user's to fix

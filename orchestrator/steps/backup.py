@@ -31,7 +31,7 @@ from ..changes import Action, Change, Diff
 from ..copying.convert import row_hash_sql
 from ..copying.reflect import reflect_target
 from ..errors import OrchestrateError, StepFailed
-from ..fields import Duration
+from ..fields import Duration, RelPath
 from ..lockfile import Lockfile
 from ..redact import redact
 from ..plan import Strict
@@ -48,7 +48,7 @@ RESTORE_BASE, RESTORE_PER_MB = 600.0, 2.0
 
 
 class BackupSpec(Strict):
-    directory: str = Field("backups", description="where dumps are written (relative to the plan root)")
+    directory: RelPath = Field("backups", description="where dumps are written (relative to the plan root)")
     format: Literal["custom", "plain"] = Field("custom", description="pg_dump's custom format, or plain SQL")
     keep: int | None = Field(None, ge=1, description="keep this many of this plan's backups (newest)")
     max_age: Duration | None = Field(None, description="remove this plan's backups older than this (e.g. 7d)")

@@ -43,6 +43,7 @@ from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target)
 from ..errors import StepFailed
+from ..fields import PgName, SqlitePath, Text
 from ..plan import Strict
 from .base import Resource, libpq_url
 
@@ -62,18 +63,18 @@ def _argument(value: Any) -> Any:
 
 
 class CopyDataSpec(Strict):
-    source: str = Field(min_length=1, description="the SQLite database: a path (relative to the plan root) "
+    source: SqlitePath = Field(description="the SQLite database: a path (relative to the plan root) "
                                                   "or a sqlite:/// URL; opened read-only")
-    url: str | None = Field(None, description="target database (default: the url of the nearest earlier "
+    url: Text | None = Field(None, description="target database (default: the url of the nearest earlier "
                                               "db-container step)")
-    tables: list[str] = Field(default_factory=list, description="copy only these tables")
-    exclude: list[str] = Field(default_factory=list, description="do not copy these tables")
-    rename: dict[str, str] = Field(default_factory=dict, description="source table -> target table")
-    columns: dict[str, dict[str, str]] = Field(default_factory=dict,
+    tables: list[PgName] = Field(default_factory=list, description="copy only these tables")
+    exclude: list[PgName] = Field(default_factory=list, description="do not copy these tables")
+    rename: dict[PgName, PgName] = Field(default_factory=dict, description="source table -> target table")
+    columns: dict[PgName, dict[PgName, PgName]] = Field(default_factory=dict,
                                                description="per source table: source column -> target column")
-    drop_columns: dict[str, list[str]] = Field(default_factory=dict,
+    drop_columns: dict[PgName, list[PgName]] = Field(default_factory=dict,
                                                description="per source table: columns to leave behind")
-    timezone: str = Field("UTC", description="zone of timestamps written without an offset")
+    timezone: Text = Field("UTC", description="zone of timestamps written without an offset")
     on_dangling: Literal["error", "null", "skip"] = Field(
         "error", description="references to rows that do not exist: fail, set them NULL, or leave the rows out")
     strip_nul: bool = Field(False, description="drop NUL bytes from text instead of failing")
@@ -81,7 +82,7 @@ class CopyDataSpec(Strict):
     transaction: Literal["table", "single"] = Field("table", description="one transaction per table, or one in all")
     batch_size: int = Field(5000, ge=100, le=1_000_000)
     preflight: bool = Field(True, description="plan reads and converts every source value to report problems")
-    if_missing: list[Annotated[str, BeforeValidator(_argument)]] | None = Field(None, min_length=1, description="a command (argv, no shell, run from the "
+    if_missing: list[Annotated[Text, BeforeValidator(_argument)]] | None = Field(None, min_length=1, description="a command (argv, no shell, run from the "
                                          "plan root) that creates the source when it does not exist")
 
     @field_validator("timezone")

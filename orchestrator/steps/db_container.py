@@ -31,15 +31,14 @@ from pydantic import Field, field_validator
 from ..changes import Action, Change, Diff
 from ..docker_engine import ContainerSpec, PortInUse
 from ..errors import KeyedValueError, StepFailed
-from ..fields import Duration, Port, PortMapping
+from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Password,
+                      PgIdent, Port, PortMapping, SettingName, SettingValue, Text)
 from ..lockfile import digest
 from ..plan import Strict
 from ..redact import REDACTED
 from ..secrets import hash_matches
 from .base import Resource, extra_labels
 
-DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
-PG_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 SETTING = re.compile(r"^[a-z_][a-z0-9_.]*$")
 NS = 1_000_000_000
 HASH_LABEL = "orchestrate.config-hash"
@@ -52,31 +51,31 @@ RESERVED_ENV = {"POSTGRES_USER": "user", "POSTGRES_PASSWORD": "password", "POSTG
 
 class HealthcheckSpec(Strict):
     """Docker healthcheck; the default test is ``pg_isready`` over TCP inside the container."""
-    test: list[str] | str | None = Field(None, description="command (default: pg_isready -h 127.0.0.1)")
+    test: list[Text] | Text | None = Field(None, description="command (default: pg_isready -h 127.0.0.1)")
     interval: Duration = 2.0
     timeout: Duration = 5.0
-    retries: int = Field(30, ge=1)
+    retries: int = Field(30, ge=1, le=10_000)
     start_period: Duration = 0.0
 
 
 class DbContainerSpec(Strict):
-    image: str = Field(min_length=1, description="PostgreSQL image, e.g. postgres:16-alpine")
-    container: str = Field(pattern=DOCKER_NAME, description="container name")
-    volume: str = Field(pattern=DOCKER_NAME, description="named volume holding the data directory")
-    user: str = Field("postgres", pattern=PG_IDENT, description="superuser (POSTGRES_USER)")
-    password: str = Field(min_length=1, json_schema_extra={"writeOnly": True},
+    image: Image = Field(description="PostgreSQL image, e.g. postgres:16-alpine")
+    container: DockerName = Field(description="container name")
+    volume: DockerName = Field(description="named volume holding the data directory")
+    user: PgIdent = Field("postgres", description="superuser (POSTGRES_USER)")
+    password: Password = Field(json_schema_extra={"writeOnly": True},
                           description="the user's password; use a secret: '{{ secrets.db_password }}'")
-    database: str | None = Field(None, pattern=PG_IDENT, description="database (POSTGRES_DB); default: user")
+    database: PgIdent | None = Field(None, description="database (POSTGRES_DB); default: user")
     ports: list[Port] = Field(default_factory=list)
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     healthcheck: HealthcheckSpec = Field(default_factory=HealthcheckSpec)
-    settings: dict[str, str | int | float | bool] = Field(
+    settings: dict[SettingName, SettingValue] = Field(
         default_factory=dict, description="PostgreSQL settings, passed as -c name=value")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
-    labels: dict[str, str] = Field(default_factory=dict)
-    network: str | None = Field(None, pattern=DOCKER_NAME,
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, description="extra environment variables")
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    network: DockerName | None = Field(None,
                                 description="user-defined network to create and join (phase 2)")
-    data_dir: str = Field("/var/lib/postgresql/data", pattern=r"^/", description="PGDATA")
+    data_dir: ContainerPath = Field("/var/lib/postgresql/data", description="PGDATA")
     wait: Duration = Field(120.0, description="how long to wait for the container to be healthy")
 
     @field_validator("settings")

@@ -35,7 +35,7 @@ from pydantic import Field
 from .. import redact
 from ..changes import Action, Change, Diff
 from ..errors import OrchestrateError, StepFailed
-from ..fields import Duration
+from ..fields import Duration, NonEmptyText, RelPath, ScriptLocation, Text
 from ..plan import Strict
 from .base import Resource
 
@@ -58,10 +58,10 @@ getattr(command, verb)(cfg, target, sql=bool(sql))
 
 
 class MigrateSpec(Strict):
-    alembic_ini: str = Field("alembic.ini", description="the application's alembic.ini (relative to the plan root)")
-    script_location: str | None = Field(None, description="overrides script_location of alembic.ini")
-    target: str = Field("head", min_length=1, description="revision to reach: head, a revision id, or base")
-    url: str | None = Field(None, description="database URL (default: the url of the nearest earlier "
+    alembic_ini: RelPath = Field("alembic.ini", description="the application's alembic.ini (relative to the plan root)")
+    script_location: ScriptLocation | None = Field(None, description="overrides script_location of alembic.ini")
+    target: NonEmptyText = Field("head", description="revision to reach: head, a revision id, or base")
+    url: Text | None = Field(None, description="database URL (default: the url of the nearest earlier "
                                               "db-container step)")
     allow_downgrade: bool = Field(False, description="allow a target below the database's revision")
     lock_timeout: Duration = Field(300.0, description="how long to wait for another run's migration")

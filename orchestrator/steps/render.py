@@ -21,6 +21,7 @@ import jinja2
 from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
+from ..fields import NonEmptyText, RelPath
 from ..fsutil import atomic_write
 from ..plan import Strict
 from ..redact import redact
@@ -29,8 +30,8 @@ from .base import Resource
 
 
 class FileSpec(Strict):
-    src: str = Field(min_length=1, description="template, relative to template_dir")
-    dest: str = Field(min_length=1, description="file to write, relative to the plan root")
+    src: NonEmptyText = Field(description="template, relative to template_dir")
+    dest: RelPath = Field(description="file to write, relative to the plan root")
     mode: str = Field("0644", description="file mode in octal, e.g. '0600' for files holding secrets")
 
     @field_validator("mode", mode="before")
@@ -51,7 +52,7 @@ class FileSpec(Strict):
 
 
 class RenderSpec(Strict):
-    template_dir: str = Field("templates", description="folder of the templates (relative to the plan root)")
+    template_dir: RelPath = Field("templates", description="folder of the templates (relative to the plan root)")
     vars: dict[str, Any] = Field(default_factory=dict, description="extra variables for the templates")
     files: list[FileSpec] = Field(min_length=1)
 

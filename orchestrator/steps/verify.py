@@ -26,14 +26,15 @@ from ..copying.convert import row_hash_sql
 from ..copying.mapping import TablePlan, map_tables
 from ..copying.reflect import open_source, quote_sqlite, reflect_source, reflect_target
 from ..errors import OrchestrateError
+from ..fields import Text
 from ..plan import Strict
 from .base import Resource, libpq_url
 from .copy_data import STABLE_OUTPUT, TableState
 
 
 class VerifySpec(Strict):
-    url: str | None = Field(None, description="database (default: the url of the nearest earlier db-container step)")
-    copy_step: str | None = Field(None, description="the copy-data step whose tables to compare (default: the "
+    url: Text | None = Field(None, description="database (default: the url of the nearest earlier db-container step)")
+    copy_step: Text | None = Field(None, description="the copy-data step whose tables to compare (default: the "
                                                     "nearest earlier one)")
     probe: bool = Field(True, description="write and read a row inside a transaction that is rolled back")
 
