@@ -63,6 +63,7 @@ TZ = ZoneInfo("UTC")                                            # the copy-data 
 
 PLAN = """\
 name: bench-copy
+root: ..          # the source database is in the work folder, next to the plan's own folder
 secrets:
   url: {{env: BENCH_URL}}
 steps:
