@@ -47,6 +47,13 @@ class StepFailed(OrchestrateError):
     """A step failed while being applied; the executor stops there."""
 
 
+def refusal(problems: list[str]) -> StepFailed:
+    """A step that cannot run: every problem at once (the step changes nothing)."""
+    if len(problems) == 1:
+        return StepFailed(problems[0])
+    return StepFailed(f"{len(problems)} problems; the step changed nothing:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 class LockHeld(OrchestrateError):
     """Another orchestrate process holds the plan's apply lock."""
 

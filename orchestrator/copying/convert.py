@@ -51,18 +51,26 @@ KIND = {"bool": "bool", "int2": "int", "int4": "int", "int8": "int", "numeric": 
         "float4": "float", "float8": "float", "timestamptz": "timestamptz", "timestamp": "timestamp",
         "date": "date", "time": "time", "json": "json", "jsonb": "jsonb", "bytea": "bytea", "uuid": "uuid"}
 INT_RANGE = {"int2": (-2**15, 2**15 - 1), "int4": (-2**31, 2**31 - 1), "int8": (-2**63, 2**63 - 1)}
-TRUE = {"1", "true", "t", "yes"}
-FALSE = {"0", "false", "f", "no"}
+# exactly what PostgreSQL's boolean input reads (case aside, after surrounding spaces):
+# every unique prefix of true/false/yes/no, on/off (two letters at least), 1/0
+TRUE = {"true"[:n] for n in range(1, 5)} | {"yes"[:n] for n in range(1, 4)} | {"on", "1"}
+FALSE = {"false"[:n] for n in range(1, 6)} | {"no"[:n] for n in range(1, 3)} | {"of", "off", "0"}
 BOOL_WORDS = TRUE | FALSE
+C_SPACE = " \t\n\r\f\v"          # what PostgreSQL strips around input (C's isspace)
 INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 EPOCH_TEXT = re.compile(r"^\s*[+-]?\d+(\.\d+)?\s*$")
 FLOAT_WORDS = {"nan": math.nan, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf,
                "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def show_value(value: Any, width: int = 60) -> str:
+    """A value as a user would write it in SQL: text quoted, numbers bare, bytes as their text
+    when they are UTF-8 (SQLite hands text over as bytes to the checks)."""
+    if isinstance(value, bytes):
+        text = "'" + value.decode("utf-8", "backslashreplace").replace("'", "''") + "'"
+    else:
+        text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _text(value: Any) -> str:
@@ -71,13 +79,15 @@ def _text(value: Any) -> str:
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ConvertError(f"invalid UTF-8 at byte {exc.start}: {_show(value[max(0, exc.start - 10):exc.start + 10])}") from None
+            raise ConvertError(f"invalid UTF-8 at byte {exc.start}: {show_value(value[max(0, exc.start - 10):exc.start + 10])}") from None
     return value if isinstance(value, str) else str(value)
 
 
-def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) -> Callable[[Any], Any]:
+def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False,
+                   server_version: int = 140000) -> Callable[[Any], Any]:
     """One function value -> value for the column (None passes through; NOT NULL is the
-    caller's to check, so the message can name the row)."""
+    caller's to check, so the message can name the row). ``server_version`` decides what the
+    server can hold (numeric Infinity from PostgreSQL 14 on)."""
     kind = col.kind
     if kind == "int":
         lo, hi = INT_RANGE[col.base]
@@ -93,7 +103,7 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
                 s = _text(v)
                 if INT_TEXT.match(s):
                     return conv(int(s))
-            raise ConvertError(f"{_show(v)} is not an integer")
+            raise ConvertError(f"{show_value(v)} is not an integer")
         return conv
     if kind == "bool":
         def conv(v):
@@ -101,12 +111,12 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
                 if isinstance(v, (int, float)):
                     return bool(v)
             if isinstance(v, (str, bytes)):
-                s = _text(v).strip().lower()
+                s = _text(v).strip(C_SPACE).lower()
                 if s in TRUE:
                     return True
                 if s in FALSE:
                     return False
-            raise ConvertError(f"{_show(v)} is not a boolean (0/1, true/false, t/f, yes/no)")
+            raise ConvertError(f"{show_value(v)} is not a boolean (0/1, true/false, yes/no, on/off or their prefixes)")
         return conv
     if kind == "float":
         single = col.base == "float4"
@@ -120,29 +130,32 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
                 try:
                     v = float(s)
                 except ValueError:
-                    raise ConvertError(f"{_show(s)} is not a number") from None
+                    raise ConvertError(f"{show_value(s)} is not a number") from None
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 v = float(v)
                 if single and math.isfinite(v) and abs(v) > 3.4028234663852886e38:
                     raise ConvertError(f"{v!r} is out of range for real")
                 return v
-            raise ConvertError(f"{_show(v)} is not a number")
+            raise ConvertError(f"{show_value(v)} is not a number")
         return conv
     if kind == "numeric":
         def conv(v):
             try:
                 d = Decimal(_text(v).strip()) if isinstance(v, (str, bytes)) else Decimal(repr(v) if isinstance(v, float) else v)
             except (InvalidOperation, TypeError):
-                raise ConvertError(f"{_show(v)} is not a number") from None
+                raise ConvertError(f"{show_value(v)} is not a number") from None
             if d.is_nan():
                 return d
             if d.is_infinite():
-                raise ConvertError(f"{_show(v)} is infinite, which {col.type} cannot hold")
+                if server_version >= 140000 and col.precision is None:
+                    return d
+                why = "before PostgreSQL 14" if server_version < 140000 else "with a declared precision"
+                raise ConvertError(f"{show_value(v)} is infinite, which {col.type} cannot hold ({why})")
             if col.precision is not None:
                 scale = col.scale or 0
                 d = d.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)   # as PostgreSQL rounds
                 if d.adjusted() >= col.precision - scale:
-                    raise ConvertError(f"{_show(v)} is out of range for {col.type}")
+                    raise ConvertError(f"{show_value(v)} is out of range for {col.type}")
             return d
         return conv
     if kind in ("timestamptz", "timestamp"):
@@ -172,7 +185,7 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
                 pass
             moment = _parse_datetime(s)
             if moment.time() != time(0) or moment.tzinfo is not None:
-                raise ConvertError(f"{_show(s)} has a time of day, which a date column would drop")
+                raise ConvertError(f"{show_value(s)} has a time of day, which a date column would drop")
             return moment.date()
         return conv
     if kind == "time":
@@ -181,7 +194,7 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
             try:
                 return time.fromisoformat(s)
             except ValueError as exc:
-                raise ConvertError(f"{_show(s)} is not a time ({exc})") from None
+                raise ConvertError(f"{show_value(s)} is not a time ({exc})") from None
         return conv
     if kind in ("json", "jsonb"):
         def conv(v):
@@ -189,7 +202,7 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
             try:
                 json.loads(s, parse_constant=_reject_constant)
             except (ValueError, TypeError) as exc:
-                raise ConvertError(f"invalid JSON ({exc}): {_show(s)}") from None
+                raise ConvertError(f"invalid JSON ({exc}): {show_value(s)}") from None
             if kind == "jsonb" and "\\u0000" in s:
                 raise ConvertError("JSON with \\u0000, which jsonb cannot store")
             return s
@@ -200,14 +213,14 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False) 
                 return v
             if isinstance(v, str):
                 return v.encode("utf-8")
-            raise ConvertError(f"{_show(v)} is not binary data")
+            raise ConvertError(f"{show_value(v)} is not binary data")
         return conv
     if kind == "uuid":
         def conv(v):
             try:
                 return str(uuid.UUID(_text(v).strip()))
             except ValueError:
-                raise ConvertError(f"{_show(v)} is not a UUID") from None
+                raise ConvertError(f"{show_value(v)} is not a UUID") from None
         return conv
     # text, varchar(n), char(n) and anything else PostgreSQL parses from text
     limit = col.length
@@ -246,7 +259,7 @@ def _parse_datetime(s: str) -> datetime:
     try:
         return datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
     except ValueError as exc:
-        raise ConvertError(f"{_show(s)} is not a timestamp ({exc})") from None
+        raise ConvertError(f"{show_value(s)} is not a timestamp ({exc})") from None
 
 
 # --- canonical text, for checksums ----------------------------------------------------------

@@ -97,6 +97,33 @@ class SourceTable:
     primary_key: list[str]
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def source_problem(path: Path) -> str | None:
+    """What is wrong with a file given as a SQLite database, read from its 100-byte header (no
+    full scan): empty, not SQLite at all, or shorter than the pages its header counts (a copy
+    cut short). None when it looks whole."""
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if size == 0:
+        return "is empty (0 bytes), not a SQLite database: is it the right file, or was it cut short?"
+    if not header.startswith(SQLITE_MAGIC) or len(header) < 100:
+        return "is not a SQLite database (its first bytes are not SQLite's header)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    counter_valid = header[24:28] == header[92:96]          # the in-header size is to be trusted
+    if counter_valid and pages and size < pages * page_size:
+        return (f"is cut short: its header counts {pages} pages of {page_size} bytes, "
+                f"but the file has {size} bytes")
+    return None
+
+
 def open_source(path: Path, raw_text: bool = False) -> sqlite3.Connection:
     """Read-only (never writes, never creates the file). Text arrives as str, and a value that is
     not UTF-8 makes SQLite raise; with ``raw_text`` it arrives as bytes, so such a value can be

@@ -38,11 +38,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BeforeValidator, Field, field_validator
 
 from ..changes import Action, Change, Diff
-from ..copying.convert import BOOL_WORDS, ConvertError, TargetColumn, make_converter, row_hash_sql
+from ..copying import preflight
+from ..copying.convert import (BOOL_WORDS, C_SPACE, ConvertError, TargetColumn, make_converter, row_hash_sql,
+                               show_value)
 from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
-                               reflect_target)
-from ..errors import StepFailed
+                               reflect_target, source_problem)
+from ..errors import StepFailed, refusal
 from ..fields import PgName, SqlitePath, Text
 from ..plan import Strict
 from .base import Resource, libpq_url
@@ -114,6 +116,7 @@ class TableState:
     action: str = "ok"                       # ok | copy | reload | refuse
     reason: str = ""
     problems: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)      # values the copy will repair (strip_nul)
     dangling: list[Dangling] = field(default_factory=list)
 
 
@@ -218,6 +221,7 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
             if ts.reason.startswith("overwrite"):
                 d.destructive = f"copy-data overwrite: true over rows written to {t}"
         d.problems += ts.problems
+        d.warnings += ts.repairs
         for dg in ts.dangling:
             what = (f"{t}: {dg.count} row(s) reference {dg.fk.ref_table} rows that do not exist "
                     f"({', '.join(dg.fk.columns)}; e.g. {', '.join(dg.sample)})")
@@ -244,6 +248,7 @@ class CopyData(Resource):
         super().__init__(*args)
         self._loaded: dict[str, tuple[int, str]] = {}    # after apply: target -> (rows, checksum)
         self._report: dict[str, dict] = {}              # rows changed or left out, per table
+        self._server_version = 140000                  # the target's, once connected
 
     @property
     def source_path(self) -> Path:
@@ -277,12 +282,12 @@ class CopyData(Resource):
         import psycopg
         conn = psycopg.connect(self.libpq_url, connect_timeout=5, autocommit=True)
         conn.execute(STABLE_OUTPUT.format(local="SESSION"))
+        self._server_version = conn.info.server_version
         return conn
 
     # observe ---------------------------------------------------------------------------------
 
     def observe(self) -> Observed:
-        import psycopg
         obs = Observed(self.source_path)
         if not obs.source.is_file():
             if self.spec.if_missing:
@@ -292,8 +297,32 @@ class CopyData(Resource):
             else:
                 obs.problems.append(f"the source database {obs.source} does not exist")
             return obs
+        wrong = source_problem(obs.source)
+        if wrong:
+            obs.problems.append(f"the source {obs.source} {wrong}")
+            return obs
         obs.fingerprint = fingerprint(obs.source)
         rec = self.recorded.get("observed") or {}
+        try:
+            with self._reading():
+                return self._observe_source_and_target(obs, rec)
+        except _Unreadable as exc:
+            obs.problems.append(str(exc))
+            return obs
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """SQLite refusing the file as a whole (malformed, not a database) becomes one sentence."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "no such" in str(exc):
+                raise
+            raise _Unreadable(f"the source {self.source_path} cannot be read by SQLite: {exc} (is it a whole, "
+                              f"uncorrupted SQLite database? sqlite3 FILE 'PRAGMA integrity_check' tells)") from None
+
+    def _observe_source_and_target(self, obs: Observed, rec: dict) -> Observed:
+        import psycopg
         src = open_source(obs.source)
         try:
             pending = self.rc.pending_before(self.step, "db-container", "migrate")
@@ -327,20 +356,31 @@ class CopyData(Resource):
         """The target cannot be seen yet: what is known from the source and the lockfile."""
         rec_tables = rec.get("tables") or {}
         same_source = rec.get("source") == self.source_name
-        for s_name, t_name in selected_tables(reflect_source(src), tables=self.spec.tables,
-                                              exclude=self.spec.exclude, rename=self.spec.rename):
+        source = reflect_source(src)
+        selected = selected_tables(source, tables=self.spec.tables, exclude=self.spec.exclude, rename=self.spec.rename)
+        obs.problems += self._nothing_selected(source, selected)
+        for s_name, t_name in selected:
             rows = src.execute(f"SELECT count(*) FROM {quote_sqlite(s_name)}").fetchone()[0]
             entry = rec_tables.get(t_name) or {}
             same = same_source and entry.get("file", rec.get("fingerprint")) == obs.fingerprint \
                 and "committing" not in entry
             obs.unknown.append((s_name, t_name, rows, same))
 
+    def _nothing_selected(self, source: dict, selected: list) -> list[str]:
+        if not source:
+            return [f"the source {self.source_path} holds no tables: is it the application's database? "
+                    f"(nothing is copied or recorded)"]
+        if not selected and not self.spec.tables and not self.spec.exclude:
+            return [f"the source {self.source_path} holds only {', '.join(sorted(source))}: nothing to copy"]
+        return []
+
     def _observe_tables(self, obs: Observed, src: sqlite3.Connection, pg, rec: dict) -> None:
         spec = self.spec
         target = reflect_target(pg)
-        plans, problems, notes = map_tables(reflect_source(src), target, tables=spec.tables, exclude=spec.exclude,
+        source = reflect_source(src)
+        plans, problems, notes = map_tables(source, target, tables=spec.tables, exclude=spec.exclude,
                                             rename=spec.rename, columns=spec.columns, drop_columns=spec.drop_columns)
-        obs.problems += problems
+        obs.problems += self._nothing_selected(source, plans) or problems
         obs.notes += notes
         obs.plans = plans
         for t in target.values():
@@ -365,12 +405,13 @@ class CopyData(Resource):
             decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
             obs.tables.append(ts)
         for ts in obs.tables:
-            # in apply with on_dangling: error, the foreign keys put back after the load check
-            # every row at once (and a failure is then described from the source)
-            if ts.action in ("copy", "reload") and (self.rc.mode != "apply" or self.spec.on_dangling != "error"):
+            # apply checks what plan's preflight checks, before the first row of the first table
+            # is written, and names every problem at once
+            if ts.action in ("copy", "reload"):
                 ts.dangling = self._dangling(src, ts.plan, plans)
-                if self.rc.mode == "plan" and spec.preflight:
-                    ts.problems += self._preflight(src, ts.plan)
+                if self.rc.mode == "apply" or spec.preflight:
+                    for finding in self._preflight(ts.plan):
+                        (ts.repairs if finding.repair else ts.problems).append(finding.describe())
 
     def _target_checksum(self, pg, p: TablePlan) -> tuple[int, str]:
         """Row count and a fingerprint of the target table's content, taken in the server: the
@@ -441,36 +482,15 @@ class CopyData(Resource):
                 f"{not_null} AND {alias}.{first} IS NULL"
 
     def _converters(self, p: TablePlan):
-        return [make_converter(c, tz=self.tz, strip_nul=self.spec.strip_nul) for _, c in p.columns]
+        return [make_converter(c, tz=self.tz, strip_nul=self.spec.strip_nul, server_version=self._server_version)
+                for _, c in p.columns]
 
-    def _preflight(self, src: sqlite3.Connection, p: TablePlan) -> list[str]:
-        """Read and convert every value as apply would; report each kind of failure with a count
-        and a sample of keys. Read-only."""
-        convs = self._converters(p)
-        found: dict[tuple[str, str], list] = {}
+    def _preflight(self, p: TablePlan) -> list[preflight.Finding]:
+        """Every value of the table that the copy would refuse or repair (read-only)."""
         keys, key_sql = _keys(p)
         with contextlib.closing(open_source(self.source_path, raw_text=True)) as raw:
-            cur = raw.execute(self._select(p, ", " + key_sql))
-            n = len(p.columns)
-            while batch := cur.fetchmany(self.spec.batch_size):
-                for row in batch:
-                    for i, (conv, (_, tcol)) in enumerate(zip(convs, p.columns)):
-                        v = row[i]
-                        try:
-                            if v is None:
-                                if tcol.not_null:
-                                    raise ConvertError(f"NULL, but {p.target}.{tcol.name} is NOT NULL")
-                                continue
-                            conv(v)
-                        except ConvertError as exc:
-                            reason = re.sub(r"'.*", "", str(exc))[:40]
-                            hits = found.setdefault((tcol.name, reason), [0, str(exc), []])
-                            hits[0] += 1
-                            if len(hits[2]) < SAMPLE:
-                                hits[2].append(_row_name(keys, row[n:]))
-        return [f"{p.target}: column {col}: {count} value(s) cannot be loaded, e.g. row {sample[0]}: {first}"
-                + (f" (rows: {'; '.join(sample)})" if len(sample) > 1 else "")
-                for (col, _), (count, first, sample) in found.items()]
+            return preflight.scan(raw, p, self._converters(p), keys=keys, key_sql=key_sql, row_name=_row_name,
+                                  batch_size=self.spec.batch_size)
 
     # diff --------------------------------------------------------------------------------------
 
@@ -480,12 +500,16 @@ class CopyData(Resource):
     # apply -------------------------------------------------------------------------------------
 
     def apply(self, obs: Observed, diff: Diff) -> str:
+        with self._reading():
+            return self._apply(obs)
+
+    def _apply(self, obs: Observed) -> str:
         if obs.create_source:
             self._create_source()
             obs = self.observe()
             later = self.diff(obs)
             if later.problems:
-                raise StepFailed("; ".join(later.problems))
+                raise refusal(later.problems)
         todo = [t for t in obs.tables if t.action in ("copy", "reload")]
         if not todo:
             return "nothing to copy"
@@ -502,8 +526,13 @@ class CopyData(Resource):
             pg.autocommit = False
             for unit in units:
                 total += self._load_unit(pg, src, unit, states, obs, rec)
-        rate = total / max(time.monotonic() - started, 1e-6)
-        return f"copied {total} rows into {len(names)} table(s) ({rate / 1000:.0f}k rows/s)"
+        said = f"copied {total:,} rows into {len(names)} table(s) ({_rate(total, time.monotonic() - started)})"
+        for table, out in sorted(self._report.items()):
+            for what in REPAIRS:
+                if what in out:
+                    said += (f"; {table}: {out[what]['rows']:,} row(s) {REPAIR_WORDS[what]} "
+                             f"(e.g. {'; '.join(out[what]['sample'])})")
+        return said
 
     def _create_source(self) -> None:
         import subprocess
@@ -571,8 +600,8 @@ class CopyData(Resource):
                     if col.identity == "a":
                         run(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED ALWAYS")
                     if col.sequence:
-                        run(f"SELECT setval(%s, coalesce((SELECT max({q(col.name)}) FROM {q(p.target)}), 0) + 1, false)",
-                                   (col.sequence,))
+                        run(f"SELECT setval(%s, greatest(coalesce((SELECT max({q(col.name)}) FROM {q(p.target)}), 0), "
+                            f"%s) + 1, false)", (col.sequence, self._promised(src, p, col)))
             self.rc.log(f"indexes and sequences in {time.monotonic() - t0:.2f}s")
             t0 = time.monotonic()
             for p in unit:
@@ -607,6 +636,19 @@ class CopyData(Resource):
             self._loaded[t] = (r["rows"], r["checksum"])
         self._checkpoint(results)
         return rows
+
+    @staticmethod
+    def _promised(src: sqlite3.Connection, p: TablePlan, col: TargetColumn) -> int:
+        """The highest id SQLite promised never to hand out again (AUTOINCREMENT keeps it in
+        sqlite_sequence, also for rows deleted since): the sequence must go past it too."""
+        source_col = next((s for s, c in p.columns if c.name == col.name), None)
+        if source_col is None or p.source_pk != [source_col]:
+            return 0
+        try:
+            row = src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (p.source,)).fetchone()
+        except sqlite3.OperationalError:      # no AUTOINCREMENT table in the database
+            return 0
+        return int(row[0]) if row and isinstance(row[0], int) else 0
 
     def _fk_failure(self, src, p: TablePlan, fk: ForeignKey, exc: Exception, plans: list[TablePlan]) -> StepFailed:
         for dfk, join, cond in self._fk_joins(p, plans):
@@ -687,7 +729,7 @@ class CopyData(Resource):
         The tests are inlined into one function per table (compiled from the fixed expressions
         below, never from data): a function call per value would cost as much as the copy."""
         tests = {
-            "bool": "not ((v == 0 or v == 1) and type(v) is int) and not (type(v) is str and v.strip().lower() in WORDS)",
+            "bool": "not ((v == 0 or v == 1) and type(v) is int) and not (type(v) is str and v.strip(SPACE).lower() in WORDS)",
             "int": "type(v) is float or type(v) is bytes",
             "timestamptz": "type(v) is not str or not v[:1].isdigit()",
             "timestamp": 'type(v) is not str or not v[:1].isdigit() or "+" in v or "Z" in v or "z" in v or "-" in v[10:]',
@@ -700,7 +742,7 @@ class CopyData(Resource):
             test = tests.get(col.kind, "type(v) is bytes")
             lines += [f"        v = row[{i}]", f"        if v is not None and ({test}):", f"            return {i}, v"]
         lines += ["        write(row)", "    return None"]
-        namespace = {"WORDS": BOOL_WORDS}
+        namespace = {"WORDS": BOOL_WORDS, "SPACE": C_SPACE}
         exec(compile("\n".join(lines), f"<copy loop of {p.target}>", "exec"), namespace)
         return namespace["loop"]
 
@@ -723,12 +765,12 @@ class CopyData(Resource):
         query = self._select(p, extra) + joins
         reader = src
         h = hashlib.sha256()
-        rows = changed = skipped = 0
-        changed_keys: list[str] = []
-        skipped_keys: list[str] = []
+        rows = 0
+        repaired = {"nulled": _Repairs(), "skipped": _Repairs(), "stripped": _Repairs()}
         n = len(p.columns)
         convs = self._converters(p) if convert is not None else None
         order = sorted(convert) if convert is not None else []
+        nul_text = [i for i in (order if self.spec.strip_nul else ()) if p.columns[i][1].kind == "text"]
         positions = {c.name: i for i, c in enumerate(p.target_columns)}
         fast = self._fast_loop(p) if convert is None else None
         progress = _Progress(self.rc.progress, p.target, ts_rows)
@@ -741,7 +783,7 @@ class CopyData(Resource):
                     h.update(_digest_bytes(batch))
                     odd = fast(batch, copy.write_row)
                     if odd is not None:
-                        raise _NeedsPython(f"column {p.columns[odd[0]][1].name} holds {_show(odd[1])}")
+                        raise _NeedsPython(f"column {p.columns[odd[0]][1].name} holds {show_value(odd[1], 40)}")
                     rows += len(batch)
                     progress.tick(rows)
                     continue
@@ -749,6 +791,11 @@ class CopyData(Resource):
                 for row in batch:
                     line += 1
                     values = list(row[:n])
+                    for i in nul_text:
+                        v = values[i]
+                        if v is not None and ("\x00" in v if isinstance(v, str) else b"\x00" in v if isinstance(v, bytes) else False):
+                            repaired["stripped"].add(lambda: self._describe(src, p, line=line))
+                            break
                     for i in order:
                         v = values[i]
                         if v is None:
@@ -763,28 +810,23 @@ class CopyData(Resource):
                     if fixes:
                         flags = row[n:]
                         if any(flags):
-                            key = self._describe(src, p, line=line)
+                            describe = lambda: self._describe(src, p, line=line)  # noqa: E731
                             if self.spec.on_dangling == "skip":
-                                skipped += 1
-                                if len(skipped_keys) < SAMPLE:
-                                    skipped_keys += key
+                                repaired["skipped"].add(describe)
                                 continue
                             for (fk, _, _), flag in zip(fixes, flags):
                                 if flag:
                                     for col in fk.columns:
                                         values[positions[col]] = None
-                            changed += 1
-                            if len(changed_keys) < SAMPLE:
-                                changed_keys += key
+                            repaired["nulled"].add(describe)
                     copy.write_row(values)
                     rows += 1
                 progress.tick(rows)
         out = {"rows": rows, "source_digest": h.hexdigest()}
-        if changed:
-            out["nulled"] = {"rows": changed, "sample": changed_keys}
-        if skipped:
-            out["skipped"] = {"rows": skipped, "sample": skipped_keys}
-        if changed or skipped:
+        for what, r in repaired.items():
+            if r.rows:
+                out[what] = {"rows": r.rows, "sample": r.sample}
+        if any(r.rows for r in repaired.values()):
             self._report[p.target] = out
         return out
 
@@ -805,7 +847,8 @@ class CopyData(Resource):
             value = row[[c.name for c in p.target_columns].index(col.name)] if row else None
             try:
                 if value is not None:
-                    make_converter(col, tz=self.tz, strip_nul=self.spec.strip_nul)(value)
+                    make_converter(col, tz=self.tz, strip_nul=self.spec.strip_nul,
+                                   server_version=self._server_version)(value)
                     return                     # Python can convert it: load through the converters
             except ConvertError as err:
                 raise StepFailed(f"{p.target}: {where}: column {col.name}: {err}; nothing of {p.target} was loaded",
@@ -832,7 +875,7 @@ class CopyData(Resource):
                 entry["source_digest"] = ts.digest
             if ts.action == "ok":
                 entry["file"] = obs.fingerprint      # proven equal to this very file
-            for key in ("nulled", "skipped"):
+            for key in REPAIRS:
                 if key in (self._report.get(ts.plan.target) or prev):
                     entry[key] = (self._report.get(ts.plan.target) or prev)[key]
             tables[ts.plan.target] = entry
@@ -850,13 +893,37 @@ def _digest_bytes(batch: list) -> bytes:
     return marshal.dumps(batch, 2)
 
 
+REPAIRS = ("nulled", "skipped", "stripped")     # what the copy changed on the way, counted per table
+REPAIR_WORDS = {"nulled": "with dangling references set to NULL", "skipped": "left out (dangling references)",
+                "stripped": "with NUL bytes stripped"}
+
+
+def _rate(rows: int, seconds: float) -> str:
+    rate = rows / max(seconds, 1e-6)
+    return f"{rate / 1000:,.0f}k rows/s" if rate >= 10_000 else f"{rate:,.0f} rows/s"
+
+
+class _Repairs:
+    """Rows the copy repaired, counted, with the keys of the first few (looked up only for those)."""
+
+    def __init__(self):
+        self.rows, self.sample = 0, []
+
+    def add(self, describe) -> None:
+        self.rows += 1
+        if len(self.sample) < SAMPLE:
+            self.sample += describe()
+
+
+class _Unreadable(StepFailed):
+    """The source as a whole is not readable SQLite."""
+
+
 class _NeedsPython(Exception):
     """A value the fast path must not hand to PostgreSQL as it is."""
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+
 
 
 class _Progress:
@@ -871,13 +938,12 @@ class _Progress:
         now = time.monotonic()
         if now - self.last >= 2.0:
             self.last = now
-            rate = rows / (now - self.start)
             if self.total:
                 done = min(rows / self.total, 1.0)
                 bar = "#" * int(done * 20)
-                self.say(f"{self.table} [{bar:<20}] {done:4.0%} {rows:,}/{self.total:,} rows, {rate / 1000:.0f}k rows/s")
+                self.say(f"{self.table} [{bar:<20}] {done:4.0%} {rows:,}/{self.total:,} rows, {_rate(rows, now - self.start)}")
             else:
-                self.say(f"{self.table}: {rows:,} rows, {rate / 1000:.0f}k rows/s")
+                self.say(f"{self.table}: {rows:,} rows, {_rate(rows, now - self.start)}")
 
 
 def _keys(p: TablePlan) -> tuple[list[str], str]:

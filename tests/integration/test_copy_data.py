@@ -148,7 +148,7 @@ def test_reference_database_copies_exactly_and_the_application_can_insert(refere
     assert "table deployment_logs: 0 rows -> 20000 rows" in out
     code, out = plan.run("apply")
     assert code == 0, out
-    assert f"copied {sum(counts.values())} rows into 3 table(s)" in out
+    assert f"copied {sum(counts.values()):,} rows into 3 table(s)" in out
     for table, count in counts.items():
         assert rows(url, f"SELECT count(*) FROM {table}")[0][0] == count
     assert rows(url, "SELECT count(*) FROM alembic_version")[0][0] == 1, "alembic_version is never copied"
@@ -259,7 +259,7 @@ def test_dangling_references_error_null_and_skip(server, tmp_path):
         code, out = plan.run("apply")
         if expected is None:
             assert code == 1 and "child: 2 row(s) reference parent rows that do not exist" in out, out
-            assert "e.g. row id=11; id=13" in out and "hint: set on_dangling: null or skip" in out
+            assert "Set on_dangling: null (set the reference to NULL) or skip" in out
             assert rows(url, "SELECT count(*) FROM child")[0][0] == 0
             continue
         assert code == 0, out
@@ -365,23 +365,23 @@ def test_hard_cases_land_as_documented(server, tmp_path):
 
 FAILURES = [
     ("bad-boolean", "CREATE TABLE t (id INTEGER PRIMARY KEY, b BOOLEAN); INSERT INTO t VALUES (1, 1), (2, 'maybe');",
-     "CREATE TABLE t (id int PRIMARY KEY, b boolean)", "t: row id=2: column b: 'maybe' is not a boolean"),
+     "CREATE TABLE t (id int PRIMARY KEY, b boolean)", "t: column b: 1 value(s) cannot be loaded, e.g. row id=2: 'maybe' is not a boolean"),
     ("overlong", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t VALUES (1, 'ok'), (3, 'abcdefgh');",
      "CREATE TABLE t (id int PRIMARY KEY, name varchar(5))",
-     "t: row id=3: column name: a value of 8 characters is longer than character varying(5)"),
+     "t: column name: 1 value(s) cannot be loaded, e.g. row id=3: a value of 8 characters is longer than character varying(5)"),
     ("invalid-utf8", "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO t VALUES (1, 'ok'), (2, CAST(x'61ff62' AS TEXT));",
-     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: row id=2: column note: invalid UTF-8 at byte 1"),
+     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: column note: 1 value(s) cannot be loaded, e.g. row id=2: invalid UTF-8 at byte 1"),
     ("impossible-date", "CREATE TABLE t (id INTEGER PRIMARY KEY, at DATETIME); INSERT INTO t VALUES (1, '2024-02-28 10:00:00'), (2, '2024-02-30 10:00:00');",
      "CREATE TABLE t (id int PRIMARY KEY, at timestamptz)",
-     "t: row id=2: column at: '2024-02-30 10:00:00' is not a timestamp (day is out of range for month)"),
+     "t: column at: 1 value(s) cannot be loaded, e.g. row id=2: '2024-02-30 10:00:00' is not a timestamp (day is out of range for month)"),
     ("out-of-range", "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO t VALUES (1, 1), (2, 3000000000);",
-     "CREATE TABLE t (id int PRIMARY KEY, n integer)", "t: row id=2: column n: 3000000000 is out of range for integer"),
+     "CREATE TABLE t (id int PRIMARY KEY, n integer)", "t: column n: 1 value(s) cannot be loaded, e.g. row id=2: 3000000000 is out of range for integer"),
     ("invalid-json", "CREATE TABLE t (id INTEGER PRIMARY KEY, doc JSON); INSERT INTO t VALUES (1, '{}'), (2, '{nope');",
-     "CREATE TABLE t (id int PRIMARY KEY, doc jsonb)", "t: row id=2: column doc: invalid JSON"),
+     "CREATE TABLE t (id int PRIMARY KEY, doc jsonb)", "t: column doc: 1 value(s) cannot be loaded, e.g. row id=2: invalid JSON"),
     ("nul-bytes", "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO t VALUES (1, 'ok'), (2, 'a' || char(0) || 'b');",
-     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: row id=2: column note: text contains NUL bytes"),
+     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: column note: 1 value(s) cannot be loaded, e.g. row id=2: text contains NUL bytes"),
     ("not-null", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL);",
-     "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL)", "t: row id=2: column name: null value in column \"name\""),
+     "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL)", "t: column name: 1 value(s) cannot be loaded, e.g. row id=2: NULL, but t.name is NOT NULL"),
     ("unique", "CREATE TABLE t (id INTEGER PRIMARY KEY, slug TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'a');",
      "CREATE TABLE t (id int PRIMARY KEY, slug text UNIQUE)", "t: row id=3: duplicate key value violates unique constraint \"t_slug_key\""),
 ]
@@ -398,7 +398,7 @@ def test_hard_case_failures_name_table_key_and_column(server, tmp_path, sqlite_d
     code, out = plan.run("apply")
     assert code == 1, out
     assert message in out, out
-    assert "nothing of t was loaded" in out and "Traceback" not in out
+    assert "Traceback" not in out
     assert rows(url, "SELECT count(*) FROM t")[0][0] == 0, "nothing of the table half-loaded"
 
 

@@ -27,12 +27,15 @@ def col(base, type_=None, **kw):
 @pytest.mark.parametrize("value,expected", [
     (1, True), (0, False), ("1", True), ("0", False), ("true", True), ("FALSE", False), ("t", True),
     ("f", False), ("yes", True), ("No", False), (" yes ", True), (1.0, True),
+    # PostgreSQL's boolean input: unique prefixes, on/off, any case, surrounding spaces
+    ("on", True), ("OFF", False), (" Of\n", False), ("y", True), ("ye", True), ("n", False), ("tr", True),
+    ("fals", False), ("\tTRUE ", True),
 ])
 def test_booleans(value, expected):
     assert make_converter(col("bool"), tz=UTC)(value) is expected
 
 
-@pytest.mark.parametrize("value", ["maybe", 2, "on", "y", b"\xff"])
+@pytest.mark.parametrize("value", ["maybe", 2, "o", "onn", "truee", "yess", "of f", "", "10", b"\xff"])
 def test_not_booleans(value):
     with pytest.raises(ConvertError):
         make_converter(col("bool"), tz=UTC)(value)
@@ -247,5 +250,6 @@ def test_fast_loop_spots_values_postgres_would_misread():
     assert loop([(1, "2024-05-28 10:00:00", "x"), ("yes", None, None)], written.append) is None and len(written) == 2
     assert loop([(1, "now", "x")], written.append) == (1, "now")
     assert loop([(1, 1716896311, "x")], written.append) == (1, 1716896311)
-    assert loop([("on", "2024-05-28", "x")], written.append) == (0, "on")
+    assert loop([(" ON ", "2024-05-28 10:00:00", "x")], written.append) is None   # PostgreSQL reads it
+    assert loop([("o", "2024-05-28", "x")], written.append) == (0, "o")
     assert loop([(1, "2024-05-28", b"\x00blob")], written.append) == (2, b"\x00blob")
