@@ -14,6 +14,7 @@ env.py log, warn or print is captured: shown with ``-v``, its last lines added t
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import io
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +45,12 @@ LOCK_KEY = int.from_bytes(hashlib.sha256(b"orchestrate.migrate").digest()[:8], "
 TAIL = 10   # captured lines added to an error
 
 # Alembic's command API in the application's interpreter: the URL comes from the environment
-# (never from argv, where other users could read the password)
+# (never from argv, where other users could read the password). The working folder that ``-c``
+# puts first on sys.path goes, as for the ``alembic`` command (its alembic/ folder is no package).
+PROBE = "import sys; del sys.path[0]; import alembic.command"
 BOOTSTRAP = """\
 import os, sys
+del sys.path[0]
 from alembic import command
 from alembic.config import Config
 ini, location, verb, target, sql = sys.argv[1:]
@@ -294,6 +299,37 @@ def importlib_invalidate() -> None:
     importlib.invalidate_caches()    # files written since the last import (a new revision) are seen
 
 
+SCRIPT_NAMES = ("revision", "down_revision", "branch_labels", "depends_on")
+
+
+def read_script(dir_, filename) -> types.ModuleType:
+    """A revision file as Alembic needs it (its docstring and identifiers), read without running it."""
+    path = Path(dir_, filename)
+    tree = ast.parse(path.read_bytes(), str(path))
+    module = types.ModuleType(re.sub(r"\W", "_", path.name))
+    module.__doc__ = ast.get_docstring(tree)
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for name in (t.id for t in targets if isinstance(t, ast.Name) and t.id in SCRIPT_NAMES):
+            try:
+                setattr(module, name, ast.literal_eval(node.value))
+            except ValueError:
+                raise SyntaxError(f"{name} is not a literal", (str(path), node.lineno, 0, "")) from None
+    return module
+
+
+@contextlib.contextmanager
+def static_scripts() -> Iterator[None]:
+    """Alembic reads the revision files without running them (with ``python:``, the application's
+    code runs in its own interpreter only, which may have packages orchestrate's lacks)."""
+    from alembic import util
+    saved, util.load_python_file = util.load_python_file, read_script
+    try:
+        yield
+    finally:
+        util.load_python_file = saved
+
+
 class Migrate(Resource):
     """Alembic migrations of the application, run under an advisory lock."""
     type = "migrate"
@@ -363,17 +399,19 @@ class Migrate(Resource):
         from alembic.script import ScriptDirectory
         from alembic.util import CommandError
         if getattr(self, "_loaded", None) is None:
-            with self._in_app() as (cfg, lines):
+            with self._in_app() as (cfg, lines), (static_scripts() if self.spec.python else contextlib.nullcontext()):
                 try:
                     script = ScriptDirectory.from_config(cfg)
                     _ = script.revision_map.heads       # loads every revision file, here
                 except CommandError as exc:
                     raise self._error("alembic_ini", f"cannot load the migrations: {exc}") from None
                 except Exception as exc:  # a revision file is application code
+                    lines += "".join(traceback.format_exception(exc)).splitlines()
                     failure = failure_of(exc)
-                    file = next((f for f, fn in failure.frames if fn == "<module>" and not f.startswith("<")), None)
-                    raise self._error("alembic_ini", "cannot read the migrations: " + self._load_message(
-                                      failure, file, lines), hint=self._load_hint(failure, reading=True)) from None
+                    file = next((f for f, fn in failure.frames if fn == "<module>" and not f.startswith("<")),
+                                self._location(cfg))
+                    raise self._error("alembic_ini", "cannot read the migrations: " + self._load_message(failure, file)
+                                      + self._tail(lines), hint=self._load_hint(failure, reading=True)) from None
             self._loaded = script
         return self._loaded
 
@@ -387,7 +425,14 @@ class Migrate(Resource):
     def _python(self) -> str:
         """The application's interpreter (``python:``), as a path."""
         given = self.spec.python
-        found = shutil.which(given) if os.sep not in given else str(self.rc.plan.resolve(given))
+        found = shutil.which(given)
+        if os.sep in given:      # a virtual environment's python is a link out of the root: the path itself must stay in
+            base = os.path.abspath(self.rc.plan.base_dir)
+            found = os.path.normpath(os.path.join(base, os.path.expanduser(given)))
+            if os.path.commonpath([base, found]) != base:
+                raise self._error("python", f"{given} leads outside the plan's root {base}",
+                                  hint="name the interpreter of an environment inside the root (e.g. "
+                                       ".venv/bin/python), or a command on PATH")
         if not found or not os.access(found, os.X_OK) or os.path.isdir(found):
             raise self._error("python", f"{given}: no such interpreter"
                               + (f" ({found} does not exist or is not executable)" if found else " on PATH"),
@@ -405,7 +450,7 @@ class Migrate(Resource):
         _ = self.url
         if self.spec.python:
             python = self._python()
-            done = subprocess.run([python, "-c", "import alembic"], capture_output=True, text=True,
+            done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True,
                                   cwd=self.ini.parent)
             if done.returncode:
                 last = (done.stderr.strip().splitlines() or ["failed"])[-1]
@@ -503,14 +548,13 @@ class Migrate(Resource):
         except AlembicFailed as failed:
             where, what = blame(failed.failure, self._scripts(self._script()))
             if where == "load":
-                obs.sql_error = "plan --sql cannot show the SQL: " + self._load_message(
-                    failed.failure, what, failed.lines) + "; " + self._load_hint(failed.failure)
+                obs.sql_error = (f"plan --sql cannot show the SQL: {self._load_message(failed.failure, what)}; "
+                                 f"{self._load_hint(failed.failure)}")
             else:
                 rev = what or last_started(failed.lines) or obs.upgrade[0]
                 obs.sql_error = (f"plan --sql cannot show the SQL of revision {rev}: {failed.failure.text}. "
                                  f"Alembic's offline mode runs no query, so a migration that reads the database "
-                                 f"(op.get_bind(), a SELECT) cannot be shown as SQL; apply runs it as usual"
-                                 + self._tail(failed.lines))
+                                 f"(op.get_bind(), a SELECT) cannot be shown as SQL; apply runs it as usual")
 
     # diff and apply --------------------------------------------------------------------------
 
@@ -545,6 +589,7 @@ class Migrate(Resource):
             try:
                 getattr(command, verb)(cfg, target, sql=sql)
             except Exception as exc:  # env.py and the migrations are application code
+                lines += "".join(traceback.format_exception(exc)).splitlines()   # for -v, as alembic prints it
                 raise AlembicFailed(failure_of(exc), lines) from None
         return buf.getvalue()
 
@@ -576,39 +621,42 @@ class Migrate(Resource):
             at = current[0] if current else "(none)"
             where, what = blame(failed.failure, self._scripts(self._script()))
             if where == "load":
-                raise StepFailed(self._load_message(failed.failure, what, failed.lines)
-                                 + f"; no revision ran, the database stays at revision {at}",
+                raise StepFailed(self._load_message(failed.failure, what) + f"; no revision ran, the database "
+                                 f"stays at revision {at}" + self._tail(failed.lines),
                                  hint=self._load_hint(failed.failure)) from None
             rev = what or last_started(failed.lines) or self._next(now, at)
             raise StepFailed(f"migration {rev} failed: {failed.failure.text}; the database stays at "
                              f"revision {at} (the failed revision was rolled back)" + self._tail(failed.lines),
                              hint="fix the migration and apply again: it is still pending") from None
 
-    def _load_message(self, failure: Failure, file: str | None, lines: list[str]) -> str:
+    def _load_message(self, failure: Failure, file: str | None) -> str:
         env_py = Path(self._location(self._config()) or self.ini.parent) / "env.py"
-        name = f"the migration script {self._shown(file)}" if file else self._shown(env_py)
-        return (f"{name} could not be loaded: "
-                f"{failure.kind + ': ' if failure.kind and failure.module is None else ''}{failure.text}"
-                + self._tail(lines))
+        name = (f"the migration scripts in {self._shown(file)}" if file and Path(file).is_dir()
+                else f"the migration script {self._shown(file)}" if file else self._shown(env_py))
+        return (f"{name} could not be read: " if file and Path(file).is_dir() else f"{name} could not be loaded: "
+                f"{failure.kind + ': ' if failure.kind and failure.module is None else ''}{failure.text}")
 
     def _load_hint(self, failure: Failure, reading: bool = False) -> str:
         if failure.module is None:
-            return (f"it runs as `alembic upgrade` does from {self.ini.parent}; run that there to see the "
-                    f"whole error, and fix it")
+            return (f"it runs as `alembic upgrade` does from {self.ini.parent}; -v shows the whole traceback")
         top = failure.module.split(".")[0]
         if self.spec.python and not reading:
-            return f"install {top} into the application's environment: {self.spec.python} -m pip install {top}"
-        where = f"orchestrate's environment ({sys.executable} -m pip install {top})"
+            return (f"install the package that provides {top} into the application's environment "
+                    f"({self.spec.python} -m pip install ...)")
+        where = f"orchestrate's environment ({sys.executable} -m pip install ...)"
         if reading:
             return (f"orchestrate reads the migration scripts itself, so {top} must be importable in "
-                    f"{where}; or make the scripts import it inside upgrade()")
-        return (f"install {top} into {where}, or set python: to the application's interpreter "
-                f"(e.g. python: .venv/bin/python) so Alembic runs there")
+                    f"{where}; or set python: to the application's interpreter (the scripts are then read, "
+                    f"not run, here)")
+        return (f"install the package that provides {top} into {where}, or set python: to the "
+                f"application's interpreter (e.g. python: .venv/bin/python) so Alembic runs there")
 
     @staticmethod
     def _tail(lines: list[str]) -> str:
-        tail = lines[-TAIL:]
-        return "".join(f"\n  | {line}" for line in tail)
+        """The last lines logged before the traceback (which the message sums up; -v shows it whole)."""
+        end = next((i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")),
+                   len(lines))
+        return "".join(f"\n  | {line}" for line in lines[:end][-TAIL:])
 
     def apply(self, obs: Observed, diff: Diff) -> str:
         script = self._script()
