@@ -24,15 +24,20 @@ def register(value: str) -> None:
             _secrets.add(encoded)
 
 
-def redact(text: str) -> str:
-    """Return ``text`` with every registered secret replaced by ``(redacted)``."""
+def redact(text: str, replacement: str = REDACTED) -> str:
+    """Return ``text`` with every registered secret replaced by ``(redacted)`` (or ``replacement``)."""
     if not _secrets or not text:
         return text
     # Longest first, so a secret that contains another is masked whole.
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
-            text = text.replace(secret, REDACTED)
+            text = text.replace(secret, replacement)
     return text
+
+
+def found(text: str) -> set[str]:
+    """The registered secrets (in either form) that occur in ``text``."""
+    return {secret for secret in _secrets if secret in text}
 
 
 def redact_obj(obj):
