@@ -9,11 +9,12 @@ one clear sentence.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import docker
 import docker.errors
@@ -22,6 +23,11 @@ from docker.types import Healthcheck, Mount
 
 from .errors import DockerError
 from .redact import redact
+
+# Seconds any one Docker API call may wait for the daemon's next bytes (docker-py's client
+# timeout; ``stop`` adds its own grace period). Streams (pg_dump, pulls) send bytes throughout, so
+# only a daemon that stopped answering trips it.
+TIMEOUT = 120
 
 
 class PortInUse(DockerError):
@@ -52,6 +58,12 @@ class ContainerSpec:
     aliases: list[str] = field(default_factory=list)
 
 
+def _no_answer(what: str) -> DockerError:
+    return DockerError(f"the Docker daemon did not answer within {TIMEOUT:g}s while trying to {what}",
+                       hint="check the daemon (docker info; systemctl status docker) and run again; the next "
+                            "apply repairs a half-done step")
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, docker.errors.APIError):
         text = exc.explanation or str(exc)
@@ -74,7 +86,7 @@ class Engine:
     def client(self) -> docker.DockerClient:
         if self._client is None:
             try:
-                self._client = docker.from_env(timeout=120)
+                self._client = docker.from_env(timeout=TIMEOUT)
             except docker.errors.DockerException as exc:
                 host = docker.utils.kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
                 raise DockerError(
@@ -93,7 +105,7 @@ class Engine:
         for needle, say in (("No such file or directory", "no Docker socket there"),
                             ("Connection refused", "connection refused"),
                             ("Permission denied", "permission denied (is your user in the docker group?)"),
-                            ("timed out", "timed out")):
+                            ("timed out", f"no answer within {TIMEOUT:g}s")):
             if needle in text:
                 return say
         return text
@@ -103,16 +115,31 @@ class Engine:
         base = self.api.base_url
         return base.startswith("http+docker://localhost") or "127.0.0.1" in base or "localhost" in base
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Docker's failures as one sentence: refused, no answer within TIMEOUT, connection lost."""
         try:
-            return fn()
+            yield
         except docker.errors.NotFound:
             raise
         except (docker.errors.APIError, docker.errors.DockerException) as exc:
             raise DockerError(f"Docker refused to {what}: {_reason(exc)}") from None
+        except (requests.exceptions.Timeout, TimeoutError) as exc:
+            raise _no_answer(what) from None
         except requests.exceptions.ConnectionError as exc:
+            if "timed out" in str(exc):
+                raise _no_answer(what) from None
             raise DockerError(f"lost the connection to the Docker daemon while trying to {what}: "
                               f"{self._short(exc)}") from None
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        with self._guard(what):
+            return fn()
+
+    def _stream(self, what: str, chunks: Iterable) -> Iterator:
+        """A stream from Docker whose reads are guarded like calls."""
+        with self._guard(what):
+            yield from chunks
 
     def _mutate(self, op: str) -> None:
         if self.read_only:
@@ -169,7 +196,7 @@ class Engine:
             return None
         except DockerError:
             return None
-        data = b"".join(stream)
+        data = b"".join(self._stream(f"read {path}", stream))
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.next()
             if member is None or not member.isfile():
@@ -202,13 +229,14 @@ class Engine:
 
     def pull(self, ref: str) -> None:
         self._mutate(f"pull image {ref}")
-        try:
-            self.client.images.pull(ref)
-        except (docker.errors.APIError, docker.errors.DockerException) as exc:
-            raise ImageUnavailable(
-                f"image {ref} is not on this Docker engine and pulling it failed: {_reason(exc)}",
-                hint="build or load the image first (docker build / docker load), or check the "
-                     "image name and the registry; nothing was changed") from None
+        with self._guard(f"pull image {ref}"):
+            try:
+                self.client.images.pull(ref)
+            except (docker.errors.APIError, docker.errors.DockerException) as exc:
+                raise ImageUnavailable(
+                    f"image {ref} is not on this Docker engine and pulling it failed: {_reason(exc)}",
+                    hint="build or load the image first (docker build / docker load), or check the "
+                         "image name and the registry; nothing was changed") from None
 
     def create_volume(self, name: str, labels: dict[str, str]) -> dict:
         self._mutate(f"create volume {name}")
@@ -255,12 +283,13 @@ class Engine:
     def start(self, container_id: str, name: str) -> None:
         self._mutate(f"start container {name}")
         try:
-            self.api.start(container_id)
-        except docker.errors.APIError as exc:
-            reason = _reason(exc)
+            with self._guard(f"start container {name}"):
+                self.api.start(container_id)
+        except DockerError as exc:
+            reason = exc.message.removeprefix(f"Docker refused to start container {name}: ")
             if "port is already allocated" in reason or "address already in use" in reason:
                 raise PortInUse(reason) from None
-            raise DockerError(f"Docker could not start container {name}: {reason}") from None
+            raise
 
     def stop(self, container_id: str, name: str, timeout: int = 60) -> None:
         self._mutate(f"stop container {name}")
@@ -269,11 +298,9 @@ class Engine:
     def remove_container(self, container_id: str, name: str) -> None:
         self._mutate(f"remove container {name}")
         try:
-            self.api.remove_container(container_id, force=True, v=False)
+            self._call(f"remove container {name}", lambda: self.api.remove_container(container_id, force=True, v=False))
         except docker.errors.NotFound:
             pass
-        except docker.errors.APIError as exc:
-            raise DockerError(f"Docker refused to remove container {name}: {_reason(exc)}") from None
 
     def rename(self, container_id: str, new_name: str) -> None:
         self._mutate(f"rename container to {new_name}")
@@ -296,8 +323,9 @@ class Engine:
         self._mutate(f"exec in {name}: {cmd[0]}")
         exec_id = self._call(f"run a command in {name}", lambda: self.api.exec_create(
             container_id, cmd, environment=env, stdout=True, stderr=True)["Id"])
-        chunks = self._call(f"run a command in {name}", lambda: self.api.exec_start(exec_id, stream=True, demux=True))
-        return chunks, lambda: self.api.exec_inspect(exec_id)["ExitCode"]
+        what = f"run a command in {name}"
+        chunks = self._call(what, lambda: self.api.exec_start(exec_id, stream=True, demux=True))
+        return self._stream(what, chunks), lambda: self._call(what, lambda: self.api.exec_inspect(exec_id)["ExitCode"])
 
     def put_file(self, container_id: str, name: str, directory: str, path, chunk: int = 1 << 20) -> None:
         """Copy a host file into a directory of a container, streamed as a tar archive built on

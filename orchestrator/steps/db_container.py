@@ -313,7 +313,12 @@ def diff_db_container(want: ContainerConfig, want_hash: str, obs: Observed, *, r
     data_version = obs.data_pg_version
     if data_version is None and same_volume:
         data_version = rec_obs.get("pg_version")
-    if data_version and major and data_version != major:
+    if data_version and major and data_version != major and obs.image is None:
+        # only the tag says so: the image may not exist at all, which apply's pull reports
+        d.notes.append(f"if image {spec.image} runs PostgreSQL {major}, as its tag suggests, it cannot open "
+                       f"the PostgreSQL {data_version} data directory in volume {spec.volume}: apply pulls "
+                       f"it, then refuses to start it")
+    elif data_version and major and data_version != major:
         d.problems.append(
             f"volume {spec.volume} holds a PostgreSQL {data_version} data directory but image "
             f"{spec.image} runs PostgreSQL {major}, which cannot open it. Keep an image of version "
@@ -544,7 +549,7 @@ class DbContainer(Resource):
             if "state" in fields:
                 self._start(cid)
                 done.append("started container")
-            self._wait_healthy(cid)
+            self._wait_healthy(cid, patient="state" not in fields)
         if "password" in fields:
             self._set_password()
             done.append("set the new password with ALTER ROLE")
@@ -636,7 +641,10 @@ class DbContainer(Resource):
             raise StepFailed(f"a host port of container {self.spec.container} is already in use: {exc}",
                              hint=f"free the port or publish another one (ports of step {self.step.name})") from None
 
-    def _wait_healthy(self, container_id: str) -> None:
+    def _wait_healthy(self, container_id: str, *, patient: bool = False) -> None:
+        """Until healthy, for at most ``wait``. A new container that turns unhealthy has failed;
+        one that ran before (``patient``) may be unhealthy for a while (paused, overloaded) and is
+        waited for to recover."""
         eng, spec = self.rc.engine, self.spec
         deadline = time.monotonic() + spec.wait
         announced = False
@@ -646,9 +654,10 @@ class DbContainer(Resource):
             health = (state.get("Health") or {}).get("Status")
             if state.get("Status") == "running" and health in ("healthy", None):
                 return
-            if state.get("Status") in ("exited", "dead") or health == "unhealthy" or time.monotonic() > deadline:
+            if (state.get("Status") in ("exited", "dead") or (health == "unhealthy" and not patient)
+                    or time.monotonic() > deadline):
                 why = (f"exited with code {state.get('ExitCode')}" if state.get("Status") in ("exited", "dead")
-                       else "is unhealthy" if health == "unhealthy"
+                       else "is unhealthy" if health == "unhealthy" and not patient
                        else f"was not healthy after {spec.wait:g}s")
                 logs = eng.logs(container_id, tail=20).rstrip()
                 raise StepFailed(f"container {spec.container} {why}; its last log lines:\n{logs or '(no output)'}",
@@ -678,7 +687,7 @@ class DbContainer(Resource):
 
     def settle(self, obs: Observed) -> None:
         if obs.running and obs.health not in ("healthy", None):
-            self._wait_healthy(obs.container["Id"])
+            self._wait_healthy(obs.container["Id"], patient=True)
 
     # record, outputs, destroy ----------------------------------------------------------------
 

@@ -25,7 +25,9 @@ from ..changes import Diff
 from ..copying.convert import row_hash_sql
 from ..copying.mapping import TablePlan, map_tables
 from ..copying.reflect import open_source, quote_sqlite, reflect_source, reflect_target
+from .. import dbconn
 from ..errors import OrchestrateError
+from ..fields import Duration
 from ..fields import Text
 from ..plan import Strict
 from .base import Resource, libpq_url
@@ -37,6 +39,9 @@ class VerifySpec(Strict):
     copy_step: Text | None = Field(None, description="the copy-data step whose tables to compare (default: the "
                                                     "nearest earlier one)")
     probe: bool = Field(True, description="write and read a row inside a transaction that is rolled back")
+    timeout: Duration = Field(dbconn.TIMEOUT, description="how long the database may stay silent (connecting, or "
+                                                          "during a check, however long the check) or a lock be "
+                                                          "waited for, before verify gives up")
 
 
 @dataclass
@@ -111,29 +116,37 @@ class Verify(Resource):
         obs = Observed()
         if self.rc.mode not in ("apply", "verify") or not self.rc.selected(self.step):
             return obs
-        import psycopg
         obs.ran = True
         started = time.monotonic()
+        self._container(obs)
         try:
-            pg = psycopg.connect(self.url, connect_timeout=5, autocommit=True)
-        except psycopg.OperationalError as exc:
-            obs.checks.append(Check("database", False, f"does not answer: {str(exc).strip().splitlines()[0]}"))
+            pg = dbconn.connect(self.url, what="verifying", timeout=self.spec.timeout, autocommit=True)
+        except OrchestrateError as exc:
+            obs.checks.insert(0, Check("database", False, exc.message))
+            obs.seconds = time.monotonic() - started
             return obs
         with pg:
-            # the source's temporary twin stays in memory (temp_buffers is set before first use)
-            pg.execute("SET temp_buffers = '512MB'")
-            pg.execute(STABLE_OUTPUT.format(local="SESSION"))
-            version = pg.execute("SHOW server_version").fetchone()[0]
-            obs.checks.append(Check("database", True, f"PostgreSQL {version} answers"))
-            self._container(obs)
+            with self._bounded(pg, "reading the server's version"):
+                # the source's temporary twin stays in memory (temp_buffers is set before first use)
+                pg.execute("SET temp_buffers = '512MB'")
+                pg.execute(f"SET lock_timeout = '{int(self.spec.timeout * 1000)}ms'")
+                pg.execute(STABLE_OUTPUT.format(local="SESSION"))
+                version = pg.execute("SHOW server_version").fetchone()[0]
+            obs.checks.insert(0, Check("database", True, f"PostgreSQL {version} answers"))
             self._schema(obs)
             tables = self._tables(obs, pg)
-            self._sequences(obs, pg, tables)
-            self._foreign_keys(obs, pg, tables)
-            if self.spec.probe:
-                self._probe(obs, pg)
+            with self._bounded(pg, "checking sequences, foreign keys and the write/read probe"):
+                self._sequences(obs, pg, tables)
+                self._foreign_keys(obs, pg, tables)
+                if self.spec.probe:
+                    self._probe(obs, pg)
         obs.seconds = time.monotonic() - started
         return obs
+
+    def _bounded(self, pg, what: str):
+        """Work on ``pg`` that ends with an error when the server stops answering (a paused
+        container) for the step's timeout, however long the work itself takes."""
+        return dbconn.bounded(pg, what=f"verifying: {what}", timeout=self.spec.timeout)
 
     def _container(self, obs: Observed) -> None:
         db = self.rc.earlier(self.step, "db-container")
@@ -142,9 +155,10 @@ class Verify(Resource):
         info = self.rc.engine.container(db.spec.container)
         state = (info or {}).get("State") or {}
         health = (state.get("Health") or {}).get("Status")
-        ok = state.get("Status") == "running" and health in ("healthy", None)
+        status = state.get("Status") or "missing"
+        ok = status == "running" and health in ("healthy", None)
         obs.checks.append(Check("container", ok, f"{db.spec.container} is "
-                                + (health or state.get("Status") or "missing")))
+                                + (health or status if status == "running" else status)))
 
     def _schema(self, obs: Observed) -> None:
         mig = self.rc.earlier(self.step, "migrate")
@@ -164,14 +178,17 @@ class Verify(Resource):
             return []
         spec = cp.spec
         with contextlib.closing(open_source(cp.source_path)) as src:
-            plans, problems, _ = map_tables(reflect_source(src), reflect_target(pg), tables=spec.tables,
+            with self._bounded(pg, "reading the tables"):
+                target = reflect_target(pg)
+            plans, problems, _ = map_tables(reflect_source(src), target, tables=spec.tables,
                                             exclude=spec.exclude, rename=spec.rename, columns=spec.columns,
                                             drop_columns=spec.drop_columns)
             if problems:
                 obs.checks.append(Check("mapping", False, "; ".join(problems)))
                 return []
             for p in plans:
-                obs.tables.append(self._compare(pg, src, cp, p, plans))
+                with self._bounded(pg, f"comparing table {p.target}"):
+                    obs.tables.append(self._compare(pg, src, cp, p, plans))
         return plans
 
     def _compare(self, pg, src: sqlite3.Connection, cp, p: TablePlan, plans: list[TablePlan]) -> TableResult:
