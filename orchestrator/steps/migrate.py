@@ -372,24 +372,30 @@ class Migrate(Resource):
         """Alembic's configuration in force as when ``alembic`` runs from the ini's folder (see
         :func:`app_imports`), the URL in sqlalchemy.url and DATABASE_URL, everything printed or
         logged captured into the yielded list of lines (shown with -v afterwards)."""
-        sink = _Lines()
         saved_url = os.environ.get("DATABASE_URL")
+        with self._captured() as lines:
+            cfg = self._config(**kw)
+            paths = [Path(os.path.normpath(self.ini.parent / p)) for p in cfg.get_prepend_sys_paths_list() or []]
+            cfg.set_main_option("prepend_sys_path", "")     # put on sys.path by app_imports, resolved
+            with app_imports(self.ini.parent, paths):
+                if url:
+                    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+                    os.environ["DATABASE_URL"] = url
+                try:
+                    yield cfg, lines
+                finally:
+                    if saved_url is None:
+                        os.environ.pop("DATABASE_URL", None)
+                    else:
+                        os.environ["DATABASE_URL"] = saved_url
+
+    @contextlib.contextmanager
+    def _captured(self) -> Iterator[list[str]]:
+        """What Alembic and SQLAlchemy log, warn or print meanwhile, as lines; shown with -v."""
+        sink = _Lines()
         try:
             with captured(sink):
-                cfg = self._config(**kw)
-                paths = [Path(os.path.normpath(self.ini.parent / p)) for p in cfg.get_prepend_sys_paths_list() or []]
-                cfg.set_main_option("prepend_sys_path", "")     # put on sys.path by app_imports, resolved
-                with app_imports(self.ini.parent, paths):
-                    if url:
-                        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-                        os.environ["DATABASE_URL"] = url
-                    try:
-                        yield cfg, sink.lines
-                    finally:
-                        if saved_url is None:
-                            os.environ.pop("DATABASE_URL", None)
-                        else:
-                            os.environ["DATABASE_URL"] = saved_url
+                yield sink.lines
         finally:
             for line in sink.close_lines():
                 self.rc.log(f"alembic: {line}")
@@ -487,7 +493,8 @@ class Migrate(Resource):
 
     def _current(self, conn) -> tuple[str, ...]:
         from alembic.runtime.migration import MigrationContext
-        return MigrationContext.configure(conn).get_current_heads()
+        with self._captured():
+            return MigrationContext.configure(conn).get_current_heads()
 
     def _now(self, script, conn, obs: Observed) -> Observed:
         """``obs`` with the database's current revision and the revisions between it and the target."""

@@ -29,8 +29,12 @@ def mig(**kw) -> MigObs:
      "DOWNGRADE: undoing r3 add index; r2 add column", "warnings"),
     (mig(current="r2", upgrade=[R3]), {"recorded": {"observed": {"revision": "r3"}}}, Action.UPDATE, ("r2", "r3"),
      "alembic was run (or stamped) by hand", "warnings"),
+    (mig(current=None, fresh=True, upgrade=[R1, R2, R3]), {"recorded": {"observed": {"revision": "r3"}}},
+     Action.UPDATE, ("(none)", "r3"), "the database is new (it has no alembic_version table", "notes"),
+    (mig(current=None, upgrade=[R1, R2, R3]), {"recorded": {"observed": {"revision": "r3"}}}, Action.UPDATE,
+     ("(none)", "r3"), "alembic was run (or stamped) by hand", "warnings"),
 ], ids=["at-target", "empty", "one-pending", "unreachable", "heads", "unknown", "downgrade-refused",
-        "downgrade-allowed", "drift"])
+        "downgrade-allowed", "drift", "new-database", "downgraded-to-base-by-hand"])
 def test_diff_migrate(obs, kw, action, field_change, words, kind):
     d = diff_migrate(obs, target=kw.get("target", obs.target or "base"), allow_downgrade=kw.get("allow_downgrade", False),
                      recorded=kw.get("recorded", {}))
@@ -39,8 +43,10 @@ def test_diff_migrate(obs, kw, action, field_change, words, kind):
         assert (d.changes[0].before, d.changes[0].after) == field_change
     if words:
         assert any(words in text for text in getattr(d, kind)), getattr(d, kind)
-    else:
-        assert not d.problems and not d.warnings
+    if kind != "warnings":
+        assert not d.warnings, d.warnings
+    if not words:
+        assert not d.problems
 
 
 def test_pending_revisions_are_data():
