@@ -22,6 +22,7 @@ import re
 import resource
 import signal
 import threading
+import time
 from typing import Any, Iterable
 
 import jinja2
@@ -64,6 +65,7 @@ MAX_RENDERED = 1024 * 1024          # characters one template may produce
 MAX_SECONDS = 1.0                   # time one template may take
 MAX_MEMORY = 256 * 1024 * 1024      # memory one template may take, beyond what the process holds
 MAX_POWER_BITS = 4096               # size of a number computed with **
+TOO_MUCH_TEXT = f"the template renders more than {MAX_RENDERED // 1024} KiB of text"
 
 
 class TemplateLimit(SecurityError):
@@ -83,21 +85,21 @@ def _limits():
     if getattr(_active, "on", False):       # a macro inside a template being rendered
         yield
         return
-    _active.on = True
     timer = threading.current_thread() is threading.main_thread()
-    if timer:
-        handler = signal.signal(signal.SIGALRM, _expired)
-        signal.setitimer(signal.ITIMER_REAL, MAX_SECONDS)
     limit = resource.getrlimit(resource.RLIMIT_AS)
+    handler, outer, started = signal.getsignal(signal.SIGALRM), (0.0, 0.0), time.monotonic()
     try:
-        with open("/proc/self/statm") as f:
-            cap = int(f.read().split()[0]) * resource.getpagesize() + MAX_MEMORY
-        if limit[0] == resource.RLIM_INFINITY or cap < limit[0]:
-            resource.setrlimit(resource.RLIMIT_AS, (cap, limit[1]) if limit[1] == resource.RLIM_INFINITY
-                               else (min(cap, limit[1]), limit[1]))
-    except (OSError, ValueError):           # no /proc: time bound only
-        pass
-    try:
+        _active.on = True
+        if timer:
+            signal.signal(signal.SIGALRM, _expired)
+            outer = signal.setitimer(signal.ITIMER_REAL, MAX_SECONDS)    # a caller's own alarm, if any
+        if os.path.exists("/proc/self/statm"):    # elsewhere (not Linux): the time bound only
+            with open("/proc/self/statm") as f:
+                cap = int(f.read().split()[0]) * resource.getpagesize() + MAX_MEMORY
+            if limit[1] != resource.RLIM_INFINITY:
+                cap = min(cap, limit[1])
+            if limit[0] == resource.RLIM_INFINITY or cap < limit[0]:
+                resource.setrlimit(resource.RLIMIT_AS, (cap, limit[1]))
         yield
     except MemoryError:
         raise TemplateLimit(f"the template needs more than {MAX_MEMORY // 2**20} MiB of memory") from None
@@ -105,6 +107,8 @@ def _limits():
         if timer:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, handler)
+            if outer[0]:
+                signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.monotonic() - started), 0.001), outer[1])
         resource.setrlimit(resource.RLIMIT_AS, limit)
         _active.on = False
 
@@ -116,7 +120,7 @@ def _concat(parts: Iterable[str]) -> str:
         for part in parts:
             size += len(part)
             if size > MAX_RENDERED:
-                raise TemplateLimit(f"the template renders more than {MAX_RENDERED // 1024} KiB of text")
+                raise TemplateLimit(TOO_MUCH_TEXT)
             out.append(part)
         return "".join(out)
 
@@ -210,7 +214,7 @@ def render_string(text: str, context: dict[str, Any]) -> Any:
         if isinstance(value, jinja2.Undefined):
             value._fail_with_undefined_error()
         if isinstance(value, str) and len(value) > MAX_RENDERED:
-            raise TemplateLimit(f"the template renders more than {MAX_RENDERED // 1024} KiB of text")
+            raise TemplateLimit(TOO_MUCH_TEXT)
         return value
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"undefined: {exc.message}",

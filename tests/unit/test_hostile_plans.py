@@ -272,3 +272,33 @@ def test_a_secret_file_must_be_a_regular_file(forked, tmp_path):
     os.mkfifo(tmp_path / "pw.fifo")
     path = write(tmp_path, PLAN.replace("{env: ORCH_TEST_PW}", "{file: pw.fifo}"))
     refused(forked("validate", path), path, "is not a regular file", 6, "secrets.pw.file")
+
+
+# --- what stays allowed, and what the bounds leave alone ----------------------------------------
+
+
+def test_values_at_the_bounds_are_valid(forked, tmp_path):
+    plan = PLAN.replace("volume: bad_data", "volume: " + "v" * 128).replace(
+        "password:", "user: " + "u" * 63 + "\n      database: " + "d" * 63 + "\n      password:")
+    path = write(tmp_path, plan + "      env: {BIG: \"" + "e" * 32 * 1024 + "\"}\n      wait: 3650d\n")
+    outcome = forked("validate", path, "-e", "name=" + "c" * 128)
+    assert outcome.code == 0, outcome.output
+    assert outcome.docker == []
+
+
+def test_a_template_keeps_the_callers_alarm():
+    from orchestrator.templating import render_string
+
+    def handler(signum, frame):
+        raise AssertionError("the caller's alarm fired")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 30)
+    try:
+        assert render_string("{{ 6 * 7 }}", {}) == 42
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert signal.getsignal(signal.SIGALRM) is handler
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert 20 < remaining <= 30
