@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from . import fields
 from . import secrets as secretlib
 from .errors import KeyedValueError, PlanError
-from .templating import Scope, render_tree
+from .templating import Scope, render_tree, start_run
 from .yamlsrc import Path_, SourceMap, format_key
 from .yamlsrc import load as load_yaml
 
@@ -391,6 +391,7 @@ class Context:
 
 
 def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -> Context:
+    start_run()
     values: dict[str, Any] = {}
     for key, default in plan.doc.vars.items():
         default = plan.file_vars.get(key, default)     # plan < variable files (in order) < -e

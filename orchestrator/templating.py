@@ -65,7 +65,9 @@ MAX_RENDERED = 1024 * 1024          # characters one template may produce
 MAX_SECONDS = 1.0                   # time one template may take
 MAX_MEMORY = 256 * 1024 * 1024      # memory one template may take, beyond what the process holds
 MAX_POWER_BITS = 4096               # size of a number computed with **
+MAX_TOTAL = 64 * 1024 * 1024        # what all the templates of one run may produce together
 TOO_MUCH_TEXT = f"the template renders more than {MAX_RENDERED // 1024} KiB of text"
+_spent = 0
 
 
 class TemplateLimit(SecurityError):
@@ -113,6 +115,24 @@ def _limits():
         _active.on = False
 
 
+def start_run() -> None:
+    """A new run (validate, plan, apply...) of a plan: its templates start with the whole of
+    :data:`MAX_TOTAL`, so many templates cannot add up to unbounded memory either."""
+    global _spent
+    _spent = 0
+
+
+def _spend(value: Any) -> None:
+    """Count a template's result (text by its length, a list or mapping by its entries)."""
+    global _spent
+    size = len(value) if isinstance(value, str) else 16 * len(value) if isinstance(value, (list, tuple, dict)) else 0
+    if size > MAX_RENDERED:
+        raise TemplateLimit(TOO_MUCH_TEXT)
+    _spent += size
+    if _spent > MAX_TOTAL:
+        raise TemplateLimit(f"the plan's templates render more than {MAX_TOTAL // 2**20} MiB in all")
+
+
 def _concat(parts: Iterable[str]) -> str:
     """What Jinja joins a template's output with: bounded in size, time and memory."""
     with _limits():
@@ -122,7 +142,9 @@ def _concat(parts: Iterable[str]) -> str:
             if size > MAX_RENDERED:
                 raise TemplateLimit(TOO_MUCH_TEXT)
             out.append(part)
-        return "".join(out)
+        text = "".join(out)
+        _spend(text)
+        return text
 
 
 def _too_big(operator: str, left: Any, right: Any) -> bool:
@@ -213,8 +235,7 @@ def render_string(text: str, context: dict[str, Any]) -> Any:
             value = _expression(single.group("expr"))(**context)
         if isinstance(value, jinja2.Undefined):
             value._fail_with_undefined_error()
-        if isinstance(value, str) and len(value) > MAX_RENDERED:
-            raise TemplateLimit(TOO_MUCH_TEXT)
+        _spend(value)
         return value
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"undefined: {exc.message}",

@@ -183,6 +183,8 @@ GENERATED = {
     "number_of_a_megabyte": (PLAN.replace("db_port: 5432", "db_port: 1" + ":1" * 500_000),
                              "a number of 1,000,001 characters", 3),
     "many_anchors": (PLAN + "".join(f"      x{i}: &a{i} 1\n" for i in range(10_000)), "YAML anchor &a0", 15),
+    "templates_adding_up": (PLAN.replace("  name: bad_pg\n", "  name: bad_pg\n  big: \"{{ 'x' * 1000000 }}\"\n" + "".join(
+        f"  copy{i}: \"{{{{ vars.big ~ {i} }}}}\"\n" for i in range(100))), "templates render more than 64 MiB in all", 72),
     "template_renders_2_mb": (PLAN + "      labels: {a: \"{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxxx{% endfor %}\"}\n",
                               "renders more than 1024 KiB", 15),
 }
