@@ -86,15 +86,16 @@ def _screen(text: str, file: str) -> None:
                     raise PlanError("a second YAML document ('---'): a plan or variable file is one document",
                                     file=file, line=line, hint="remove the '---' and what follows, or "
                                                                "put it in a file of its own")
-            elif isinstance(event, (yaml.AliasEvent, yaml.NodeEvent)) and event.anchor is not None:
+            elif isinstance(event, yaml.NodeEvent) and event.anchor is not None:   # aliases are node events
                 kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
-                raise PlanError(f"YAML {kind}{event.anchor} is not allowed: plans and variable files do not "
-                                f"use anchors and aliases", file=file, line=line,
+                raise PlanError(f"YAML {kind}{_short(event.anchor)[1:-1]} is not allowed: plans and variable "
+                                f"files do not use anchors and aliases", file=file, line=line,
                                 hint="write the value where it is used, or declare it once under 'vars' and "
                                      "use '{{ vars.NAME }}'")
-            if isinstance(event, yaml.NodeEvent) and event.tag not in (None, *PLAIN_TAGS):
-                raise PlanError(f"YAML tag {_short(event.tag.replace(_TAG, '!!'))} is not allowed: plans hold plain values "
-                                f"(text, numbers, true/false, lists and mappings)", file=file, line=line,
+            if isinstance(event, yaml.NodeEvent) and event.tag is not None and event.tag not in PLAIN_TAGS:
+                tag = _short(event.tag.replace(_TAG, "!!"))
+                raise PlanError(f"YAML tag {tag} is not allowed: plans hold plain values (text, numbers, "
+                                f"true/false, lists and mappings)", file=file, line=line,
                                 hint="remove the tag ('!!...'); quote the value if it is text")
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
