@@ -54,7 +54,8 @@ def cmd_validate(args, out: Output) -> int:
 
 def cmd_plan(args, out: Output) -> int:
     plan, _ = _load(args, out)
-    result = Executor(plan, "plan", log=out.debug, options={"sql": args.sql}).run()
+    result = Executor(plan, "plan", log=out.debug, progress=out.progress,
+                      options={"sql": args.sql, "preview": args.preview}).run()
     if args.json:
         out.json(plan_document(result, "plan"))
     else:
@@ -258,6 +259,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sql", action="store_true",
                    help="show the SQL that pending migrations would run (Alembic's offline mode)")
     p.add_argument("--out", metavar="FILE", help="save the plan; orchestrate apply FILE applies exactly it")
+    p.add_argument("--preview", action="store_true",
+                   help="run pending migrations into a throwaway database and check the copy against that "
+                        "schema (removed afterwards)")
     p.set_defaults(func=cmd_plan)
 
     p = with_plan(sub, "apply", "make the real state match the plan, changing only what differs")

@@ -56,16 +56,19 @@ def _abandoned(labels: dict | None) -> bool:
 
 def docker_cleanup(client, *, every_session: bool = False) -> None:
     """Remove what this session (or, at start, any earlier killed session) left behind."""
+    from docker.errors import NotFound
     flt = {"label": TEST_LABEL[0] if every_session else f"{TEST_LABEL[0]}={TEST_LABEL[1]}"}
-    for c in client.containers.list(all=True, filters=flt):
-        if _abandoned(c.labels):
-            c.remove(force=True)
-    for v in client.volumes.list(filters=flt):
-        if _abandoned(v.attrs.get("Labels")):
-            v.remove(force=True)
-    for n in client.networks.list(filters=flt):
-        if _abandoned(n.attrs.get("Labels")):
-            n.remove()
+    for kind, listed in (("container", lambda: client.containers.list(all=True, filters=flt, sparse=True)),
+                         ("volume", lambda: client.volumes.list(filters=flt)),
+                         ("network", lambda: client.networks.list(filters=flt))):
+        for obj in listed():
+            labels = obj.attrs.get("Labels") or {}
+            if not _abandoned(labels):
+                continue
+            try:     # another cleanup (a test's own, another session's) may have removed it meanwhile
+                obj.remove(force=True) if kind != "network" else obj.remove()
+            except NotFound:
+                pass
 
 
 @pytest.fixture(autouse=True)

@@ -198,7 +198,8 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
     details = {}
     if obs.after_apply:
         d.after_apply = True
-        d.notes.append(f"known after apply: {obs.after_apply}")
+        if not obs.tables:      # (a preview saw the tables)
+            d.notes.append(f"known after apply: {obs.after_apply}")
         for s_name, t, rows, same in obs.unknown:
             details[t] = {"source_table": s_name, "source_rows": rows, "target_rows": None,
                           "action": "ok" if same else "copy"}
@@ -213,7 +214,8 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
         details[t] = {"source_table": ts.plan.source, "source_rows": ts.source_rows,
                       "target_rows": ts.target_rows, "action": ts.action}
         if ts.action == "copy":
-            d.changes.append(Change(Action.CREATE, f"table {t}", f"{ts.target_rows or 0} rows",
+            before = "(known after apply)" if obs.after_apply else f"{ts.target_rows or 0} rows"
+            d.changes.append(Change(Action.CREATE, f"table {t}", before,
                                     f"{ts.source_rows} rows", ts.reason))
         elif ts.action == "reload":
             d.changes.append(Change(Action.RECREATE, f"table {t}", f"{ts.target_rows} rows",
@@ -341,7 +343,9 @@ class CopyData(Resource):
                 obs.after_apply = (f"{_steps(schema)} first, which migrates the target schema; "
                                    f"plan --preview shows the copy into that schema")
             try:
-                if obs.after_apply:
+                if obs.after_apply and self.rc.options.get("preview") and self.rc.mode == "plan":
+                    self._observe_preview(obs, src)
+                elif obs.after_apply:
                     self._observe_source(obs, src, rec)
                 else:
                     self._observe_tables(obs, src, pg, rec)
@@ -351,6 +355,19 @@ class CopyData(Resource):
         finally:
             src.close()
         return obs
+
+    def _observe_preview(self, obs: Observed, src: sqlite3.Connection) -> None:
+        """plan --preview: the whole check against the schema the migrations will make, in a
+        throwaway database (see orchestrator/preview.py)."""
+        import psycopg
+        from ..preview import preview_schema
+        with preview_schema(self.rc, self.step, self.url) as (url, where):
+            with psycopg.connect(url, connect_timeout=5, autocommit=True) as pg:
+                pg.execute(STABLE_OUTPUT.format(local="SESSION"))
+                self._server_version = pg.info.server_version
+                self._observe_tables(obs, src, pg, {})
+        obs.notes.append(f"preview: the migrations ran into {where}, removed since; every check above ran "
+                         f"against that schema")
 
     def _observe_source(self, obs: Observed, src: sqlite3.Connection, rec: dict) -> None:
         """The target cannot be seen yet: what is known from the source and the lockfile."""
@@ -867,7 +884,7 @@ class CopyData(Resource):
         # the live entry: checkpoints of this very run wrote digests and reports into it
         rec = ((self.rc.lock.step(self.step.name).get("observed") or {}).get("tables")) or {}
         tables = {}
-        for ts in obs.tables:
+        for ts in ([] if obs.after_apply else obs.tables):     # a preview's tables are thrown away
             prev = settled(rec.get(ts.plan.target) or {}, ts.checksum)
             entry = {"source_table": ts.plan.source, "source_rows": ts.source_rows, "rows": ts.target_rows,
                      "checksum": ts.checksum, "source_digest": prev.get("source_digest"), "file": prev.get("file")}
