@@ -106,8 +106,13 @@ def _owner_gone(value: str | None) -> bool:
     host, _, pid = value.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return False
+    return process_ended(int(pid))
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` of this machine has ended (another user's counts as running)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:

@@ -45,13 +45,8 @@ def _abandoned(labels: dict | None) -> bool:
     pid = value.split("-", 1)[0]
     if value == TEST_LABEL[1] or not pid.isdigit():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    from orchestrator.throwaway import process_ended
+    return process_ended(int(pid))
 
 
 def docker_cleanup(client, *, every_session: bool = False) -> None:
