@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -303,9 +304,36 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _LibraryLog(logging.Handler):
+    """Other libraries' log records and Python warnings (psycopg, SQLAlchemy, docker-py...) are
+    orchestrate's to tell: shown with -v, never printed on their own between its lines."""
+
+    def __init__(self, out: Output):
+        super().__init__(logging.DEBUG)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.out.debug(f"{record.name}: {record.getMessage().strip()}")
+        except Exception:     # a log line must never break a command
+            pass
+
+
 def main(argv: list[str] | None = None, stdout=None) -> int:
     args = parser().parse_args(argv)
     out = Output(stdout, verbose=args.verbose, quiet=args.quiet, color=False if args.no_color else None)
+    handler = _LibraryLog(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        return _run(args, out, stdout)
+    finally:
+        root.removeHandler(handler)
+        logging.captureWarnings(False)
+
+
+def _run(args, out: Output, stdout) -> int:
     try:
         return args.func(args, out)
     except OrchestrateError as exc:

@@ -81,3 +81,28 @@ def test_preview_finds_data_problems_before_anything_exists_and_leaves_nothing(r
         else:
             assert repo_copy.sql("SELECT datname FROM pg_database WHERE datname LIKE 'orchestrate_preview%'") == []
             assert repo_copy.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_the_server_stopped_in_the_middle_of_a_copy_is_one_error_and_the_next_apply_repairs(repo_copy, docker_client):
+    import os
+    import subprocess
+    import sys
+    import time
+    make_reference_db(repo_copy.root / "deployment_platform.db", 300000)
+    assert repo_copy.run("apply", "--only", "postgres", "--only", "schema")[0] == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTODEPLOY_DB_PASSWORD": repo_copy.password}
+    env.pop("AUTODEPLOY_DB_PASSWORD")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "apply", str(repo_copy.plan), *repo_copy.extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if repo_copy.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"deployment_logs\"%'")[0][0]:
+            break
+        time.sleep(0.05)
+    docker_client.containers.get(repo_copy.container).stop(timeout=5)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert out.count("error:") == 1 and "error ignored" not in out and "Traceback" not in out, out
+    code, out = repo_copy.run("apply")
+    assert code == 0, out
+    assert repo_copy.run("verify")[0] == 0
