@@ -44,6 +44,7 @@ RESTORE_DIR = "/tmp/orchestrate-restore"   # where a restore copies the dump ins
 # so silence this long means it is stuck; a restore is silent while it works, so it gets a time
 # that grows with the dump (ten times what a 1,000,000-row restore takes on a slow machine).
 DUMP_IDLE = 300.0
+LOCK_WAIT = "120s"   # pg_dump waits this long for a table that another session locks exclusively
 RESTORE_BASE, RESTORE_PER_MB = 600.0, 2.0
 
 
@@ -303,7 +304,7 @@ class Backup(Resource):
             with conn.transaction():
                 snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
                 cmd = ["pg_dump", "-U", db.spec.user, "-d", db.spec.db, "--no-password", f"--snapshot={snapshot}",
-                       f"--format={self.spec.format}"]
+                       f"--format={self.spec.format}", f"--lock-wait-timeout={LOCK_WAIT}"]
                 if self.spec.format == "plain":
                     cmd += ["--clean", "--if-exists"]
                 # the counts (and fingerprints) are taken in the very snapshot pg_dump reads, while
