@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import importlib
 import io
 import logging
 import os
@@ -281,7 +282,7 @@ def app_imports(folder: Path, paths: list[Path]) -> Iterator[None]:
     roots = [str(p) + os.sep for p in {folder, *paths}]
     os.chdir(folder)
     sys.path[:0] = [str(p) for p in paths]
-    importlib_invalidate()
+    importlib.invalidate_caches()    # files written since the last import (a new revision) are seen
     try:
         yield
     finally:
@@ -294,11 +295,6 @@ def app_imports(folder: Path, paths: list[Path]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def importlib_invalidate() -> None:
-    import importlib
-    importlib.invalidate_caches()    # files written since the last import (a new revision) are seen
-
-
 SCRIPT_NAMES = ("revision", "down_revision", "branch_labels", "depends_on")
 
 
@@ -309,7 +305,8 @@ def read_script(dir_, filename) -> types.ModuleType:
     module = types.ModuleType(re.sub(r"\W", "_", path.name))
     module.__doc__ = ast.get_docstring(tree)
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
         for name in (t.id for t in targets if isinstance(t, ast.Name) and t.id in SCRIPT_NAMES):
             try:
                 setattr(module, name, ast.literal_eval(node.value))
@@ -411,7 +408,7 @@ class Migrate(Resource):
                     _ = script.revision_map.heads       # loads every revision file, here
                 except CommandError as exc:
                     raise self._error("alembic_ini", f"cannot load the migrations: {exc}") from None
-                except Exception as exc:  # a revision file is application code
+                except (Exception, SystemExit) as exc:  # a revision file is application code
                     lines += "".join(traceback.format_exception(exc)).splitlines()
                     failure = failure_of(exc)
                     file = next((f for f, fn in failure.frames if fn == "<module>" and not f.startswith("<")),
@@ -595,7 +592,7 @@ class Migrate(Resource):
         with self._in_app(url, **({"output_buffer": buf} if sql else {})) as (cfg, lines):
             try:
                 getattr(command, verb)(cfg, target, sql=sql)
-            except Exception as exc:  # env.py and the migrations are application code
+            except (Exception, SystemExit) as exc:  # env.py and the migrations are application code
                 lines += "".join(traceback.format_exception(exc)).splitlines()   # for -v, as alembic prints it
                 raise AlembicFailed(failure_of(exc), lines) from None
         return buf.getvalue()

@@ -176,3 +176,29 @@ def test_a_new_database_after_destroy_volumes_is_no_hand_migration(app_plan):
     code, out = app_plan.run("apply")
     assert code == 0 and "by hand" not in out, out
     assert app_plan.revision() == HEAD
+
+
+def test_run_upgrade_migrates_another_database_by_the_same_path(app_plan):
+    """What plan --preview uses: the step's target in a database of its choosing, no lockfile."""
+    from orchestrator.errors import StepFailed
+    from orchestrator.executor import validate
+    from orchestrator.plan import load_plan
+    assert app_plan.run("apply", "--only", "postgres")[0] == 0
+    with app_plan.connect() as conn:
+        conn.execute("CREATE DATABASE preview")
+    lock_before = app_plan.lock.read_text()
+    [migrate] = [res for step, res in validate(load_plan(app_plan.path)) if step.type == "migrate"]
+    url = f"postgresql+psycopg://dbadmin:{app_plan.password}@127.0.0.1:{app_plan.port}/preview"
+    migrate.run_upgrade(url)
+    with app_plan.connect() as conn:
+        conn.execute("SET search_path TO public")
+        assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,), "appdb untouched"
+    import psycopg
+    with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=5) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (HEAD,)
+    assert app_plan.lock.read_text() == lock_before
+    app_plan.add_revision("d4d4d4d4d4d4", HEAD, "op.execute('SELECT 1/0')")
+    [migrate] = [res for step, res in validate(load_plan(app_plan.path)) if step.type == "migrate"]
+    with pytest.raises(StepFailed, match=f"migration d4d4d4d4d4d4 a later change failed: division by zero; "
+                                         f"the database stays at revision {HEAD}"):
+        migrate.run_upgrade(url)
