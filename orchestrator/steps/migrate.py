@@ -71,7 +71,7 @@ class MigrateSpec(Strict):
                                               "db-container step)")
     allow_downgrade: bool = Field(False, description="allow a target below the database's revision")
     lock_timeout: Duration = Field(300.0, description="how long to wait for another run's migration")
-    python: str | None = Field(None, min_length=1, description="the application's Python interpreter (a path "
+    python: NonEmptyText | None = Field(None, description="the application's Python interpreter (a path "
                                "relative to the plan root, or a command on PATH): Alembic runs there, as a "
                                "subprocess, instead of in orchestrate's own environment")
 
