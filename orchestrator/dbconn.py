@@ -19,7 +19,6 @@ Lock waits on a server that answers are bounded server-side (``SET lock_timeout`
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import threading
@@ -33,10 +32,6 @@ if TYPE_CHECKING:         # psycopg is imported when first used: it costs comman
 TIMEOUT = 30.0          # seconds a server may stay silent
 HINT = ("is the database's container paused or its host overloaded (docker ps shows '(Paused)')? "
         "docker unpause it, or wait until the server answers, and run again; nothing was changed")
-
-# psycopg logs its own failures to clean up after an error ("error ignored terminating
-# <psycopg.Copy [BAD]>"); the error itself is reported once, by the caller.
-logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 class NoAnswer(OrchestrateError):
