@@ -31,7 +31,7 @@ if TYPE_CHECKING:         # psycopg is imported when first used: it costs comman
 
 TIMEOUT = 30.0          # seconds a server may stay silent
 HINT = ("is the database's container paused or its host overloaded (docker ps shows '(Paused)')? "
-        "docker unpause it, or wait until the server answers, and run again; nothing was changed")
+        "docker unpause it, or wait until the server answers, and run again")
 
 
 class NoAnswer(OrchestrateError):
