@@ -31,9 +31,9 @@ import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .. import redact
 from ..changes import Action, Change, Diff
@@ -63,6 +63,16 @@ getattr(command, verb)(cfg, target, sql=bool(sql))
 """
 
 
+def _interpreter(value: str) -> str:
+    """A plan names a Python interpreter here, never any other command."""
+    if not re.fullmatch(r"(?:python|pypy)[0-9.]*", os.path.basename(value)):
+        raise ValueError(f"{value!r} is not a Python interpreter (python, python3.12, .venv/bin/python)")
+    return value
+
+
+Interpreter = Annotated[NonEmptyText, AfterValidator(_interpreter)]
+
+
 class MigrateSpec(Strict):
     alembic_ini: RelPath = Field("alembic.ini", description="the application's alembic.ini (relative to the plan root)")
     script_location: ScriptLocation | None = Field(None, description="overrides script_location of alembic.ini")
@@ -71,7 +81,7 @@ class MigrateSpec(Strict):
                                               "db-container step)")
     allow_downgrade: bool = Field(False, description="allow a target below the database's revision")
     lock_timeout: Duration = Field(300.0, description="how long to wait for another run's migration")
-    python: NonEmptyText | None = Field(None, description="the application's Python interpreter (a path "
+    python: Interpreter | None = Field(None, description="the application's Python interpreter (a path "
                                "relative to the plan root, or a command on PATH): Alembic runs there, as a "
                                "subprocess, instead of in orchestrate's own environment")
 

@@ -151,3 +151,15 @@ def test_revision_files_are_read_without_running_them(tmp_path):
     (tmp_path / "r3_x.py").write_text("revision = make_id()\n")
     with pytest.raises(SyntaxError, match="revision is not a literal"):
         read_script(tmp_path, "r3_x.py")
+
+
+@pytest.mark.parametrize("given,ok", [(".venv/bin/python", True), ("python3.12", True), ("pypy3", True),
+                                      ("sh", False), ("bin/bash", False), ("python; rm -rf x", False)])
+def test_python_names_an_interpreter_and_nothing_else(given, ok):
+    from pydantic import ValidationError
+    from orchestrator.steps.migrate import MigrateSpec
+    if ok:
+        assert MigrateSpec(python=given).python == given
+    else:
+        with pytest.raises(ValidationError, match="is not a Python interpreter"):
+            MigrateSpec(python=given)
