@@ -44,7 +44,8 @@ from ..copying.convert import (BOOL_WORDS, C_SPACE, ConvertError, TargetColumn, 
 from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target, source_problem)
-from ..errors import StepFailed, refusal
+from .. import dbconn
+from ..errors import OrchestrateError, StepFailed, refusal
 from ..fields import PgName, SqlitePath, Text
 from ..plan import Strict
 from .base import Resource, libpq_url
@@ -56,6 +57,7 @@ FINGERPRINT = "h2"
 STABLE_OUTPUT = ("SET {local} TimeZone = 'UTC'; SET {local} DateStyle = 'ISO, YMD'; "
                  "SET {local} IntervalStyle = 'postgres'; SET {local} extra_float_digits = 3; "
                  "SET {local} bytea_output = 'hex'")
+CONNECT_TIMEOUT = 10.0      # seconds; the server's silence during work is bounded by dbconn.bounded
 LINE = re.compile(r"COPY [^,]+, line (\d+)(?:, column ([^:]+))?")
 
 
@@ -280,9 +282,9 @@ class CopyData(Resource):
     def check(self) -> None:
         _ = self.url
 
-    def _connect(self):
-        import psycopg
-        conn = psycopg.connect(self.libpq_url, connect_timeout=5, autocommit=True)
+    def _connect(self, what: str):
+        """A bounded connection to the target (see orchestrator/dbconn.py)."""
+        conn = dbconn.connect(self.libpq_url, what=what, timeout=CONNECT_TIMEOUT, autocommit=True)
         conn.execute(STABLE_OUTPUT.format(local="SESSION"))
         self._server_version = conn.info.server_version
         return conn
@@ -329,11 +331,11 @@ class CopyData(Resource):
         try:
             pending = self.rc.pending_before(self.step, "db-container", "migrate")
             try:
-                pg = self._connect()
-            except psycopg.OperationalError as exc:
+                pg = self._connect("reading the target's tables")
+            except OrchestrateError as exc:
                 if self.rc.mode == "apply":
-                    raise StepFailed(f"cannot reach the target database: {str(exc).strip().splitlines()[0]}",
-                                     hint="check the db-container step (or the url)") from None
+                    raise StepFailed(f"cannot reach the target database: {exc.message}",
+                                     hint=exc.hint or "check the db-container step (or the url)") from None
                 obs.reachable = False
                 obs.after_apply = ("the target database is not reachable now"
                                    + (f"; {_steps(pending)} first" if pending else ""))
@@ -348,7 +350,8 @@ class CopyData(Resource):
                 elif obs.after_apply:
                     self._observe_source(obs, src, rec)
                 else:
-                    self._observe_tables(obs, src, pg, rec)
+                    with dbconn.bounded(pg, what="reading the target's tables"):
+                        self._observe_tables(obs, src, pg, rec)
             finally:
                 if pg is not None:
                     pg.close()
@@ -359,10 +362,9 @@ class CopyData(Resource):
     def _observe_preview(self, obs: Observed, src: sqlite3.Connection) -> None:
         """plan --preview: the whole check against the schema the migrations will make, in a
         throwaway database (see orchestrator/preview.py)."""
-        import psycopg
         from ..preview import preview_schema
         with preview_schema(self.rc, self.step, self.url) as (url, where):
-            with psycopg.connect(url, connect_timeout=5, autocommit=True) as pg:
+            with dbconn.connect(url, what="previewing the copy", timeout=CONNECT_TIMEOUT, autocommit=True) as pg:
                 pg.execute(STABLE_OUTPUT.format(local="SESSION"))
                 self._server_version = pg.info.server_version
                 self._observe_tables(obs, src, pg, {})
@@ -539,10 +541,11 @@ class CopyData(Resource):
         rec = self.recorded.get("observed") or {}
         started = time.monotonic()
         total = 0
-        with contextlib.closing(open_source(obs.source)) as src, self._connect() as pg:
+        with contextlib.closing(open_source(obs.source)) as src, self._connect("copying the source's rows") as pg:
             pg.autocommit = False
-            for unit in units:
-                total += self._load_unit(pg, src, unit, states, obs, rec)
+            with dbconn.bounded(pg, what="copying the source's rows"):
+                for unit in units:
+                    total += self._load_unit(pg, src, unit, states, obs, rec)
         said = f"copied {total:,} rows into {len(names)} table(s) ({_rate(total, time.monotonic() - started)})"
         for table, out in sorted(self._report.items()):
             for what in REPAIRS:
