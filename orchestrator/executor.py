@@ -13,7 +13,7 @@ from typing import Callable
 
 from . import leftovers, redact
 from .changes import Diff, StepReport
-from .errors import OrchestrateError, StepFailed
+from .errors import OrchestrateError, StepFailed, refusal
 from .lockfile import ApplyLock, Lockfile, digest
 from .plan import Plan, StepDecl, build_context, render_step, set_outputs
 from .secrets import SecretStore, secrets_path, stable_hash
@@ -152,7 +152,7 @@ class Executor:
             report.status = "skipped"
             return res.outputs(obs)
         if diff.problems:
-            raise StepFailed("; ".join(diff.problems))
+            raise refusal(diff.problems)
         expected = self.rc.options.get("expected")
         if expected is not None:
             unplanned = {(c.action.key, c.field) for c in diff.changes} - expected.get(step.name, set())
