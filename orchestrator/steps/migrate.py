@@ -485,23 +485,21 @@ class Migrate(Resource):
     # observe ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self, url: str, autocommit: bool = True) -> Iterator[Any]:
+    def _connect(self, url: str) -> Iterator[Any]:
+        """An autocommit connection; what Alembic and SQLAlchemy log or warn meanwhile is captured."""
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
         engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
-        try:
-            conn = engine.connect()
-            if autocommit:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            with conn:
-                yield conn
-        finally:
-            engine.dispose()
+        with self._captured():
+            try:
+                with engine.connect() as conn:
+                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            finally:
+                engine.dispose()
 
     def _current(self, conn) -> tuple[str, ...]:
         from alembic.runtime.migration import MigrationContext
-        with self._captured():
-            return MigrationContext.configure(conn).get_current_heads()
+        return MigrationContext.configure(conn).get_current_heads()
 
     def _now(self, script, conn, obs: Observed) -> Observed:
         """``obs`` with the database's current revision and the revisions between it and the target."""
