@@ -642,11 +642,15 @@ class Migrate(Resource):
                              hint="fix the migration and apply again: it is still pending") from None
 
     def _load_message(self, failure: Failure, file: str | None) -> str:
-        env_py = Path(self._location(self._config()) or self.ini.parent) / "env.py"
-        name = (f"the migration scripts in {self._shown(file)}" if file and Path(file).is_dir()
-                else f"the migration script {self._shown(file)}" if file else self._shown(env_py))
-        return (f"{name} could not be read: " if file and Path(file).is_dir() else f"{name} could not be loaded: "
-                f"{failure.kind + ': ' if failure.kind and failure.module is None else ''}{failure.text}")
+        """``file`` (env.py when None; a folder: the scripts in it) could not be loaded, and why."""
+        if file is None:
+            what = self._shown(Path(self._location(self._config()) or self.ini.parent) / "env.py") + " could not be loaded"
+        elif Path(file).is_dir():
+            what = f"the migration scripts in {self._shown(file)} could not be read"
+        else:
+            what = f"the migration script {self._shown(file)} could not be loaded"
+        kind = f"{failure.kind}: " if failure.kind and failure.module is None else ""
+        return f"{what}: {kind}{failure.text}"
 
     def _load_hint(self, failure: Failure, reading: bool = False) -> str:
         if failure.module is None:

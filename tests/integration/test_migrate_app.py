@@ -202,3 +202,23 @@ def test_run_upgrade_migrates_another_database_by_the_same_path(app_plan):
     with pytest.raises(StepFailed, match=f"migration d4d4d4d4d4d4 a later change failed: division by zero; "
                                          f"the database stays at revision {HEAD}"):
         migrate.run_upgrade(url)
+
+
+def test_a_revision_file_that_cannot_be_read_is_named_at_validate(app_plan, tmp_path):
+    app_plan.add_revision("e5e5e5e5e5e5", HEAD, "pass", head="import realapp_vendor")
+    code, out = app_plan.run("validate")
+    assert code == 1 and "Traceback" not in out, out
+    assert "alembic_ini: cannot read the migrations: the migration script " \
+           "realapp/alembic/versions/e5e5e5e5e5e5_later.py could not be loaded: No module named 'realapp_vendor'" in out
+    assert "or set python: to the application's interpreter" in out
+    # with python:, orchestrate reads the scripts without running them: the import is no matter,
+    # but an identifier it cannot read without running the file is named
+    make_venv(tmp_path / "ops" / "venv")
+    app_plan.path.write_text(app_plan.path.read_text() + "      python: ops/venv/bin/python\n")
+    assert app_plan.run("validate")[0] == 0
+    script = app_plan.app / "alembic" / "versions" / "e5e5e5e5e5e5_later.py"
+    script.write_text(script.read_text().replace('revision = "e5e5e5e5e5e5"', 'revision = "e5e5" + "e5e5e5e5"'))
+    code, out = app_plan.run("validate")
+    assert code == 1, out
+    assert "the migration script realapp/alembic/versions/e5e5e5e5e5e5_later.py could not be loaded: " \
+           "SyntaxError: revision is not a literal" in out, out
