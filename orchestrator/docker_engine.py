@@ -28,6 +28,7 @@ from .redact import redact
 # timeout; ``stop`` adds its own grace period). Streams (pg_dump, pulls) send bytes throughout, so
 # only a daemon that stopped answering trips it.
 TIMEOUT = 120
+BUILD_SILENCE = 600    # seconds a build step may run without printing a line
 
 
 class PortInUse(DockerError):
@@ -35,6 +36,10 @@ class PortInUse(DockerError):
 
 
 class ImageUnavailable(DockerError):
+    pass
+
+
+class BuildFailed(DockerError):
     pass
 
 
@@ -237,6 +242,30 @@ class Engine:
                     f"image {ref} is not on this Docker engine and pulling it failed: {_reason(exc)}",
                     hint="build or load the image first (docker build / docker load), or check the "
                          "image name and the registry; nothing was changed") from None
+
+    def build_image(self, context: str, dockerfile: str, tag: str, *, build_args: dict[str, str],
+                    target: str | None, labels: dict[str, str], tail: int = 15) -> str:
+        """Build with the legacy builder (docker-py sends the context as ``.dockerignore`` leaves
+        it), streaming each output line to the log; returns the image id. Docker tags only a
+        build that succeeded; a failed one raises :class:`BuildFailed` with its last ``tail``
+        lines, and its intermediate containers are removed (``forcerm``)."""
+        self._mutate(f"build image {tag}")
+        last: list[str] = []
+        image_id = None
+        chunks = self._call(f"build image {tag}", lambda: self.api.build(
+            path=context, dockerfile=dockerfile, tag=tag, buildargs=build_args, target=target,
+            labels=labels, rm=True, forcerm=True, decode=True, timeout=BUILD_SILENCE))
+        for chunk in self._stream(f"build image {tag}", chunks):
+            if "error" in chunk or "errorDetail" in chunk:
+                error = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message") or "failed"
+                lines = "\n".join(last[-tail:] + [redact(str(error).strip())])
+                raise BuildFailed(f"building image {tag} failed; its last lines:\n{lines}")
+            image_id = (chunk.get("aux") or {}).get("ID") or image_id
+            for line in str(chunk.get("stream") or chunk.get("status") or "").splitlines():
+                if line.strip():
+                    last = (last + [redact(line.rstrip())])[-tail:]
+                    self._log(f"build: {last[-1]}")
+        return image_id or (self.image(tag) or {}).get("Id", "")
 
     def create_volume(self, name: str, labels: dict[str, str]) -> dict:
         self._mutate(f"create volume {name}")

@@ -6,8 +6,10 @@ from .backup import Backup
 from .base import Resource
 from .copy_data import CopyData
 from .db_container import DbContainer
+from .image import ImageStep
 from .migrate import Migrate
 from .render import Render
 from .verify import Verify
 
-REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify, Backup)}
+REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify, Backup,
+                                                             ImageStep)}
