@@ -108,6 +108,7 @@ class Observed:
     downgrade: list[Rev] = field(default_factory=list)   # revisions to undo, in order
     sql: str | None = None                               # offline SQL of the upgrade (plan --sql)
     sql_error: str | None = None                         # why that SQL cannot be shown
+    after_apply: str | None = None                       # plan: why the database cannot be seen yet
 
 
 def _first_line(exc: BaseException) -> str:
@@ -124,7 +125,12 @@ def diff_migrate(obs: Observed, *, target: str, allow_downgrade: bool, recorded:
                           + ". Merge them (alembic merge heads) or name one as the step's target.")
         return d
     rec = (recorded.get("observed") or {}).get("revision")
-    if not obs.reachable:
+    if obs.after_apply:
+        d.after_apply = True
+        d.notes.append(f"known after apply: {obs.after_apply} (the database does not answer now: {obs.error}); "
+                       + (f"the last apply left it at {obs.current}" if obs.current else
+                          "a new database gets every revision up to the target"))
+    elif not obs.reachable:
         d.notes.append(f"the database is not reachable now ({obs.error}); if an earlier step of this "
                        f"plan creates it, every revision up to the target runs")
     elif obs.unknown_current:
@@ -529,6 +535,12 @@ class Migrate(Resource):
             if self.rc.mode == "apply":
                 raise StepFailed(f"cannot reach the database to migrate: {obs.error}",
                                  hint="check the db-container step (or the url) and that the server is up") from None
+            pending = self.rc.pending_before(self.step, "db-container")
+            if pending:
+                # what runs depends on the database the earlier step is about to start: the one
+                # the last apply left (recorded), or a new one
+                obs.after_apply = f"step {', '.join(pending)} changes the database server first"
+                obs.current = (self.recorded.get("observed") or {}).get("revision")
             self._walk(script, obs)
         if self.rc.options.get("sql") and obs.upgrade:
             self._offline_sql(obs)
