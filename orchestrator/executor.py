@@ -15,7 +15,7 @@ from . import leftovers, redact
 from .changes import Diff, StepReport
 from .errors import OrchestrateError, StepFailed, refusal
 from .lockfile import ApplyLock, Lockfile, digest
-from .plan import Plan, StepDecl, build_context, render_step, set_outputs
+from .plan import Plan, StepDecl, build_context, enabled, render_step, set_outputs
 from .secrets import SecretStore, secrets_path, stable_hash
 from .steps import REGISTRY
 from .steps.backup import owe
@@ -66,6 +66,9 @@ def validate(plan: Plan, *, checks: bool = True) -> list[tuple[StepDecl, Resourc
     rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
     out = []
     for step in plan.steps:
+        if not enabled(step, plan, ctx):
+            set_outputs(ctx, step, {})
+            continue
         res = REGISTRY[step.type](step, render_step(step, plan, ctx), rc)
         rc.resources[step.name] = res
         if checks:
@@ -98,6 +101,10 @@ class Executor:
         """Yield (step, resource) in plan order, each rendered with the outputs so far."""
         self.rc.context = ctx
         for step in self.plan.steps:
+            if not enabled(step, self.plan, ctx):
+                set_outputs(ctx, step, {})
+                yield step, None          # when: false
+                continue
             spec = render_step(step, self.plan, ctx)
             res = REGISTRY[step.type](step, spec, self.rc)
             for value in res.secret_inputs().values():
@@ -122,6 +129,10 @@ class Executor:
         for step, res in self._resources(ctx):
             report = StepReport(step.name, step.type, Diff())
             result.reports.append(report)
+            if res is None:
+                report.status, report.message = "skipped", "when: false"
+                self.on_step(report)
+                continue
             try:
                 outputs = self._step(step, res, report)
             except OrchestrateError as exc:
@@ -229,7 +240,8 @@ class Executor:
             ctx = self._ctx = build_context(self.plan, self.store, generate=False)
             self._clean_leftovers(ctx)
             for step, res in self._resources(ctx):
-                set_outputs(ctx, step, res.outputs(None))
+                if res is not None:
+                    set_outputs(ctx, step, res.outputs(None))
             return what(self, ctx)
 
     def _backup_before_destroy(self, ctx, resources) -> list[tuple[str, list[str]]]:
@@ -257,8 +269,9 @@ class Executor:
             self._clean_leftovers(ctx)
             resources = []
             for step, res in self._resources(ctx):
-                set_outputs(ctx, step, res.outputs(None))
-                resources.append((step, res))
+                if res is not None:
+                    set_outputs(ctx, step, res.outputs(None))
+                    resources.append((step, res))
             if volumes and not self.rc.options.get("no_backup"):
                 said += self._backup_before_destroy(ctx, resources)
             for step, res in reversed(resources):

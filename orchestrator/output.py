@@ -79,6 +79,10 @@ def print_plan(out: Output, result: RunResult) -> None:
     out.print()
     for r in result.reports:
         action = r.action
+        if r.status == "skipped":
+            skipped = out.c(f"{'skipped':<15}", "dim")
+            out.print(f"  {skipped} {_step_title(r, width)}  ({r.message})")
+            continue
         label = out.c(f"{action.label:<15}", ACTION_COLOUR[action])
         out.print(f"  {label} {_step_title(r, width)}")
         for ch in r.diff.changes:
@@ -140,7 +144,7 @@ def print_summary(out: Output, result: RunResult) -> None:
 def print_step_line(out: Output, r: StepReport, width: int = 0) -> None:
     status = out.c(f"{r.status + ':':<8}", STATUS_COLOUR.get(r.status, "bold"))
     line = f"{status} {_step_title(r, width)}"
-    if r.status in ("changed", "ok") and r.message:
+    if r.status in ("changed", "ok", "skipped") and r.message:
         line += f": {r.message}"
     if r.status == "failed":   # the reason follows once, as the run's error
         out.print(line, always=True)

@@ -75,6 +75,7 @@ class StepDecl:
     name: str
     type: str
     body: Any
+    when: Any = None          # a bool or a template giving one; false: the step is skipped
 
     @property
     def path(self) -> Path_:
@@ -284,7 +285,12 @@ def load_plan(path: str | Path, overrides: dict[str, str] | None = None,
             raise smap.error(where + ("name",), f"duplicate step name {name!r} (also step {seen[name]})",
                              hint="step names must be unique: later steps refer to them")
         seen[name] = i
-        kinds = [k for k in raw if k != "name"]
+        kinds = [k for k in raw if k not in ("name", "when")]
+        when = raw.get("when")
+        if "when" in raw and not isinstance(when, (bool, str)):
+            raise smap.error(where + ("when",), f"when must be true, false or a template giving one "
+                                                f"(got {_shown(when)})",
+                             hint='e.g. when: "{{ vars.with_pgadmin }}"')
         unknown = [k for k in kinds if k not in types]
         if unknown:
             raise smap.error(where + (unknown[0],),
@@ -298,7 +304,7 @@ def load_plan(path: str | Path, overrides: dict[str, str] | None = None,
         body = raw[kind]
         if body is None:
             body = {}
-        steps.append(StepDecl(i, name, kind, body))
+        steps.append(StepDecl(i, name, kind, body, when))
     plan = Plan(path=path, doc=doc, smap=smap, steps=steps)
     for key, source in doc.secrets.items():
         problem = source.file and plan.outside_root(source.file)
@@ -433,6 +439,20 @@ def render_step(step: StepDecl, plan: Plan, ctx: Context) -> BaseModel:
         raise pydantic_error(exc, plan.smap, step.path, cls.Spec) from None
 
 
+def enabled(step: StepDecl, plan: Plan, ctx: Context) -> bool:
+    """The step's ``when``, rendered with what templates see at this point of the run."""
+    if step.when is None or isinstance(step.when, bool):
+        return step.when is not False
+    path = ("steps", step.index, "when")
+    value = render_tree(step.when, ctx.as_dict(), path, plan.smap)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise plan.smap.error(path, f"when must give true or false, not {_shown(value)}",
+                              hint='compare explicitly, e.g. when: "{{ vars.env == \'dev\' }}"')
+    return value
+
+
 def set_outputs(ctx: Context, step: StepDecl, outputs: dict[str, Any]) -> None:
     ctx.steps[step.name] = Scope(f"steps.{step.name}", outputs)
     ctx.steps.later.discard(step.name)
@@ -473,6 +493,8 @@ def json_schema() -> dict[str, Any]:
         step_models.append(create_model(
             f"{cls.Spec.__name__}Step", __base__=Strict,
             name=(str, Field(pattern=NAME_RE, description="the step's unique name")),
+            when=(Union[bool, str, None], Field(None, description="false (or a template giving false): the step "
+                                                                 "is skipped")),
             **{attr: (cls.Spec, Field(alias=kind, description=cls.__doc__.strip().splitlines()[0]))}))
     model = create_model("Plan", __base__=PlanDocument,
                          steps=(list[Union[tuple(step_models)]], Field(min_length=1)))  # type: ignore[valid-type]
