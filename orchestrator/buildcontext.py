@@ -111,7 +111,7 @@ def scan(root: str, dockerfile: str, cache: Scan | None = None) -> Scan:
     at = time.time_ns()
     files: dict[str, str] = {}
     hashed = []
-    for path, st in sorted(_walk(root, PatternMatcher(patterns), old)):
+    for path, st in sorted(_walk(root, PatternMatcher(patterns), old), key=lambda item: item[0]):
         kind = _kind(st.st_mode)
         size = st.st_size if kind[0] == "f" else 0
         key = f"{zlib.crc32(f'{kind}:{size}:{st.st_mtime_ns}'.encode()):08x}"
@@ -122,10 +122,8 @@ def scan(root: str, dockerfile: str, cache: Scan | None = None) -> Scan:
         if kind[0] != "d":
             hashed.append(path)
         files[path] = key + _content_hash(os.path.join(root, path), st, kind)
-    h = hashlib.sha256()
-    for path, key in files.items():
-        h.update(f"{path}\0{key[STAT_CHARS:]}\n".encode(errors="surrogateescape"))
-    return Scan(files, "sha256:" + h.hexdigest(), rules, at, hashed)
+    table = "".join(f"{path}\0{key[STAT_CHARS:]}\n" for path, key in files.items())
+    return Scan(files, "sha256:" + hashlib.sha256(table.encode(errors="surrogateescape")).hexdigest(), rules, at, hashed)
 
 
 def encode(s: Scan) -> str:

@@ -246,11 +246,18 @@ class ImageStep(Resource):
 
     def record(self, obs: Observed) -> dict[str, Any]:
         """The build the image is from: its digest, the context's table (also the next scan's
-        cache), the build arguments and the base images' ids. While the image is not built from
-        the current sources (plan mode, a failed build), the last build's record is kept."""
-        if not obs.current:
-            return dict(self.recorded.get("observed") or {})
-        return {"digest": obs.want, "image_id": obs.image["Id"], "context": buildcontext.encode(obs.scan),
+        cache), the build arguments and the base images' ids. Read-only runs and an image not
+        built from the current sources (a pending or failed build) keep the last build's record
+        and update only the image's id, so ``status`` and saved plans see a change only when the
+        image changed; a converged apply keeps the table's line as it was unless a file's stat
+        changed (the lockfile is not rewritten by a no-op)."""
+        rec = dict(self.recorded.get("observed") or {})
+        if self.rc.read_only or not obs.current:
+            return {**rec, "image_id": (obs.image or {}).get("Id")} if rec or obs.image else {}
+        last = buildcontext.decode(rec.get("context"))
+        same = last is not None and last.files == obs.scan.files and not obs.scan.hashed
+        return {"digest": obs.want, "image_id": obs.image["Id"],
+                "context": rec["context"] if same else buildcontext.encode(obs.scan),
                 "files": len(obs.scan.files), "build_args": self.spec.build_args, "target": self.spec.target,
                 "labels": self.spec.labels, "dockerfile": os.path.normpath(self.spec.dockerfile),
                 "bases": obs.bases}

@@ -4,7 +4,9 @@ the test PostgreSQL image as a base)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import uuid
 
 import pytest
@@ -43,6 +45,9 @@ class ImagePlan:
         (root / "src/app.txt").write_text("version 1\n")
         (root / "src/notes.log").write_text("ignored 1\n")
         (root / "src/.dockerignore").write_text("*.log\n")
+        old = time.time() - 3600     # sources older than the cache's racy window, as a checkout's are
+        for path in (root / "src").rglob("*"):
+            os.utime(path, (old, old))
 
     def run(self, command: str, *extra: str) -> tuple[int, str]:
         return run_cli(command, self.path, *extra)
@@ -74,12 +79,19 @@ def test_build_once_then_nothing_changes(image_plan, docker_client, mutations):
     assert labels["orchestrate.build-digest"].startswith("sha256:") and labels["greeting"] == "hello"
     assert (p.root / "out/note.txt").read_text() == f"{p.tag} {image.id}\n"   # the outputs, for later steps
 
+    lock = p.path.with_suffix(".lock").read_text()
     mutations.calls.clear()
     code, out = p.run("apply")
     assert code == 0 and re.search(r"ok: +app_image \(image\): .* is up to date", out), out
     assert mutations.calls == [], f"a converged apply made mutating Docker calls: {mutations.calls}"
+    assert p.path.with_suffix(".lock").read_text() == lock, "a converged apply rewrote the lockfile"
     code, out = p.run("plan", "--detailed-exitcode")
     assert code == 0, out
+    assert p.run("status", "--detailed-exitcode")[0] == 0
+    saved = p.root / "plan.saved"
+    assert p.run("plan", "--out", saved)[0] == 0
+    code, out = run_cli("apply", saved)
+    assert code == 0 and "stale" not in out, out
     assert docker_client.images.get(p.tag).id == image.id
 
 
