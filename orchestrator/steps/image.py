@@ -208,8 +208,8 @@ class ImageStep(Resource):
             cache = buildcontext.decode((self.recorded.get("observed") or {}).get("context"))
             obs.scan = buildcontext.scan(self.context_dir, self.spec.dockerfile, cache)
         except OSError as exc:
-            obs.problem = (f"cannot read the build context {self.spec.context} or its Dockerfile "
-                           f"{self.dockerfile_path}: {exc.strerror or exc}")
+            where = os.path.relpath(exc.filename, self.rc.plan.base_dir) if exc.filename else self.spec.context
+            obs.problem = f"cannot read {where} (build context {self.spec.context}): {exc.strerror or exc}"
             return obs
         obs.bases, obs.base_lines = self._bases(obs.dockerfile)
         if None not in obs.bases.values():

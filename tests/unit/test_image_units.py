@@ -238,3 +238,16 @@ def test_a_label_holding_a_secret_value_is_refused(tmp_path, monkeypatch):
                                                                           "      build_args:"))
     code, out = run_cli("validate", plan)
     assert code == 1 and "image.labels.note: label note holds a secret" in out and "tok-123456" not in out
+
+
+def test_a_missing_dockerfile_or_one_outside_the_context_is_an_error_at_its_key(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    (tmp_path / "app").mkdir()
+    plan.write_text("name: imgpaths\nsteps:\n  - name: app_image\n    image:\n      context: app\n"
+                    "      dockerfile: docker/Dockerfile\n      tag: app:latest\n")
+    code, out = run_cli("validate", plan)
+    assert code == 1 and f"{plan}:6: steps[0].image.dockerfile: there is no file app/docker/Dockerfile" in out, out
+    plan.write_text(plan.read_text().replace("docker/Dockerfile", "../Dockerfile"))
+    code, out = run_cli("validate", plan)
+    assert code == 1 and "image.dockerfile: '../Dockerfile' is not inside the context 'app'" in out, out
+
