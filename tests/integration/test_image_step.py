@@ -159,3 +159,18 @@ def test_dockerfile_warnings_appear_in_the_plan_with_file_and_line(image_plan):
     assert code == 0, out
     assert "! src/docker/Dockerfile:3: CMD" in out and "not valid JSON" in out and "[sh,: not found" in out
     assert "! src/docker/Dockerfile:4: ENTRYPOINT is exec form, so no shell expands $PORT" in out
+
+
+def test_a_multi_stage_build_with_a_target(image_plan, docker_client):
+    p = image_plan("FROM scratch AS files\nCOPY app.txt /app.txt\nFROM scratch AS runtime\n"
+                   "COPY --from=files /app.txt /copied.txt\nLABEL stage=runtime\nFROM runtime AS debug\n"
+                   "LABEL stage=debug\n")
+    p.path.write_text(p.path.read_text().replace("      build_args:", "      target: runtime\n      build_args:"))
+    code, out = p.run("apply")
+    assert code == 0, out
+    assert docker_client.images.get(p.tag).labels["stage"] == "runtime"
+    assert p.run("plan", "--detailed-exitcode")[0] == 0
+    p.path.write_text(p.path.read_text().replace("target: runtime", "target: debug"))
+    code, out = p.run("plan")
+    assert "rebuild" in out and "target changed" in out, out
+    assert p.run("apply")[0] == 0 and docker_client.images.get(p.tag).labels["stage"] == "debug"

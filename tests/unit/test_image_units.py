@@ -230,6 +230,15 @@ def test_a_secret_in_a_build_arg_is_refused_with_file_line_and_key(tmp_path, mon
     assert "tok-123456" not in out
 
 
+def test_a_secret_too_short_to_mask_is_refused_by_its_template(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMG_TEST_TOKEN", "ab")       # not masked (too short), still a secret
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN.format(value='"{{ secrets.token }}"'))
+    code, out = run_cli("validate", plan)
+    assert code == 1 and "build_args.TOKEN: build argument TOKEN holds a secret" in out, out
+
+
 def test_a_label_holding_a_secret_value_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("IMG_TEST_TOKEN", "tok-123456")
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
