@@ -11,78 +11,14 @@
 set -euo pipefail
 
 TAG="${1:-${ORCHESTRATE_TEST_PG_IMAGE:-orchestrate-test/postgres:15}}"
-SUITE=bookworm
-MIRROR="${ORCHESTRATE_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+LOG_NAME=pg-image
 PG_MAJOR=15
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
-log() { printf '[pg-image] %s\n' "$*"; }
-die() { printf '[pg-image] error: %s\n' "$*" >&2; exit 1; }
-
-image_exists() { docker image inspect "$TAG" >/dev/null 2>&1; }
-
-# Fast path: this runs before every test session.
-if image_exists; then
-	log "image $TAG already exists; nothing to do"
-	exit 0
-fi
-
-[[ "$(id -u)" == 0 ]] || die "building $TAG needs root (debootstrap); run: sudo $0 $*"
-docker version >/dev/null 2>&1 || die "cannot reach the Docker engine (docker version failed)"
-
-# Serialise concurrent builds (e.g. two test sessions starting at once); the
-# second one waits, then finds the image and returns.
-exec 9>"/var/lock/orchestrate-test-pg-image.lock"
-if ! flock -n 9; then
-	log "another build is running; waiting for it"
-	flock 9
-fi
-if image_exists; then
-	log "image $TAG was built by a concurrent run; nothing to do"
-	exit 0
-fi
-
-start=$SECONDS
-log "building $TAG from Debian $SUITE ($MIRROR); this takes a few minutes"
-
-if ! command -v debootstrap >/dev/null; then
-	log "installing debootstrap"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-fi
-
-ROOTFS=""
-cleanup() {
-	local rc=$?
-	if [[ -n "$ROOTFS" && -d "$ROOTFS" ]]; then
-		# debootstrap mounts proc/sys (and in containers binds /dev) inside the
-		# target and may leave them behind when it fails: unmount anything under
-		# the rootfs, deepest first, and never let rm cross into another fs.
-		awk -v r="$ROOTFS/" 'index($2, r) == 1 { print $2 }' /proc/self/mounts \
-			| sort -r | while read -r m; do umount -l "$m" || true; done
-		rm -rf --one-file-system "$ROOTFS"
-		rm -f "$ROOTFS.log"
-	fi
-	((rc == 0)) || log "build FAILED (exit $rc)"
-}
-trap cleanup EXIT
-# Make Ctrl-C / kill run the EXIT trap too.
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-ROOTFS="$(mktemp -d /var/tmp/orchestrate-pg-rootfs.XXXXXX)"
-chmod 755 "$ROOTFS"   # becomes / of the image
-
-log "debootstrap --variant=minbase $SUITE + postgresql-$PG_MAJOR into $ROOTFS"
-if ! debootstrap --variant=minbase --include="postgresql-$PG_MAJOR" \
-	"$SUITE" "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1; then
-	tail -n 30 "$ROOTFS.log" >&2
-	if [[ -f "$ROOTFS/debootstrap/debootstrap.log" ]]; then
-		tail -n 30 "$ROOTFS/debootstrap/debootstrap.log" >&2
-	fi
-	die "debootstrap failed"
-fi
-log "debootstrap done after $((SECONDS - start)) s"
+begin_build "$@"
+make_rootfs "postgresql-$PG_MAJOR"
 
 # shellcheck disable=SC2016 # ${Version} is dpkg-query's, not ours
 pg_version="$(chroot "$ROOTFS" dpkg-query -W -f='${Version}' "postgresql-$PG_MAJOR")"
@@ -95,20 +31,6 @@ rm -rf "${ROOTFS:?}/var/lib/postgresql/$PG_MAJOR" "${ROOTFS:?}/etc/postgresql/$P
 	"${ROOTFS:?}"/var/log/postgresql/*
 sed -ri 's/^#?\s*(create_main_cluster)\s*=.*/\1 = false/' "$ROOTFS/etc/postgresql-common/createcluster.conf"
 
-# Deletes the files (not the directories) a package installed. dpkg's database
-# is left as is: the image never runs apt or dpkg.
-drop_package_files() {
-	local pkg f
-	for pkg; do
-		if ! chroot "$ROOTFS" dpkg-query -W "$pkg" >/dev/null 2>&1; then
-			log "  (package $pkg is not installed; skipped)"
-			continue
-		fi
-		while IFS= read -r f; do
-			if [[ -L "$ROOTFS$f" || -f "$ROOTFS$f" ]]; then rm -f "${ROOTFS:?}$f"; fi
-		done < <(chroot "$ROOTFS" dpkg-query -L "$pkg")
-	done
-}
 # LLVM (+ z3) is only for JIT, optional in PostgreSQL: without llvmjit.so the
 # server silently runs with JIT off, which is all a test needs (~130 MB).
 drop_package_files libllvm14 libz3-4
@@ -129,18 +51,11 @@ for link in "$ROOTFS"/usr/bin/*; do
 done
 # locale-gen's sources: C.UTF-8 is built into libc6 (/usr/lib/locale/C.utf8).
 drop_package_files locales
-# Docs, man pages, message catalogs.
-rm -rf "${ROOTFS:?}"/usr/share/doc/* "${ROOTFS:?}"/usr/share/man/* "${ROOTFS:?}"/usr/share/info/* \
-	"${ROOTFS:?}"/usr/share/locale/* "${ROOTFS:?}"/usr/share/lintian "${ROOTFS:?}/usr/share/postgresql/$PG_MAJOR/man"
-# apt/dpkg caches, package lists and logs.
-rm -rf "${ROOTFS:?}"/var/lib/apt/lists/* "${ROOTFS:?}"/var/cache/apt/* "${ROOTFS:?}"/var/cache/debconf/*-old \
-	"${ROOTFS:?}"/var/lib/dpkg/*-old "${ROOTFS:?}"/var/log/*.log "${ROOTFS:?}"/var/log/apt/*
+# Its man pages; then the docs, caches and logs of every package.
+rm -rf "${ROOTFS:?}/usr/share/postgresql/$PG_MAJOR/man"
 # The snakeoil key made by ssl-cert at install time is unused (ssl is off).
 rm -f "${ROOTFS:?}/etc/ssl/private/ssl-cert-snakeoil.key" "${ROOTFS:?}/etc/ssl/certs/ssl-cert-snakeoil.pem"
-# Docker provides these at run time; /dev gets its own tmpfs.
-rm -rf "${ROOTFS:?}"/dev/* "${ROOTFS:?}"/tmp/* "${ROOTFS:?}"/var/tmp/* "${ROOTFS:?}"/run/adduser
-: >"$ROOTFS/etc/resolv.conf"
-: >"$ROOTFS/etc/hostname"
+strip_rootfs
 
 log "installing the entrypoint and the data/socket directories"
 install -m 0755 "$HERE/docker-entrypoint.sh" "$ROOTFS/usr/local/bin/docker-entrypoint.sh"
@@ -162,7 +77,6 @@ for f in postgres psql pg_dump pg_isready; do
 done
 chroot "$ROOTFS" /usr/bin/psql --version >/dev/null || die "/usr/bin/psql does not run"
 
-log "importing the rootfs ($(du -sh --one-file-system "$ROOTFS" | cut -f1))"
 changes=(
 	"ENV PATH=/usr/lib/postgresql/$PG_MAJOR/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	"ENV PG_MAJOR=$PG_MAJOR"
@@ -175,11 +89,7 @@ changes=(
 	"LABEL org.opencontainers.image.title=orchestrate-test-postgres"
 	"LABEL org.opencontainers.image.version=$pg_version"
 )
-change_args=()
-for c in "${changes[@]}"; do change_args+=(--change "$c"); done
-rootfs_image="$(tar --numeric-owner -C "$ROOTFS" -cf - . \
-	| docker import "${change_args[@]}" \
-		--message "debootstrap $SUITE minbase + postgresql-$PG_MAJOR $pg_version" -)"
+rootfs_image="$(import_rootfs "debootstrap $SUITE minbase + postgresql-$PG_MAJOR $pg_version" "${changes[@]}")"
 
 # `docker import --change` rejects STOPSIGNAL ("stopsignal is not a valid
 # change command" on engine 20.10), so a one-line build on top adds it.
@@ -195,5 +105,4 @@ if ! out="$(printf 'FROM %s\nSTOPSIGNAL SIGINT\n' "$rootfs_image" \
 	die "docker build (STOPSIGNAL layer) failed"
 fi
 
-size="$(docker image inspect -f '{{.Size}}' "$TAG")"
-log "built $TAG ($((size / 1000000)) MB) in $((SECONDS - start)) s"
+end_build
