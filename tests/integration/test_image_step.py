@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
-from tests.conftest import SESSION, TEST_LABEL, run_cli
+from tests.conftest import ROOT, SESSION, TEST_LABEL, run_cli
 
 PLAN = """\
 name: {name}
@@ -174,3 +177,33 @@ def test_a_multi_stage_build_with_a_target(image_plan, docker_client):
     code, out = p.run("plan")
     assert "rebuild" in out and "target changed" in out, out
     assert p.run("apply")[0] == 0 and docker_client.images.get(p.tag).labels["stage"] == "debug"
+
+
+def test_kill_9_during_a_build_leaves_no_container_or_tag_and_the_next_apply_builds(image_plan, docker_client, pg_image):
+    p = image_plan(f'FROM {pg_image}\nARG GREETING\nRUN case "$GREETING" in slow) sleep 120;; esac; '
+                   f'echo "$GREETING" > /greeting\n')
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "apply", "-v", str(p.path), "-e", "greeting=slow"],
+                            cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        running = None
+        for line in proc.stdout:                      # the build's container runs the slow RUN
+            match = re.search(r"Running in ([0-9a-f]{12})", line)
+            if match:
+                running = match.group(1)
+                break
+        assert running, "the build never reached its RUN"
+        time.sleep(1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 60                       # Docker cancels the build: its container goes
+    while docker_client.containers.list(all=True, filters={"id": running}) and time.time() < deadline:
+        time.sleep(0.5)
+    assert docker_client.containers.list(all=True, filters={"id": running}) == []
+    assert docker_client.images.list(name=p.tag.rsplit(":", 1)[0]) == []
+
+    code, out = p.run("apply")
+    assert code == 0, out
+    assert p.run("plan", "--detailed-exitcode")[0] == 0
