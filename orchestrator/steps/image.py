@@ -241,8 +241,10 @@ class ImageStep(Resource):
         return f"{self.spec.tag} ({obs.image['Id'][7:19]}) is up to date" if obs.current else ""
 
     def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
-        """``id`` is empty until the image is built from these sources."""
-        return {"tag": self.spec.tag, "id": obs.image["Id"] if obs is not None and obs.current else ""}
+        """``id`` is the image's id once it is built from these sources; before (validate, or a
+        plan with the build pending: known after apply) it is the tag, a reference that still
+        names an image, and the step counts as pending for the steps after it."""
+        return {"tag": self.spec.tag, "id": obs.image["Id"] if obs is not None and obs.current else self.spec.tag}
 
     def record(self, obs: Observed) -> dict[str, Any]:
         """The build the image is from: its digest, the context's table (also the next scan's
