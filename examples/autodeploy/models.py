@@ -70,6 +70,7 @@ class DeploymentLog(Base):
 
 def make_session(url: str = DATABASE_URL):
     """An engine and session factory for ``url``, as the seed's database.py builds them."""
-    args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+    # a server that does not answer fails a connection within 5 s instead of hanging a request
+    args = {"check_same_thread": False} if url.startswith("sqlite") else {"connect_timeout": 5}
     engine = create_engine(url, connect_args=args, pool_pre_ping=True)
     return engine, sessionmaker(bind=engine, autoflush=False)
