@@ -370,7 +370,7 @@ FAILURES = [
      "CREATE TABLE t (id int PRIMARY KEY, name varchar(5))",
      "t: column name: 1 value(s) cannot be loaded, e.g. row id=3: a value of 8 characters is longer than character varying(5)"),
     ("invalid-utf8", "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO t VALUES (1, 'ok'), (2, CAST(x'61ff62' AS TEXT));",
-     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: column note: 1 value(s) cannot be loaded, e.g. row id=2: invalid UTF-8 at byte 1"),
+     "CREATE TABLE t (id int PRIMARY KEY, note text)", "t: row id=2: column note: invalid UTF-8 at byte 1"),
     ("impossible-date", "CREATE TABLE t (id INTEGER PRIMARY KEY, at DATETIME); INSERT INTO t VALUES (1, '2024-02-28 10:00:00'), (2, '2024-02-30 10:00:00');",
      "CREATE TABLE t (id int PRIMARY KEY, at timestamptz)",
      "t: column at: 1 value(s) cannot be loaded, e.g. row id=2: '2024-02-30 10:00:00' is not a timestamp (day is out of range for month)"),
