@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_IMAGE = os.environ.get("ORCHESTRATE_TEST_PG_IMAGE", "orchestrate-test/postgres:15")
+PYTHON_IMAGE = os.environ.get("ORCHESTRATE_TEST_PYTHON_IMAGE", "orchestrate-test/python:3.11")
 SESSION = uuid.uuid4().hex[:8]
 # the label's value names the test process: the start-up cleanup removes what killed sessions
 # left, never what a session still running beside this one (another shell, a CI rehearsal) uses
@@ -94,6 +95,13 @@ def pg_image(docker_client) -> str:
     """The PostgreSQL image; built from Debian's packages when missing (no registry here)."""
     subprocess.run(["bash", str(ROOT / "tests/images/postgres/build.sh"), PG_IMAGE], check=True)
     return PG_IMAGE
+
+
+@pytest.fixture(scope="session")
+def python_image(docker_client) -> str:
+    """The reference application's base image (python:3.11-slim's stand-in), built like pg_image."""
+    subprocess.run(["bash", str(ROOT / "tests/images/python/build.sh"), PYTHON_IMAGE], check=True)
+    return PYTHON_IMAGE
 
 
 class MutationRecorder:
@@ -179,7 +187,7 @@ def db_plan(tmp_path, pg_image, monkeypatch) -> DbPlan:
     return DbPlan(tmp_path, pg_image, monkeypatch)
 
 
-REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema")
+REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema", ".dockerignore")
 
 
 @pytest.fixture
