@@ -24,7 +24,7 @@ import stat
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from docker.utils.build import PatternMatcher, exclude_paths
 
@@ -32,6 +32,7 @@ CONTENT_CHARS = 12       # hex characters kept of a file's content hash (48 bits
 STAT_CHARS = 8           # hex characters of the CRC-32 of its (type, mode, size, mtime)
 RACY_NS = 2_000_000_000  # a cached hash is trusted only for files older than this at recording
 CHUNK = 1 << 20
+OVERLAP = 4096           # bytes of the block before that ``flag`` sees again
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Scan:
     patterns: str = ""               # digest of the ignore rules the walk used
     at: int = 0                      # time.time_ns() when the scan started
     hashed: list[str] = field(default_factory=list)   # paths whose content was read
+    flagged: list[str] = field(default_factory=list)  # read files in which ``flag`` found something
 
     def hashes(self) -> dict[str, str]:
         return {path: key[STAT_CHARS:] for path, key in self.files.items()}
@@ -83,15 +85,21 @@ def sent_paths(root: str, dockerfile: str) -> list[str]:
     return sorted(exclude_paths(os.path.abspath(root), ignore_patterns(root), dockerfile=os.path.normpath(dockerfile)))
 
 
-def _content_hash(full: str, st: os.stat_result, kind: str) -> str:
+def _content_hash(full: str, st: os.stat_result, kind: str, flag: Callable[[bytes], bool] | None) -> tuple[str, bool]:
+    """The content's short hash, and whether ``flag`` said yes to a block of it (each block is
+    given with the end of the one before, so a match across two blocks is found too)."""
     h = hashlib.sha256(kind.encode() + b"\0")
+    flagged = False
     if stat.S_ISLNK(st.st_mode):
         h.update(os.readlink(full).encode(errors="surrogateescape"))
     elif stat.S_ISREG(st.st_mode):
+        tail = b""
         with open(full, "rb") as fh:
             while block := fh.read(CHUNK):
                 h.update(block)
-    return h.hexdigest()[:CONTENT_CHARS]
+                flagged = flagged or bool(flag and flag(tail + block))
+                tail = block[-OVERLAP:]
+    return h.hexdigest()[:CONTENT_CHARS], flagged
 
 
 @functools.lru_cache(maxsize=256)
@@ -100,9 +108,10 @@ def _kind(mode: int) -> str:
     return f"{kind}{stat.S_IMODE(mode):o}"
 
 
-def scan(root: str, dockerfile: str, cache: Scan | None = None) -> Scan:
+def scan(root: str, dockerfile: str, cache: Scan | None = None, flag: Callable[[bytes], bool] | None = None) -> Scan:
     """The context's table and digest; ``cache`` (an earlier scan) spares reading the files whose
-    type, mode, size and mtime are unchanged, and matching the paths it sent against the rules."""
+    type, mode, size and mtime are unchanged, and matching the paths it sent against the rules.
+    ``flag`` sees the content of every file read (the image step looks for secrets)."""
     root = os.path.abspath(root)
     patterns = ignore_patterns(root) + [f"!{os.path.normpath(dockerfile)}"]   # as exclude_paths does
     rules = hashlib.sha256("\n".join(patterns).encode()).hexdigest()[:16]
@@ -110,7 +119,7 @@ def scan(root: str, dockerfile: str, cache: Scan | None = None) -> Scan:
     trusted_before = (cache.at if cache else 0) - RACY_NS
     at = time.time_ns()
     files: dict[str, str] = {}
-    hashed = []
+    hashed, flagged = [], []
     for path, st in sorted(_walk(root, PatternMatcher(patterns), old), key=lambda item: item[0]):
         kind = _kind(st.st_mode)
         size = st.st_size if kind[0] == "f" else 0
@@ -121,9 +130,13 @@ def scan(root: str, dockerfile: str, cache: Scan | None = None) -> Scan:
             continue
         if kind[0] != "d":
             hashed.append(path)
-        files[path] = key + _content_hash(os.path.join(root, path), st, kind)
+        content, found = _content_hash(os.path.join(root, path), st, kind, flag)
+        if found:
+            flagged.append(path)
+        files[path] = key + content
     table = "".join(f"{path}\0{key[STAT_CHARS:]}\n" for path, key in files.items())
-    return Scan(files, "sha256:" + hashlib.sha256(table.encode(errors="surrogateescape")).hexdigest(), rules, at, hashed)
+    return Scan(files, "sha256:" + hashlib.sha256(table.encode(errors="surrogateescape")).hexdigest(), rules, at,
+                hashed, flagged)
 
 
 def encode(s: Scan) -> str:

@@ -11,7 +11,8 @@ arguments, or a base image. Builds use docker-py's legacy builder; output stream
 
 No secret may reach an image: build arguments are visible in ``docker history`` and labels in
 ``docker inspect``, so a ``{{ secrets.* }}`` value (or any value holding a secret) is refused at
-validation.
+validation; a file of the context holding one of the plan's secrets (a rendered ``.env`` not in
+``.dockerignore``) stops plan and apply.
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ def diff_image(obs: Observed, spec: ImageSpec, recorded: dict, dockerfile_path: 
     if obs.problem:
         d.problems.append(obs.problem)
         return d
+    if obs.scan.flagged:
+        d.problems.append(
+            f"the build context {spec.context} holds a secret of this plan in {_first(obs.scan.flagged)}: the "
+            f"build would send it to Docker and a COPY would put it in the image's layers. Add "
+            f"{'it' if len(obs.scan.flagged) == 1 else 'them'} to {os.path.join(spec.context, '.dockerignore')}")
     d.warnings += dockerfile.lint(obs.dockerfile, dockerfile_path)
     for ref, image_id in obs.bases.items():
         if image_id is None:
@@ -206,7 +212,8 @@ class ImageStep(Resource):
             with open(os.path.join(self.context_dir, self.spec.dockerfile), encoding="utf-8", errors="replace") as fh:
                 obs.dockerfile = fh.read()
             cache = buildcontext.decode((self.recorded.get("observed") or {}).get("context"))
-            obs.scan = buildcontext.scan(self.context_dir, self.spec.dockerfile, cache)
+            obs.scan = buildcontext.scan(self.context_dir, self.spec.dockerfile, cache,
+                                         flag=lambda data: bool(secrets_in(data.decode("utf-8", "replace"))))
         except OSError as exc:
             where = os.path.relpath(exc.filename, self.rc.plan.base_dir) if exc.filename else self.spec.context
             obs.problem = f"cannot read {where} (build context {self.spec.context}): {exc.strerror or exc}"

@@ -207,3 +207,19 @@ def test_kill_9_during_a_build_leaves_no_container_or_tag_and_the_next_apply_bui
     code, out = p.run("apply")
     assert code == 0, out
     assert p.run("plan", "--detailed-exitcode")[0] == 0
+
+
+def test_a_context_file_holding_a_secret_stops_plan_and_apply(image_plan, docker_client, monkeypatch):
+    p = image_plan()
+    monkeypatch.setenv("IMG_TEST_DB_PW", "Pw-in-a-rendered-env-file")
+    p.path.write_text(p.path.read_text().replace("vars:\n", "secrets:\n  pw: {env: IMG_TEST_DB_PW}\nvars:\n"))
+    (p.root / "src/.env").write_text("DATABASE_URL=postgresql://app:Pw-in-a-rendered-env-file@db/app\n")
+    for command in ("plan", "apply"):
+        code, out = p.run(command)
+        assert code == 1, out
+        assert "the build context src holds a secret of this plan in .env" in out and "src/.dockerignore" in out
+        assert "Pw-in-a-rendered-env-file" not in out
+    assert docker_client.images.list(name=p.tag.rsplit(":", 1)[0]) == []
+    (p.root / "src/.dockerignore").write_text("*.log\n.env\n")
+    code, out = p.run("apply")
+    assert code == 0, out

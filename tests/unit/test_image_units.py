@@ -130,6 +130,13 @@ def test_the_cache_reads_only_changed_files_and_the_changes_are_named(tmp_path):
         "app/main.py (changed)", "app/new.py (added)", "docs/readme.md (removed)", "secret.env (changed)"]
 
 
+def test_flag_sees_every_file_read_across_its_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(buildcontext, "CHUNK", 64)
+    make_tree(tmp_path, {**TREE, "app/.env": "x" * 60 + "PW=s3cret-pw\n"})
+    found = buildcontext.scan(str(tmp_path), "Dockerfile", flag=lambda data: b"s3cret-pw" in data)
+    assert found.flagged == ["app/.env"]                     # split over two 64-byte blocks
+
+
 def test_a_file_written_within_the_racy_window_is_read_again(tmp_path):
     make_tree(tmp_path, TREE, age=0)
     first = buildcontext.scan(str(tmp_path), "Dockerfile")
