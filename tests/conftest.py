@@ -183,15 +183,35 @@ class DbPlan:
 
 
 @pytest.fixture
-def db_plan(tmp_path, pg_image, monkeypatch) -> DbPlan:
-    return DbPlan(tmp_path, pg_image, monkeypatch)
+def db_plan(tmp_path, pg_image, docker_client, monkeypatch) -> DbPlan:
+    plan = DbPlan(tmp_path, pg_image, monkeypatch)
+    yield plan
+    remove_named(docker_client, plan.name)
+
+
+def remove_named(client, prefix: str) -> None:
+    """After a test: its containers, volumes and networks (names starting with its unique
+    prefix, labelled as this session's), so that dozens of idle servers do not pile up over a
+    session and slow every later test."""
+    from docker.errors import APIError, NotFound
+    flt = {"label": f"{TEST_LABEL[0]}={TEST_LABEL[1]}"}
+    for kind, listed in (("container", lambda: client.containers.list(all=True, filters=flt, sparse=True)),
+                         ("volume", lambda: client.volumes.list(filters=flt)),
+                         ("network", lambda: client.networks.list(filters=flt))):
+        for obj in listed():
+            name = (obj.attrs.get("Names") or [obj.attrs.get("Name") or ""])[0].lstrip("/")
+            if name.startswith(prefix):
+                try:
+                    obj.remove(force=True) if kind != "network" else obj.remove()
+                except (NotFound, APIError):
+                    pass
 
 
 REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema", ".dockerignore")
 
 
 @pytest.fixture
-def repo_copy(tmp_path, pg_image, monkeypatch):
+def repo_copy(tmp_path, pg_image, docker_client, monkeypatch):
     """The repository's plans, templates, migrations and example application in a temp dir, and
     the -e arguments that give the phase-1 plan its own container, volume and port there."""
     import shutil
@@ -208,7 +228,8 @@ def repo_copy(tmp_path, pg_image, monkeypatch):
     port = free_port()
     extra = ["-e", f"pg_image={pg_image}", "-e", f"db_port={port}",
              "-e", f"container_name={name}-pg", "-e", f"volume_name={name}-data"]
-    return RepoCopy(root, extra, port, f"{name}-pg")
+    yield RepoCopy(root, extra, port, f"{name}-pg")
+    remove_named(docker_client, name)
 
 
 class RepoCopy:
