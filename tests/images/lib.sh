@@ -74,7 +74,7 @@ make_rootfs() {
 	ROOTFS="$(mktemp -d "/var/tmp/orchestrate-$LOG_NAME-rootfs.XXXXXX")"
 	chmod 755 "$ROOTFS"   # becomes / of the image
 	log "debootstrap --variant=minbase $SUITE + $1 into $ROOTFS"
-	# dpkg need not fsync every file of a throwaway rootfs (about a third of debootstrap's time).
+	# dpkg need not fsync every file of a throwaway rootfs (~10 s less of ~70 s for the Python image).
 	mkdir -p "$ROOTFS/etc/dpkg/dpkg.cfg.d"
 	echo force-unsafe-io >"$ROOTFS/etc/dpkg/dpkg.cfg.d/orchestrate-unsafe-io"
 	if ! debootstrap --variant=minbase --include="$1" "$SUITE" "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1; then
