@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from . import __version__, redact
 from .errors import OrchestrateError, PlanError

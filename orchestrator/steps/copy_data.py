@@ -326,7 +326,6 @@ class CopyData(Resource):
                               f"uncorrupted SQLite database? sqlite3 FILE 'PRAGMA integrity_check' tells)") from None
 
     def _observe_source_and_target(self, obs: Observed, rec: dict) -> Observed:
-        import psycopg
         src = open_source(obs.source)
         try:
             pending = self.rc.pending_before(self.step, "db-container", "migrate")
@@ -538,14 +537,13 @@ class CopyData(Resource):
         units = load_units(plans)
         if self.spec.transaction == "single":
             units = [[p for unit in units for p in unit]]
-        rec = self.recorded.get("observed") or {}
         started = time.monotonic()
         total = 0
         with contextlib.closing(open_source(obs.source)) as src, self._connect("copying the source's rows") as pg:
             pg.autocommit = False
             with dbconn.bounded(pg, what="copying the source's rows"):
                 for unit in units:
-                    total += self._load_unit(pg, src, unit, states, obs, rec)
+                    total += self._load_unit(pg, src, unit, states, obs)
         said = f"copied {total:,} rows into {len(names)} table(s) ({_rate(total, time.monotonic() - started)})"
         for table, out in sorted(self._report.items()):
             for what in REPAIRS:
@@ -574,7 +572,7 @@ class CopyData(Resource):
         self.update_observed(source=self.source_name, tables={**known, **tables})
 
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
-                   obs: Observed, rec: dict) -> int:
+                   obs: Observed) -> int:
         from psycopg import sql
         q = lambda name: sql.Identifier(name).as_string(pg)  # noqa: E731
         rows = 0
