@@ -90,7 +90,7 @@ def test_the_context_holds_only_what_the_image_needs():
 class Stack:
     """The app image built for this module, PostgreSQL on a network as `postgres`, the app."""
 
-    def __init__(self, client, python_image: str, pg_image: str, tmp):
+    def __init__(self, client):
         self.client = client
         self.name = f"t{SESSION}-{uuid.uuid4().hex[:6]}"
         self.tag = f"orchestrate-test/autodeploy-app:{self.name}"
@@ -99,6 +99,8 @@ class Stack:
         self.internal_url = f"postgresql+psycopg://dbadmin:{self.password}@postgres:5432/autodeploy"
         self.pg_port, self.app_port = free_port(), free_port()
         self.containers, self.network, self.volume = [], None, None
+
+    def start(self, python_image: str, pg_image: str, tmp) -> None:
         self.build(python_image, tmp)
         self.start_postgres(pg_image)
         self.migrate()
@@ -176,13 +178,12 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(docker_client, python_image, pg_image, tmp_path_factory):
-    stack = None
+    stack = Stack(docker_client)
     try:
-        stack = Stack(docker_client, python_image, pg_image, tmp_path_factory.mktemp("app-image"))
+        stack.start(python_image, pg_image, tmp_path_factory.mktemp("app-image"))
         yield stack
     finally:
-        if stack is not None:
-            stack.close()
+        stack.close()
 
 
 def test_migrations_ran_as_a_job_in_the_app_image(stack):
