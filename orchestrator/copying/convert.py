@@ -83,6 +83,11 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def has_nul(value: Any) -> bool:
+    """Text (as str or as SQLite's bytes) holding a NUL, which PostgreSQL's text cannot."""
+    return isinstance(value, (str, bytes)) and ("\x00" if isinstance(value, str) else b"\x00") in value
+
+
 def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False,
                    server_version: int = 140000) -> Callable[[Any], Any]:
     """One function value -> value for the column (None passes through; NOT NULL is the

@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .convert import FALSE, INT_RANGE, TRUE, ConvertError, TargetColumn
+from .convert import FALSE, INT_RANGE, TRUE, ConvertError, TargetColumn, has_nul
 from .mapping import TablePlan
 from .reflect import quote_sqlite
 
@@ -138,6 +138,6 @@ def scan(raw: sqlite3.Connection, p: TablePlan, converters: list[Callable], *, k
                     text = str(exc)
                     note(tcol.name, text.split("'")[0][:40], text, row)
                     continue
-                if tcol.kind == "text" and b"\x00" in (v if isinstance(v, bytes) else str(v).encode()):
+                if tcol.kind == "text" and has_nul(v):
                     note(tcol.name, "had NUL bytes stripped (strip_nul: true)", "", row, repair=True)
     return list(found.values())

@@ -39,8 +39,8 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from ..changes import Action, Change, Diff
 from ..copying import preflight
-from ..copying.convert import (BOOL_WORDS, C_SPACE, ConvertError, TargetColumn, make_converter, row_hash_sql,
-                               show_value)
+from ..copying.convert import (BOOL_WORDS, C_SPACE, ConvertError, TargetColumn, has_nul, make_converter,
+                               row_hash_sql, show_value)
 from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target, source_problem)
@@ -282,9 +282,9 @@ class CopyData(Resource):
     def check(self) -> None:
         _ = self.url
 
-    def _connect(self, what: str):
-        """A bounded connection to the target (see orchestrator/dbconn.py)."""
-        conn = dbconn.connect(self.libpq_url, what=what, timeout=CONNECT_TIMEOUT, autocommit=True)
+    def _connect(self, what: str, url: str | None = None):
+        """A bounded connection to the target, or to ``url`` (see orchestrator/dbconn.py)."""
+        conn = dbconn.connect(url or self.libpq_url, what=what, timeout=CONNECT_TIMEOUT, autocommit=True)
         conn.execute(STABLE_OUTPUT.format(local="SESSION"))
         self._server_version = conn.info.server_version
         return conn
@@ -363,26 +363,31 @@ class CopyData(Resource):
         throwaway database (see orchestrator/preview.py)."""
         from ..preview import preview_schema
         with preview_schema(self.rc, self.step, self.url) as (url, where):
-            with dbconn.connect(url, what="previewing the copy", timeout=CONNECT_TIMEOUT, autocommit=True) as pg:
-                pg.execute(STABLE_OUTPUT.format(local="SESSION"))
-                self._server_version = pg.info.server_version
+            with self._connect("previewing the copy", url) as pg:
                 self._observe_tables(obs, src, pg, {})
         obs.notes.append(f"preview: the migrations ran into {where}, removed since; every check above ran "
                          f"against that schema")
 
     def _observe_source(self, obs: Observed, src: sqlite3.Connection, rec: dict) -> None:
         """The target cannot be seen yet: what is known from the source and the lockfile."""
-        rec_tables = rec.get("tables") or {}
-        same_source = rec.get("source") == self.source_name
         source = reflect_source(src)
         selected = selected_tables(source, tables=self.spec.tables, exclude=self.spec.exclude, rename=self.spec.rename)
         obs.problems += self._nothing_selected(source, selected)
         for s_name, t_name in selected:
             rows = src.execute(f"SELECT count(*) FROM {quote_sqlite(s_name)}").fetchone()[0]
-            entry = rec_tables.get(t_name) or {}
-            same = same_source and entry.get("file", rec.get("fingerprint")) == obs.fingerprint \
-                and "committing" not in entry
+            entry = self._table_record(rec, t_name)
+            same = entry.get("file") == obs.fingerprint and "committing" not in entry
             obs.unknown.append((s_name, t_name, rows, same))
+
+    def _table_record(self, rec: dict, target: str) -> dict:
+        """What the last copy recorded of a table, with the source file it was loaded from (none
+        when the step's source is another file now)."""
+        entry = dict((rec.get("tables") or {}).get(target) or {})
+        if "file" not in entry and rec.get("fingerprint"):     # recorded before per-table fingerprints
+            entry["file"] = rec["fingerprint"]
+        if rec.get("source") != self.source_name:
+            entry.pop("file", None)
+        return entry
 
     def _nothing_selected(self, source: dict, selected: list) -> list[str]:
         if not source:
@@ -404,19 +409,13 @@ class CopyData(Resource):
         for t in target.values():
             for fk in t.foreign_keys:
                 obs.incoming.setdefault(fk.ref_table, []).append(fk)
-        rec_tables = rec.get("tables") or {}
-        same_source = rec.get("source") == self.source_name
         for p in plans:
             ts = TableState(p, src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)}").fetchone()[0])
             if p.target in self._loaded:
                 ts.target_rows, ts.checksum = self._loaded[p.target]
             else:
                 ts.target_rows, ts.checksum = self._target_checksum(pg, p)
-            r = dict(rec_tables.get(p.target) or {})
-            if "file" not in r and rec.get("fingerprint"):     # recorded before per-table fingerprints
-                r["file"] = rec["fingerprint"]
-            if not same_source:
-                r.pop("file", None)
+            r = self._table_record(rec, p.target)
             now = settled(r, ts.checksum)
             if ts.target_rows and now.get("file") != obs.fingerprint and now.get("checksum") == ts.checksum:
                 ts.digest = self._source_digest(src, p)
@@ -564,12 +563,16 @@ class CopyData(Resource):
             raise StepFailed(f"if_missing ({' '.join(cmd)}) did not create {self.source_path} "
                              f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
 
+    @property
+    def _live_tables(self) -> dict[str, dict]:
+        """The tables as the lockfile holds them now (checkpoints of this very run included)."""
+        return (self.rc.lock.step(self.step.name).get("observed") or {}).get("tables") or {}
+
     def _checkpoint(self, tables: dict[str, dict]) -> None:
         """Record tables in the lockfile as soon as they are known (before and after COMMIT). Each
         table's entry names the source file's fingerprint it was loaded from: a run killed between
         two tables leaves the others recorded as they were, so the next run reloads them."""
-        known = (self.rc.lock.step(self.step.name).get("observed") or {}).get("tables") or {}
-        self.update_observed(source=self.source_name, tables={**known, **tables})
+        self.update_observed(source=self.source_name, tables={**self._live_tables, **tables})
 
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
                    obs: Observed) -> int:
@@ -647,7 +650,7 @@ class CopyData(Resource):
                                      f"rolled back")
                 results[p.target].update(rows=count, checksum=checksum, file=obs.fingerprint)
             self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
-            before = (self.rc.lock.step(self.step.name).get("observed") or {}).get("tables") or {}
+            before = self._live_tables
             pending = {t: {**settled(before.get(t) or {}, None), "committing": r} for t, r in results.items()}
             self._checkpoint(pending)      # a kill between COMMIT and the next line is recognised
         for t, r in results.items():
@@ -784,7 +787,7 @@ class CopyData(Resource):
         reader = src
         h = hashlib.sha256()
         rows = 0
-        repaired = {"nulled": _Repairs(), "skipped": _Repairs(), "stripped": _Repairs()}
+        repaired = {what: _Repairs() for what in REPAIRS}
         n = len(p.columns)
         convs = self._converters(p) if convert is not None else None
         order = sorted(convert) if convert is not None else []
@@ -811,7 +814,7 @@ class CopyData(Resource):
                     values = list(row[:n])
                     for i in nul_text:
                         v = values[i]
-                        if v is not None and ("\x00" in v if isinstance(v, str) else b"\x00" in v if isinstance(v, bytes) else False):
+                        if has_nul(v):
                             repaired["stripped"].add(lambda: self._describe(src, p, line=line))
                             break
                     for i in order:
@@ -882,8 +885,7 @@ class CopyData(Resource):
         return {"tables": {t.plan.target: t.target_rows for t in obs.tables}}
 
     def record(self, obs: Observed) -> dict[str, Any]:
-        # the live entry: checkpoints of this very run wrote digests and reports into it
-        rec = ((self.rc.lock.step(self.step.name).get("observed") or {}).get("tables")) or {}
+        rec = self._live_tables
         tables = {}
         for ts in ([] if obs.after_apply else obs.tables):     # a preview's tables are thrown away
             prev = settled(rec.get(ts.plan.target) or {}, ts.checksum)
