@@ -65,17 +65,30 @@ def validate(plan: Plan, *, checks: bool = True) -> list[tuple[StepDecl, Resourc
     ctx = build_context(plan, store, generate=False)
     rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
     out = []
-    for step in plan.steps:
-        if not enabled(step, plan, ctx):
-            set_outputs(ctx, step, {})
+    for step, res in rendered_steps(plan, ctx, rc):
+        if res is None:
             continue
-        res = REGISTRY[step.type](step, render_step(step, plan, ctx), rc)
-        rc.resources[step.name] = res
         if checks:
             res.check()
         set_outputs(ctx, step, res.outputs(None))
         out.append((step, res))
     return out
+
+
+def rendered_steps(plan: Plan, ctx, rc: RunContext):
+    """Yield (step, resource) in plan order, each rendered with the outputs set so far in
+    ``ctx`` by the caller; (step, None) for a step whose ``when`` is false (it has no outputs)."""
+    rc.context = ctx
+    for step in plan.steps:
+        if not enabled(step, plan, ctx):
+            set_outputs(ctx, step, {})
+            yield step, None
+            continue
+        res = REGISTRY[step.type](step, render_step(step, plan, ctx), rc)
+        for value in res.secret_inputs().values():
+            redact.register(value)
+        rc.resources[step.name] = res
+        yield step, res
 
 
 class Executor:
@@ -97,21 +110,6 @@ class Executor:
         self.rc = RunContext(plan=plan, mode=mode, lock=self.lock, log=log, progress=progress,
                              options=dict(options or {}), only=self.only)
 
-    def _resources(self, ctx):
-        """Yield (step, resource) in plan order, each rendered with the outputs so far."""
-        self.rc.context = ctx
-        for step in self.plan.steps:
-            if not enabled(step, self.plan, ctx):
-                set_outputs(ctx, step, {})
-                yield step, None          # when: false
-                continue
-            spec = render_step(step, self.plan, ctx)
-            res = REGISTRY[step.type](step, spec, self.rc)
-            for value in res.secret_inputs().values():
-                redact.register(value)
-            self.rc.resources[step.name] = res
-            yield step, res
-
     def run(self) -> RunResult:
         if self.mode == "apply":
             with ApplyLock(self.plan.path):
@@ -126,7 +124,7 @@ class Executor:
             self.lock.data["plan"] = self.plan.name
             self.lock.data["plan_digest"] = digest(self.plan.path.read_text(encoding="utf-8"))
             self._clean_leftovers(ctx)
-        for step, res in self._resources(ctx):
+        for step, res in rendered_steps(self.plan, ctx, self.rc):
             report = StepReport(step.name, step.type, Diff())
             result.reports.append(report)
             if res is None:
@@ -239,7 +237,7 @@ class Executor:
         with ApplyLock(self.plan.path):
             ctx = self._ctx = build_context(self.plan, self.store, generate=False)
             self._clean_leftovers(ctx)
-            for step, res in self._resources(ctx):
+            for step, res in rendered_steps(self.plan, ctx, self.rc):
                 if res is not None:
                     set_outputs(ctx, step, res.outputs(None))
             return what(self, ctx)
@@ -268,7 +266,7 @@ class Executor:
             ctx = self._ctx = build_context(self.plan, self.store, generate=False)
             self._clean_leftovers(ctx)
             resources = []
-            for step, res in self._resources(ctx):
+            for step, res in rendered_steps(self.plan, ctx, self.rc):
                 if res is not None:
                     set_outputs(ctx, step, res.outputs(None))
                     resources.append((step, res))
