@@ -29,6 +29,7 @@ from .redact import redact
 # only a daemon that stopped answering trips it.
 TIMEOUT = 120
 BUILD_SILENCE = 600    # seconds a build step may run without printing a line
+CPU_PERIOD = 100_000   # microseconds: a CPU limit is a quota of this period
 
 
 class PortInUse(DockerError):
@@ -52,7 +53,7 @@ class ContainerSpec:
     """What to create, in Docker-neutral terms (the step builds it, the engine maps it)."""
     name: str
     image: str
-    command: list[str]
+    command: list[str] | None
     env: dict[str, str]
     labels: dict[str, str]
     ports: list[tuple[str, int, int, str]]        # (host_ip, host_port, container_port, proto)
@@ -61,6 +62,14 @@ class ContainerSpec:
     healthcheck: dict[str, Any] | None = None      # test, interval, timeout, retries, start_period (ns)
     network: str | None = None
     aliases: list[str] = field(default_factory=list)
+    entrypoint: list[str] | None = None
+    binds: list[tuple[str, str, bool]] = field(default_factory=list)   # (host path, container path, read-only)
+    read_only_volumes: set[str] = field(default_factory=set)          # container paths of read-only volumes
+    user: str | None = None
+    read_only: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)               # container path -> options
+    memory: int | None = None                      # bytes (swap: none beyond it)
+    cpus: float | None = None
 
 
 def _no_answer(what: str) -> DockerError:
@@ -276,10 +285,15 @@ class Engine:
         self._mutate(f"remove volume {name}")
         self._call(f"remove volume {name}", lambda: self.api.remove_volume(name))
 
-    def create_network(self, name: str, labels: dict[str, str]) -> None:
+    def create_network(self, name: str, labels: dict[str, str], *, internal: bool = False,
+                       subnet: str | None = None) -> None:
         self._mutate(f"create network {name}")
-        self._call(f"create network {name}",
-                   lambda: self.api.create_network(name, driver="bridge", labels=labels))
+        ipam = None
+        if subnet:
+            from docker.types import IPAMConfig, IPAMPool
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])
+        self._call(f"create network {name}", lambda: self.api.create_network(
+            name, driver="bridge", labels=labels, internal=internal, ipam=ipam))
 
     def remove_network(self, name: str) -> None:
         self._mutate(f"remove network {name}")
@@ -291,11 +305,19 @@ class Engine:
         port_bindings: dict[str, list] = {}
         for host_ip, host_port, cport, proto in spec.ports:
             port_bindings.setdefault(f"{cport}/{proto}", []).append((host_ip, host_port))
+        mounts = [Mount(target=path, source=vol, type="volume", read_only=path in spec.read_only_volumes)
+                  for vol, path in spec.volumes]
+        mounts += [Mount(target=path, source=src, type="bind", read_only=ro) for src, path, ro in spec.binds]
+        limits: dict[str, Any] = {}
+        if spec.memory:
+            limits.update(mem_limit=spec.memory, memswap_limit=spec.memory)
+        if spec.cpus:
+            limits.update(cpu_period=CPU_PERIOD, cpu_quota=int(spec.cpus * CPU_PERIOD))
         host_config = api.create_host_config(
-            port_bindings=port_bindings,
-            mounts=[Mount(target=path, source=vol, type="volume") for vol, path in spec.volumes],
+            port_bindings=port_bindings, mounts=mounts,
             restart_policy={"Name": spec.restart[0], "MaximumRetryCount": spec.restart[1]},
-            network_mode=spec.network or "default",
+            network_mode=spec.network or "default", read_only=spec.read_only or None,
+            tmpfs=dict(spec.tmpfs) or None, **limits,
         )
         networking = None
         if spec.network:
@@ -304,6 +326,7 @@ class Engine:
         healthcheck = Healthcheck(**spec.healthcheck) if spec.healthcheck else None
         result = self._call(f"create container {spec.name}", lambda: api.create_container(
             image=spec.image, command=spec.command, name=spec.name, environment=spec.env,
+            entrypoint=spec.entrypoint, user=spec.user or None,
             labels=spec.labels, ports=[(c, p) for _, _, c, p in spec.ports],
             host_config=host_config, healthcheck=healthcheck, networking_config=networking,
             detach=True))
@@ -339,6 +362,40 @@ class Engine:
         self._mutate(f"update restart policy of {name} to {policy[0]}")
         self._call(f"update container {name}", lambda: self.api.update_container(
             container_id, restart_policy={"Name": policy[0], "MaximumRetryCount": policy[1]}))
+
+    def update_limits(self, container_id: str, name: str, memory: int | None, cpus: float | None) -> None:
+        self._mutate(f"update resource limits of {name}")
+        kw: dict[str, Any] = {}
+        if memory:
+            kw.update(mem_limit=memory, memswap_limit=memory)
+        if cpus:
+            kw.update(cpu_period=CPU_PERIOD, cpu_quota=int(cpus * CPU_PERIOD))
+        self._call(f"update container {name}", lambda: self.api.update_container(container_id, **kw))
+
+    def disconnect(self, network: str, container_id: str, name: str) -> None:
+        self._mutate(f"disconnect container {name} from network {network}")
+        self._call(f"disconnect {name} from {network}",
+                   lambda: self.api.disconnect_container_from_network(container_id, network, force=True))
+
+    def wait_exit(self, container_id: str, name: str, timeout: float) -> int | None:
+        """Wait until the container exits; its exit code, or None when ``timeout`` passed first."""
+        try:
+            result = self.api.wait(container_id, timeout=timeout)
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+            if isinstance(exc, requests.exceptions.ReadTimeout) or "timed out" in str(exc):
+                return None
+            raise DockerError(f"lost the connection to the Docker daemon while waiting for {name}: "
+                              f"{self._short(exc)}") from None
+        except docker.errors.APIError as exc:
+            raise DockerError(f"Docker refused to wait for container {name}: {_reason(exc)}") from None
+        return int(result.get("StatusCode", -1))
+
+    def remove_image(self, ref: str) -> None:
+        self._mutate(f"remove image {ref}")
+        try:
+            self._call(f"remove image {ref}", lambda: self.api.remove_image(ref, noprune=False))
+        except docker.errors.NotFound:
+            pass
 
     def connect(self, network: str, container_id: str, name: str, aliases: list[str]) -> None:
         self._mutate(f"connect container {name} to network {network}")
