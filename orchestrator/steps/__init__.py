@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .backup import Backup
 from .base import Resource
+from .container import Container
 from .copy_data import CopyData
 from .db_container import DbContainer
 from .image import ImageStep
 from .migrate import Migrate
+from .network import Network
 from .render import Render
 from .verify import Verify
 
 REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify, Backup,
-                                                             ImageStep)}
+                                                             ImageStep, Network, Container)}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import struct
-import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,10 +28,13 @@ from urllib.parse import quote
 from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
-from ..docker_engine import ContainerSpec, PortInUse
+from ..containers import (HASH_LABEL, NS, OLD_SUFFIX, ContainerConfig, Lifecycle, actual_config, compare, effective,
+                          env_dict, fingerprint, health_tuple, is_mine, labels_for, masked, paused_problem,
+                          port_conflicts, update_in_place)
+from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError, StepFailed
 from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Password,
-                      PgIdent, Port, PortMapping, SettingName, SettingValue, Text)
+                      PgIdent, Port, SettingName, SettingValue, Text)
 from ..lockfile import digest
 from ..plan import Strict
 from ..redact import REDACTED
@@ -40,11 +42,7 @@ from ..secrets import hash_matches
 from .base import Resource, extra_labels
 
 SETTING = re.compile(r"^[a-z_][a-z0-9_.]*$")
-NS = 1_000_000_000
-HASH_LABEL = "orchestrate.config-hash"
-EXTRA_LABEL = "orchestrate.extra-labels"      # which labels came from ORCHESTRATE_LABELS
 VOLUME_LABEL = "orchestrate.volume-created"   # Docker's own CreatedAt is the data dir's mtime
-OLD_SUFFIX = "-orchestrate-old"
 RESERVED_ENV = {"POSTGRES_USER": "user", "POSTGRES_PASSWORD": "password", "POSTGRES_DB": "database",
                 "PGDATA": "data_dir"}
 
@@ -75,6 +73,8 @@ class DbContainerSpec(Strict):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     network: DockerName | None = Field(None,
                                 description="user-defined network to create and join (phase 2)")
+    aliases: list[DockerName] | None = Field(
+        None, description="names the container answers to on the network (default: the step's name)")
     data_dir: ContainerPath = Field("/var/lib/postgresql/data", description="PGDATA")
     wait: Duration = Field(120.0, description="how long to wait for the container to be healthy")
 
@@ -110,63 +110,14 @@ class DbContainerSpec(Strict):
         return self.database or self.user
 
 
-# --- normalised configuration and the comparison table ---------------------------------------
+# --- the configuration, through the shared comparison table (orchestrator.containers) --------
 
-@dataclass(frozen=True)
-class ContainerConfig:
-    """A container's configuration, normalised the same way from the plan and from Docker."""
-    name: str
-    image: str
-    command: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    ports: tuple[PortMapping, ...]
-    volume: tuple[str | None, str]
-    healthcheck: tuple[tuple[str, Any], ...]
-    labels: tuple[tuple[str, str], ...]
-    restart: tuple[str, int]
-    network: str | None
+IGNORED_ENV = frozenset({"POSTGRES_PASSWORD"})     # compared through the password's salted hash
+LEGACY_HASHED = ("name", "image", "command", "env", "ports", "volume", "healthcheck", "labels")
 
 
-@dataclass(frozen=True)
-class Rule:
-    field: str
-    action: Action
-    show: Any = str
-
-
-def _show_ports(ports) -> str:
-    return ", ".join(str(p) for p in ports) or "(none)"
-
-
-def _show_pairs(pairs) -> str:
-    return ", ".join(f"{k}={v}" for k, v in pairs) or "(none)"
-
-
-RULES: tuple[Rule, ...] = (
-    Rule("name", Action.RECREATE),
-    Rule("image", Action.RECREATE),
-    Rule("command", Action.RECREATE, lambda c: " ".join(c)),
-    Rule("env", Action.RECREATE, _show_pairs),
-    Rule("ports", Action.RECREATE, _show_ports),
-    Rule("volume", Action.RECREATE, lambda v: f"{v[0]}:{v[1]}" if v[0] else f"(none):{v[1]}"),
-    Rule("healthcheck", Action.RECREATE, _show_pairs),
-    Rule("labels", Action.RECREATE, _show_pairs),
-    Rule("restart", Action.UPDATE, lambda r: r[0]),
-    Rule("network", Action.UPDATE, lambda n: n or "(default)"),
-)
-HASHED = ("name", "image", "command", "env", "ports", "volume", "healthcheck", "labels")
-
-
-def _env_without_image_defaults(env: dict[str, str], image_env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if image_env.get(k) != v and k != "POSTGRES_PASSWORD"}
-
-
-def _env_dict(items) -> dict[str, str]:
-    return dict(item.split("=", 1) if "=" in item else (item, "") for item in items or [])
-
-
-def desired_config(spec: DbContainerSpec, labels: dict[str, str], image: dict | None) -> ContainerConfig:
-    image_env = _env_dict(((image or {}).get("Config") or {}).get("Env"))
+def desired_config(spec: DbContainerSpec, labels: dict[str, str], image: dict | None,
+                   aliases: list[str] | None = None) -> ContainerConfig:
     env = {"POSTGRES_USER": spec.user, "POSTGRES_DB": spec.db, "PGDATA": spec.data_dir, **spec.env}
     command = ["postgres"]
     for key, value in sorted(spec.settings.items()):
@@ -176,51 +127,27 @@ def desired_config(spec: DbContainerSpec, labels: dict[str, str], image: dict | 
     hc = spec.healthcheck
     test = hc.test or f"pg_isready -h 127.0.0.1 -U {spec.user} -d {spec.db}"
     test = ["CMD-SHELL", test] if isinstance(test, str) else ["CMD", *test]
-    health = {"test": tuple(test), "interval": int(hc.interval * NS), "timeout": int(hc.timeout * NS),
-              "retries": hc.retries, "start_period": int(hc.start_period * NS)}
-    all_labels = {**labels, **spec.labels}
-    return ContainerConfig(
-        name=spec.container, image=spec.image, command=tuple(command),
-        env=tuple(sorted(_env_without_image_defaults(env, image_env).items())),
-        ports=tuple(sorted(spec.ports)), volume=(spec.volume, spec.data_dir),
-        healthcheck=tuple(sorted(health.items())), labels=tuple(sorted(all_labels.items())),
-        restart=(spec.restart, 0), network=spec.network)
+    return effective(
+        name=spec.container, image_ref=spec.image, image=image, command=command, entrypoint=None, env=env,
+        ports=spec.ports, mounts=[("volume", spec.volume, spec.data_dir, False)],
+        healthcheck=health_tuple(test, int(hc.interval * NS), int(hc.timeout * NS), hc.retries,
+                                 int(hc.start_period * NS)),
+        labels={**labels, **spec.labels}, restart=(spec.restart, 0), network=spec.network,
+        aliases=aliases, ignore_env=IGNORED_ENV)
 
 
-def actual_config(container: dict, image: dict | None, data_dir: str, network: str | None) -> ContainerConfig:
-    cfg, host = container.get("Config") or {}, container.get("HostConfig") or {}
-    image_cfg = (image or {}).get("Config") or {}
-    env = _env_without_image_defaults(_env_dict(cfg.get("Env")), _env_dict(image_cfg.get("Env")))
-    ports = []
-    for key, bindings in (host.get("PortBindings") or {}).items():
-        cport, _, proto = key.partition("/")
-        for b in bindings or []:
-            ports.append(PortMapping(b.get("HostIp") or "0.0.0.0", int(b.get("HostPort") or 0),
-                                     int(cport), proto or "tcp"))
-    volume = next((m.get("Name") for m in container.get("Mounts") or []
-                   if m.get("Destination") == data_dir and m.get("Type") == "volume"), None)
-    hc = cfg.get("Healthcheck") or {}
-    health = {"test": tuple(hc.get("Test") or ()), "interval": hc.get("Interval") or 0,
-              "timeout": hc.get("Timeout") or 0, "retries": hc.get("Retries") or 0,
-              "start_period": hc.get("StartPeriod") or 0}
-    image_labels = image_cfg.get("Labels") or {}
-    all_labels = cfg.get("Labels") or {}
-    extra = set(filter(None, all_labels.get(EXTRA_LABEL, "").split(",")))
-    labels = {k: v for k, v in all_labels.items()
-              if image_labels.get(k) != v and k not in (HASH_LABEL, EXTRA_LABEL) and k not in extra}
-    policy = host.get("RestartPolicy") or {}
-    networks = ((container.get("NetworkSettings") or {}).get("Networks") or {})
-    return ContainerConfig(
-        name=container.get("Name", "").lstrip("/"), image=cfg.get("Image", ""),
-        command=tuple(cfg.get("Cmd") or ()), env=tuple(sorted(env.items())),
-        ports=tuple(sorted(ports)), volume=(volume, data_dir),
-        healthcheck=tuple(sorted(health.items())), labels=tuple(sorted(labels.items())),
-        restart=(policy.get("Name") or "no", policy.get("MaximumRetryCount") or 0),
-        network=network if network in networks else None)
+def actual_db_config(container: dict, image: dict | None, network: str | None,
+                     want: ContainerConfig | None = None) -> ContainerConfig:
+    return actual_config(container, image, network=network, ignore_env=IGNORED_ENV, want=want)
 
 
 def config_hash(config: ContainerConfig) -> str:
-    return digest({f: getattr(config, f) for f in HASHED})[7:23]
+    """The hash label's value, computed as orchestrate always did for this step (so an upgrade of
+    orchestrate recreates no database container): over the fields that force a recreate."""
+    cfg = masked(config)
+    volume = next(((src, dst) for kind, src, dst, _ro in cfg.mounts if kind == "volume"), (None, ""))
+    values = {"volume": volume, **{f: getattr(cfg, f) for f in LEGACY_HASHED if f != "volume"}}
+    return digest({f: values[f] for f in LEGACY_HASHED})[7:23]
 
 
 # --- observation ---------------------------------------------------------------------------
@@ -236,6 +163,7 @@ class Observed:
     system_id: str | None = None           # the cluster's system identifier (unique per initdb)
     password_ok: bool | None = None        # None: could not check by connecting
     port_conflicts: list[str] = field(default_factory=list)
+    network_planned: bool = False          # an earlier network step of the plan creates it
 
     @property
     def running(self) -> bool:
@@ -255,7 +183,7 @@ class Observed:
 def image_major(image_ref: str, image: dict | None) -> str | None:
     """The PostgreSQL major version an image runs: its PG_MAJOR variable (official image), else
     the first number of its tag (``postgres:16-alpine`` -> 16)."""
-    env = _env_dict(((image or {}).get("Config") or {}).get("Env"))
+    env = env_dict(((image or {}).get("Config") or {}).get("Env"))
     if env.get("PG_MAJOR"):
         return env["PG_MAJOR"].split(".")[0]
     tag = image_ref.rsplit("/", 1)[-1].partition(":")[2]
@@ -304,7 +232,7 @@ def diff_db_container(want: ContainerConfig, want_hash: str, obs: Observed, *, r
             f"this step does not manage; two PostgreSQL servers must never share a data directory. "
             f"Stop them first (docker stop {' '.join(obs.volume_users)}).")
 
-    if spec.network and obs.network is None:
+    if spec.network and obs.network is None and not obs.network_planned:
         d.changes.append(Change(Action.CREATE, "network", None, spec.network, "the network does not exist"))
     if obs.image is None:
         d.notes.append(f"image {spec.image} is not on this Docker engine: apply will pull it")
@@ -331,36 +259,14 @@ def diff_db_container(want: ContainerConfig, want_hash: str, obs: Observed, *, r
                                 "the container does not exist" + ("" if volume_new else
                                                                   f"; it will use the existing volume {spec.volume}")))
     else:
-        have = actual_config(obs.container, obs.image, spec.data_dir, spec.network)
-        for rule in RULES:
-            before, after = getattr(have, rule.field), getattr(want, rule.field)
-            if rule.field == "image":
-                image_id = (obs.image or {}).get("Id")
-                if before == after and (image_id is None or image_id == obs.container.get("Image")):
-                    continue
-                if before == after:
-                    d.changes.append(Change(Action.RECREATE, "image", f"{before} ({obs.container.get('Image', '')[7:19]})",
-                                            f"{after} ({image_id[7:19]})", "the image tag now points to another image"))
-                    continue
-            if before != after:
-                reason = "forces recreate" if rule.action is Action.RECREATE else "changed in place"
-                d.changes.append(Change(rule.action, rule.field, rule.show(before), rule.show(after), reason))
-        if not any(c.action is Action.RECREATE for c in d.changes):
-            label = (obs.container.get("Config") or {}).get("Labels", {}).get(HASH_LABEL)
-            if label != want_hash:
-                d.changes.append(Change(Action.RECREATE, "config-hash", label, want_hash,
-                                        "the container was not created from this configuration"))
-        recreate = any(c.action is Action.RECREATE for c in d.changes)
-        status = obs.container["State"].get("Status")
-        if status == "paused":
-            d.problems.append(f"container {spec.container} is paused; unpause it (docker unpause "
-                              f"{spec.container}) and run again")
-        elif status != "running" and not recreate:
-            d.changes.append(Change(Action.START, "state", status, "running", "the container is not running"))
+        have = actual_db_config(obs.container, obs.image, spec.network, want)
+        d.changes += compare(want, want_hash, obs.container, obs.image, have)
+        if problem := paused_problem(obs.container, spec.container):
+            d.problems.append(problem)
 
         # Credentials: POSTGRES_* are ignored once the volume is initialised.
         if not volume_new:
-            env = _env_dict((obs.container.get("Config") or {}).get("Env"))
+            env = env_dict((obs.container.get("Config") or {}).get("Env"))
             for key, value, what in (("POSTGRES_USER", spec.user, "user"), ("POSTGRES_DB", spec.db, "database")):
                 if env.get(key) and env[key] != value:
                     d.problems.append(_initialised_error(spec, what, env[key], value))
@@ -402,7 +308,7 @@ class DbContainer(Resource):
     def _static_outputs(self) -> dict[str, Any]:
         spec = self.spec
         user, pw, db = quote(spec.user, safe=""), quote(spec.password, safe=""), quote(spec.db, safe="")
-        internal = f"postgresql+psycopg://{user}:{pw}@{spec.container}:5432/{db}"
+        internal = f"postgresql+psycopg://{user}:{pw}@{self.service_host}:5432/{db}"
         hc = spec.healthcheck
         out = {"user": spec.user, "password": spec.password, "database": spec.db,
                "container": spec.container, "volume": spec.volume, "image": spec.image,
@@ -410,6 +316,7 @@ class DbContainer(Resource):
                "host": None, "port": None, "url": internal,
                # the rest lets templates reproduce the container (e.g. as a Compose service)
                "restart": spec.restart, "data_dir": spec.data_dir, "network": spec.network,
+               "aliases": self.aliases,
                "ports": [f"{p.host_ip}:{p.host_port}:{p.container_port}/{p.proto}" for p in spec.ports],
                "command": list(desired_config(spec, {}, None).command),
                "healthcheck": {"test": hc.test or f"pg_isready -h 127.0.0.1 -U {spec.user} -d {spec.db}",
@@ -425,13 +332,25 @@ class DbContainer(Resource):
             out["url"] = f"postgresql+psycopg://{user}:{pw}@{netloc}:{p.host_port}/{db}"
         return out
 
+    @property
+    def aliases(self) -> list[str]:
+        if not self.spec.network:
+            return []
+        return list(self.spec.aliases) if self.spec.aliases is not None else [self.step.name]
+
+    @property
+    def service_host(self) -> str:
+        """The host name other containers reach the database by: its first alias on the plan's
+        network (``postgres``), else the container's name."""
+        return (self.aliases or [self.spec.container])[0]
+
     def secret_inputs(self) -> dict[str, str]:
         return {"password": self.spec.password}
 
     # observe ---------------------------------------------------------------------------------
 
     def _desired(self, image: dict | None) -> tuple[ContainerConfig, str]:
-        want = desired_config(self.spec, self.own_labels, image)
+        want = desired_config(self.spec, self.own_labels, image, self.aliases)
         return want, config_hash(want)
 
     def observe(self) -> Observed:
@@ -440,10 +359,13 @@ class DbContainer(Resource):
         obs.container = eng.container(spec.container)
         if obs.container is None:   # ours under another name: the plan renamed it
             recorded = eng.container(rec_id) if (rec_id := (self.recorded.get("observed") or {}).get("container_id")) else None
-            if recorded is not None and self._is_mine(recorded) and not recorded["Name"].endswith(OLD_SUFFIX):
+            if recorded is not None and is_mine(recorded, self.rc.plan.name, self.step.name) and not recorded["Name"].endswith(OLD_SUFFIX):
                 obs.container = recorded
         if spec.network:
             obs.network = eng.network(spec.network)
+            obs.network_planned = any(getattr(self.rc.resources.get(s.name), "type", None) == "network"
+                                      and self.rc.resources[s.name].spec.name == spec.network
+                                      for s in self.rc.plan.steps[:self.step.index])
         if obs.volume is not None:
             if not obs.running:   # about to start a server on this data: nobody else may use it
                 mine = (obs.container or {}).get("Id")
@@ -491,24 +413,10 @@ class DbContainer(Resource):
             return None
 
     def _port_conflicts(self, obs: Observed) -> list[str]:
-        eng = self.rc.engine
         held = set()
         if obs.container is not None:
-            held = set(actual_config(obs.container, obs.image, self.spec.data_dir, None).ports)
-        problems = []
-        for port in self.spec.ports:
-            if port in held or port.proto != "tcp":
-                continue
-            users = [u for u in eng.publishing(port.host_port) if u != self.spec.container]
-            if users:
-                who = f"container {', '.join(users)}"
-            elif eng.is_local() and not eng.port_free(port.host_ip, port.host_port):
-                who = "another process"
-            else:
-                continue
-            problems.append(f"host port {port.host_ip}:{port.host_port} is already in use by {who}; free "
-                            f"it or publish another port in the plan (ports of step {self.step.name})")
-        return problems
+            held = set(actual_db_config(obs.container, obs.image, None).ports)
+        return port_conflicts(self.rc.engine, self.spec.ports, held, self.spec.container, self.step.name)
 
     # diff ------------------------------------------------------------------------------------
 
@@ -540,16 +448,12 @@ class DbContainer(Resource):
                         + (f" ({', '.join(diff.fields(Action.RECREATE))})" if obs.container else ""))
         else:
             cid = obs.container["Id"]
-            if "restart" in fields:
-                eng.update_restart(cid, spec.container, (spec.restart, 0))
-                done.append("updated restart policy")
-            if "network" in fields:
-                eng.connect(spec.network, cid, spec.container, [spec.container])
-                done.append(f"joined network {spec.network}")
+            want, _ = self._desired(image)
+            done += update_in_place(eng, obs.container, want, fields)
             if "state" in fields:
-                self._start(cid)
+                self.lifecycle.start(cid)
                 done.append("started container")
-            self._wait_healthy(cid, patient="state" not in fields)
+            self.lifecycle.wait_healthy(cid, patient="state" not in fields)
         if "password" in fields:
             self._set_password()
             done.append("set the new password with ALTER ROLE")
@@ -563,18 +467,17 @@ class DbContainer(Resource):
         hc = dict(want.healthcheck)
         return ContainerSpec(
             name=spec.container, image=spec.image, command=list(want.command), env=env,
-            labels={**extra_labels(), **dict(want.labels), HASH_LABEL: want_hash,
-                    **({EXTRA_LABEL: ",".join(sorted(extra_labels()))} if extra_labels() else {})},
+            labels=labels_for(dict(want.labels), extra_labels(), want_hash),
             ports=[tuple(p) for p in spec.ports], volumes=[(spec.volume, spec.data_dir)],
             restart=(spec.restart, 0),
             healthcheck={"test": list(hc["test"]), "interval": hc["interval"], "timeout": hc["timeout"],
                          "retries": hc["retries"], "start_period": hc["start_period"]},
-            network=spec.network, aliases=[spec.container] if spec.network else [])
+            network=spec.network, aliases=self.aliases)
 
-    def _is_mine(self, container: dict) -> bool:
-        labels = (container.get("Config") or {}).get("Labels") or {}
-        return (labels.get("orchestrate.plan") == self.rc.plan.name
-                and labels.get("orchestrate.step") == self.step.name)
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle(self.rc.engine, name=self.spec.container, step=self.step.name, wait=self.spec.wait,
+                         progress=self.rc.progress)
 
     def _mine_by_name(self, obs: Observed | None = None) -> list[dict]:
         """This deployment's containers: the plan's name, the recorded one, and what an
@@ -588,7 +491,7 @@ class DbContainer(Resource):
         found = {}
         for name in names:
             c = eng.container(name)
-            if c is not None and self._is_mine(c):
+            if c is not None and is_mine(c, self.rc.plan.name, self.step.name):
                 found[c["Id"]] = c
         return list(found.values())
 
@@ -596,33 +499,12 @@ class DbContainer(Resource):
         """Create the container; an old one is stopped and set aside until the new one is
         healthy, and put back if the new one fails (a crash midway is repaired by the next
         apply, which removes what it set aside)."""
-        eng, spec = self.rc.engine, self.spec
+        eng = self.rc.engine
         for leftover in self._mine_by_name():
             if leftover["Name"].endswith(OLD_SUFFIX) and (old is None or leftover["Id"] != old["Id"]):
                 eng.remove_container(leftover["Id"], leftover["Name"].lstrip("/"))
-        was_running = False
-        if old is not None:
-            old_name = old["Name"].lstrip("/")
-            was_running = old["State"].get("Status") == "running"
-            if was_running:
-                eng.stop(old["Id"], old_name)
-            eng.rename(old["Id"], spec.container + OLD_SUFFIX)
-        new_id = None
-        try:
-            new_id = eng.create_container(self._spec(image))
-            self._check_data_version(new_id, image)
-            self._start(new_id)
-            self._wait_healthy(new_id)
-        except BaseException:
-            if new_id is not None:
-                eng.remove_container(new_id, spec.container)
-            if old is not None:
-                eng.rename(old["Id"], old_name)
-                if was_running:
-                    eng.start(old["Id"], old_name)
-            raise
-        if old is not None:
-            eng.remove_container(old["Id"], spec.container + OLD_SUFFIX)
+        self.lifecycle.replace(old, lambda: eng.create_container(self._spec(image)),
+                               before_start=lambda cid: self._check_data_version(cid, image))
 
     def _check_data_version(self, container_id: str, image: dict | None) -> None:
         raw = self.rc.engine.read_file(container_id, f"{self.spec.data_dir}/PG_VERSION")
@@ -633,39 +515,6 @@ class DbContainer(Resource):
                 f"image {self.spec.image} runs PostgreSQL {major}; the container was not started",
                 hint="keep an image of the data's version, or dump and restore the data into a new "
                      "volume, or upgrade it with pg_upgrade")
-
-    def _start(self, container_id: str) -> None:
-        try:
-            self.rc.engine.start(container_id, self.spec.container)
-        except PortInUse as exc:
-            raise StepFailed(f"a host port of container {self.spec.container} is already in use: {exc}",
-                             hint=f"free the port or publish another one (ports of step {self.step.name})") from None
-
-    def _wait_healthy(self, container_id: str, *, patient: bool = False) -> None:
-        """Until healthy, for at most ``wait``. A new container that turns unhealthy has failed;
-        one that ran before (``patient``) may be unhealthy for a while (paused, overloaded) and is
-        waited for to recover."""
-        eng, spec = self.rc.engine, self.spec
-        deadline = time.monotonic() + spec.wait
-        announced = False
-        while True:
-            info = eng.container(container_id)
-            state = (info or {}).get("State") or {}
-            health = (state.get("Health") or {}).get("Status")
-            if state.get("Status") == "running" and health in ("healthy", None):
-                return
-            if (state.get("Status") in ("exited", "dead") or (health == "unhealthy" and not patient)
-                    or time.monotonic() > deadline):
-                why = (f"exited with code {state.get('ExitCode')}" if state.get("Status") in ("exited", "dead")
-                       else "is unhealthy" if health == "unhealthy" and not patient
-                       else f"was not healthy after {spec.wait:g}s")
-                logs = eng.logs(container_id, tail=20).rstrip()
-                raise StepFailed(f"container {spec.container} {why}; its last log lines:\n{logs or '(no output)'}",
-                                 hint=f"read the full log with: docker logs {spec.container}")
-            if not announced:
-                self.rc.progress(f"waiting for {spec.container} to be healthy")
-                announced = True
-            time.sleep(0.25)
 
     def _set_password(self) -> None:
         """ALTER ROLE over the container's local socket; the password travels in the exec's
@@ -687,7 +536,7 @@ class DbContainer(Resource):
 
     def settle(self, obs: Observed) -> None:
         if obs.running and obs.health not in ("healthy", None):
-            self._wait_healthy(obs.container["Id"], patient=True)
+            self.lifecycle.wait_healthy(obs.container["Id"], patient=True)
 
     # record, outputs, destroy ----------------------------------------------------------------
 
@@ -700,8 +549,7 @@ class DbContainer(Resource):
     def record(self, obs: Observed) -> dict[str, Any]:
         c = obs.container or {}
         labels = (c.get("Config") or {}).get("Labels") or {}
-        actual = (digest([getattr(actual_config(c, obs.image, self.spec.data_dir, self.spec.network), f)
-                          for f in ContainerConfig.__dataclass_fields__])[7:23] if c else None)
+        actual = fingerprint(actual_db_config(c, obs.image, self.spec.network)) if c else None
         return {
             "config": actual,     # the container's configuration as it is: a change by hand shows
             "container": self.spec.container,

@@ -251,7 +251,11 @@ class ImageStep(Resource):
         """``id`` is the image's id once it is built from these sources; before (validate, or a
         plan with the build pending: known after apply) it is the tag, a reference that still
         names an image, and the step counts as pending for the steps after it."""
-        return {"tag": self.spec.tag, "id": obs.image["Id"] if obs is not None and obs.current else self.spec.tag}
+        spec = self.spec
+        return {"tag": spec.tag, "id": obs.image["Id"] if obs is not None and obs.current else spec.tag,
+                # what a Compose file's build: section needs (the context relative to the plan root)
+                "context": spec.context, "dockerfile": spec.dockerfile,
+                "build_args": dict(spec.build_args), "target": spec.target}
 
     def record(self, obs: Observed) -> dict[str, Any]:
         """The build the image is from: its digest, the context's table (also the next scan's

@@ -44,8 +44,10 @@ def container_for(spec: DbContainerSpec) -> dict:
                    "Labels": {**dict(cfg.labels), "maintainer": "x", HASH_LABEL: config_hash(cfg)},
                    "Healthcheck": {"Test": list(hc["test"]), "Interval": hc["interval"], "Timeout": hc["timeout"],
                                    "Retries": hc["retries"], "StartPeriod": hc["start_period"] or None}},
-        "HostConfig": {"PortBindings": ports, "RestartPolicy": {"Name": cfg.restart[0], "MaximumRetryCount": 0}},
-        "Mounts": [{"Type": "volume", "Name": cfg.volume[0], "Destination": cfg.volume[1]}],
+        "HostConfig": {"PortBindings": ports, "RestartPolicy": {"Name": cfg.restart[0], "MaximumRetryCount": 0},
+                       "Mounts": [{"Type": kind, "Source": src, "Target": dst, "ReadOnly": ro}
+                                  for kind, src, dst, ro in cfg.mounts]},
+        "Mounts": [{"Type": kind, "Name": src, "Destination": dst} for kind, src, dst, _ro in cfg.mounts],
         "NetworkSettings": {"Networks": {"bridge": {}}},
         "State": {"Status": "running", "Health": {"Status": "healthy"}},
     }
@@ -188,3 +190,13 @@ def test_password_change_is_shown_redacted():
 ])
 def test_image_major(ref, env, major):
     assert image_major(ref, {"Config": {"Env": env}}) == major
+
+
+def test_the_hash_label_is_computed_as_before_so_an_upgrade_recreates_no_database():
+    """Containers created by earlier versions carry this very hash: it must not move."""
+    body = dict(image="pg:15", container="db", volume="data", user="app", password="secret-pw-1",
+                database="appdb", ports=["127.0.0.1:5432:5432"], settings={"max_connections": 50},
+                healthcheck={"interval": "1s"}, env={"TZ": "UTC"}, labels={"a": "b"}, network="net1")
+    img = {"Id": "sha256:" + "a" * 64, "Config": {"Env": ["PATH=/x", "PG_MAJOR=15"], "Labels": {"m": "x"}}}
+    want = desired_config(DbContainerSpec(**body), LABELS, img, ["postgres"])
+    assert config_hash(want) == "ba817f32151413ad"
