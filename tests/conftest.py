@@ -53,14 +53,15 @@ def _abandoned(labels: dict | None) -> bool:
 def docker_cleanup(client, *, every_session: bool = False) -> None:
     """Remove what this session (or, at start, any earlier killed session) left behind (containers
     first, images last: an image goes once no container uses it)."""
-    from docker.errors import NotFound
+    from docker.errors import APIError, NotFound
     flt = {"label": TEST_LABEL[0] if every_session else f"{TEST_LABEL[0]}={TEST_LABEL[1]}"}
     for kind, listed in (("container", lambda: client.containers.list(all=True, filters=flt, sparse=True)),
                          ("volume", lambda: client.volumes.list(filters=flt)),
                          ("network", lambda: client.networks.list(filters=flt)),
                          ("image", lambda: client.images.list(filters=flt))):
         for obj in listed():
-            labels = obj.attrs.get("Labels") or {}
+            # an image's labels are in its Config (its attrs["Labels"] is None)
+            labels = (obj.labels if kind == "image" else obj.attrs.get("Labels")) or {}
             if not _abandoned(labels):
                 continue
             try:     # another cleanup (a test's own, another session's) may have removed it meanwhile
@@ -68,7 +69,7 @@ def docker_cleanup(client, *, every_session: bool = False) -> None:
                     client.images.remove(obj.id, force=True)
                 else:
                     obj.remove(force=True) if kind != "network" else obj.remove()
-            except NotFound:
+            except (NotFound, APIError):    # gone meanwhile, or still in use by a live session
                 pass
 
 
