@@ -141,7 +141,7 @@ def cmd_destroy(args, out: Output) -> int:
         if answer.strip() != plan.name:
             raise OrchestrateError("not confirmed; nothing was removed")
     said = Executor(plan, "destroy", only=args.only, log=out.debug, progress=out.progress, say=out.print,
-                    options={"no_backup": args.no_backup}).destroy(volumes=args.volumes)
+                    options={"no_backup": args.no_backup, "images": args.images}).destroy(volumes=args.volumes)
     for step, lines in said:
         for line in lines or ["nothing to remove"]:
             out.print(f"{step}: {line}", always=True)
@@ -284,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--only", action="append", metavar="STEP", help="destroy only this step (repeatable)")
     p.add_argument("--no-backup", action="store_true", help="with --volumes: do not take a backup first")
+    p.add_argument("--images", action="store_true", help="also remove the images the plan built")
     p.set_defaults(func=cmd_destroy)
 
     p = with_plan(sub, "backup", "take a backup now (pg_dump in the container), or prove one restorable")

@@ -393,6 +393,10 @@ class Lifecycle:
                 eng.rename(old["Id"], old_name if old_name != aside else self.name)
                 if was_running:
                     eng.start(old["Id"], old_name)
+                    try:     # serving again before the failure is reported
+                        self.wait_healthy(old["Id"], patient=True)
+                    except StepFailed:
+                        pass
             raise
         if old is not None:
             eng.remove_container(old["Id"], aside)

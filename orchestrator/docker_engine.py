@@ -197,6 +197,11 @@ class Engine:
         return self._call("list volumes",
                           lambda: self.api.volumes(filters={"label": list(labels)}).get("Volumes") or [])
 
+    def containers_using(self, image_id: str) -> list[str]:
+        """Names of the containers, running or not, made from this image."""
+        found = self._call("list containers", lambda: self.api.containers(all=True, filters={"ancestor": image_id}))
+        return [c["Names"][0].lstrip("/") for c in found if c.get("ImageID") == image_id]
+
     def publishing(self, host_port: int) -> list[str]:
         """Names of running containers that publish ``host_port``."""
         found = self._call("list containers", lambda: self.api.containers(filters={"publish": str(host_port)}))
@@ -444,3 +449,10 @@ class Engine:
             return code, redact(output.decode(errors="replace"))
 
         return self._call(f"run a command in {name}", run)
+
+    def follow_logs(self, container_id: str, tail: int | str = "all") -> Iterator[bytes]:
+        """A container's output (stdout and stderr) as it comes, until it exits (a read: jobs
+        stream it to the log). Raises when the daemon sends nothing for ``TIMEOUT`` seconds."""
+        return self._stream(f"read the output of {container_id[:12]}", self._call(
+            f"read the output of {container_id[:12]}",
+            lambda: self.api.logs(container_id, stream=True, follow=True, stdout=True, stderr=True, tail=tail)))

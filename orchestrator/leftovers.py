@@ -23,6 +23,8 @@ from .secrets import secrets_path
 from .steps.backup import BackupSpec, partials, remove_restore_copies
 from .throwaway import remove_leftovers
 
+DOCKER_STEPS = ("db-container", "container", "image", "network")
+
 
 def backup_folders(plan: Plan, lock: Lockfile, ctx: Context) -> set[Path]:
     """Where this plan's backups are written: each backup step's folder (when it can be rendered
@@ -64,7 +66,7 @@ def clean(plan: Plan, lock: Lockfile, engine: Engine, ctx: Context) -> str | Non
         except OSError:   # gone already, or its folder became read-only: left for a later run
             continue
         removed.append(os.path.relpath(path, plan.base_dir))
-    if any(s.type == "db-container" for s in plan.steps):   # throwaways need one; no Docker otherwise
+    if any(s.type in DOCKER_STEPS for s in plan.steps):   # no Docker for a plan without containers
         removed += remove_leftovers(engine, plan.name)
         removed += remove_restore_copies(lock, engine)
     return f"removed what an interrupted run left: {', '.join(removed)}" if removed else None

@@ -27,6 +27,7 @@ from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Im
 from ..plan import Strict
 from ..redact import found as secrets_in
 from .base import Resource, extra_labels
+from .image import drop_previous
 
 
 def _as_text(value: Any) -> Any:
@@ -416,6 +417,8 @@ class Container(Resource):
             self.lifecycle.replace(old, lambda: eng.create_container(self._spec(want, want_hash, obs)))
             done.append(("recreated container" if obs.container else "created container")
                         + (f" ({', '.join(diff.fields(Action.RECREATE))})" if obs.container else ""))
+            if old is not None and old.get("Image") != image.get("Id"):
+                drop_previous(eng, old["Image"], self.rc.plan.name)   # the build it ran, if no tag names it
             return "; ".join(done)
         cid = obs.container["Id"]
         done += update_in_place(eng, obs.container, want, fields)

@@ -100,6 +100,23 @@ class ImageSpec(Strict):
         return value
 
 
+def drop_previous(engine, image_id: str, plan: str) -> bool:
+    """Remove an earlier build of this plan that no tag names any more, unless a container still
+    uses it (the container step drops it once it has replaced that container)."""
+    from ..errors import DockerError
+    info = engine.image(image_id)
+    labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+    if info is None or info.get("RepoTags") or labels.get("orchestrate.plan") != plan or DIGEST_LABEL not in labels:
+        return False
+    if engine.containers_using(image_id):
+        return False
+    try:
+        engine.remove_image(image_id)
+    except DockerError:
+        return False
+    return True
+
+
 @dataclass
 class Observed:
     image: dict | None = None                  # the image the tag names now
@@ -242,6 +259,8 @@ class ImageStep(Resource):
                                                f"(orchestrate apply -v shows the whole build); {spec.tag} was "
                                                f"not changed") from None
         reason = diff.changes[0].reason if diff.changes else ""
+        if obs.image is not None and obs.image["Id"] != image_id:
+            drop_previous(eng, obs.image["Id"], self.rc.plan.name)
         return f"built {spec.tag} ({image_id[7:19]})" + (f": {reason}" if obs.image is not None else "")
 
     def summary(self, obs: Observed) -> str:
@@ -274,3 +293,19 @@ class ImageStep(Resource):
                 "files": len(obs.scan.files), "build_args": self.spec.build_args, "target": self.spec.target,
                 "labels": self.spec.labels, "dockerfile": os.path.normpath(self.spec.dockerfile),
                 "bases": obs.bases}
+
+    def destroy(self, obs: Observed, *, volumes: bool) -> list[str]:
+        """The image stays (rebuilding costs time) unless ``destroy --images``; only an image this
+        plan built is removed."""
+        if obs.image is None:
+            return []
+        labels = ((obs.image.get("Config") or {}).get("Labels") or {})
+        if not self.rc.options.get("images"):
+            return [f"kept image {self.spec.tag} (--images removes it)"]
+        if labels.get("orchestrate.plan") != self.rc.plan.name:
+            return [f"kept image {self.spec.tag}: it was not built by this plan"]
+        users = self.rc.engine.containers_using(obs.image["Id"])
+        if users:
+            return [f"kept image {self.spec.tag}: container(s) {', '.join(users)} use it"]
+        self.rc.engine.remove_image(self.spec.tag)
+        return [f"removed image {self.spec.tag}"]

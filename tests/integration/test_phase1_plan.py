@@ -125,7 +125,8 @@ def test_network_is_created_joined_labelled_and_removed(db_plan, docker_client):
     assert info["Labels"]["orchestrate.plan"] == db_plan.name
     assert db_plan.container in [c["Name"] for c in info["Containers"].values()]
     lock = json.loads(db_plan.lock.read_text())
-    assert lock["steps"]["postgres"]["outputs"]["internal_url"].endswith(f"@{db_plan.container}:5432/appdb")
+    # on its network the database answers to its step's name
+    assert lock["steps"]["postgres"]["outputs"]["internal_url"].endswith("@postgres:5432/appdb")
     assert db_plan.run("plan", "--detailed-exitcode")[0] == 0
     code, out = db_plan.run("destroy")
     assert f"removed network {net}" in out, out

@@ -1,0 +1,168 @@
+"""plans/phase2.yaml as a user runs it, in a copy of the repository: the network, PostgreSQL on it as
+`postgres`, the application's image (built offline from wheels downloaded on the host), the
+migrations, the copy, the application's container on 127.0.0.1, verify, backup."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.conftest import TEST_LABEL, free_port, remove_named, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def app_wheels(tmp_path_factory, python_image, docker_client):
+    from tests.integration.test_reference_app_image import download_wheels
+    dest = tmp_path_factory.mktemp("wheels")
+    download_wheels(python_image, dest, docker_client)
+    return dest
+
+
+class Phase2:
+    def __init__(self, repo, python_image: str, app_wheels):
+        self.root, self.base = repo.root, python_image
+        self.plan = repo.root / "plans" / "phase2.yaml"
+        self.name = repo.container.removesuffix("-pg")
+        self.db_container, self.app = repo.container, f"{self.name}-app"
+        self.network, self.tag = f"{self.name}-net", f"{self.name}-app:test"
+        self.app_port, self.db_port = free_port(), repo.port
+        self.extra = [*repo.extra, "-e", f"app_base_image={python_image}", "-e", f"app_port={self.app_port}",
+                      "-e", f"app_container={self.app}", "-e", f"network={self.network}", "-e", f"app_tag={self.tag}",
+                      "-e", "demo_rows=500"]
+        shutil.copytree(app_wheels, self.root / "examples/autodeploy/wheels", dirs_exist_ok=True)
+
+    def run(self, command: str, *argv: str) -> tuple[int, str]:
+        return run_cli(command, self.plan, *self.extra, *argv)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.app_port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    def source_tenants(self) -> int:
+        with sqlite3.connect(self.root / "deployment_platform.db") as conn:
+            return conn.execute("select count(*) from tenants").fetchone()[0]
+
+
+@pytest.fixture
+def phase2(repo_copy, python_image, app_wheels, docker_client):
+    p = Phase2(repo_copy, python_image, app_wheels)
+    yield p
+    remove_named(docker_client, p.name)
+    for image in docker_client.images.list(name=p.tag.split(":")[0]):
+        docker_client.images.remove(image.id, force=True)
+
+
+def ids(docker_client, name: str) -> tuple[str, str]:
+    info = docker_client.api.inspect_container(name)
+    return info["Id"], info["State"]["StartedAt"]
+
+
+def test_phase2_fresh_apply_converges_and_rebuilds_only_what_changed(phase2, docker_client, mutations):
+    code, out = phase2.run("apply")
+    assert code == 0, out
+    status, tenants = phase2.get("/tenants")
+    assert status == 200 and len(tenants) == phase2.source_tenants() > 0
+    env = docker_client.api.inspect_container(phase2.app)["Config"]["Env"]
+    url = next(e for e in env if e.startswith("DATABASE_URL="))
+    assert "@postgres:5432/" in url and "localhost" not in url and "127.0.0.1" not in url
+    # the application's container answers to its name on the network, as the database does
+    net = docker_client.api.inspect_network(phase2.network)
+    assert {c["Name"] for c in net["Containers"].values()} == {phase2.db_container, phase2.app}
+
+    # converged: a second apply makes no mutating Docker call, and plan has nothing to do
+    mutations.calls.clear()
+    code, out = phase2.run("apply")
+    assert code == 0 and "\nchanged:" not in out, out
+    assert mutations.calls == []
+    assert phase2.run("plan", "--detailed-exitcode")[0] == 0
+
+    # one source file changed: rebuild naming it, recreate the application only
+    db_before = ids(docker_client, phase2.db_container)
+    app_file = phase2.root / "examples/autodeploy/app/__init__.py"
+    app_file.write_text(app_file.read_text() + "\n# a change\n")
+    code, out = phase2.run("plan", "--detailed-exitcode")
+    assert code == 2, out
+    assert "rebuild" in out and "examples/autodeploy/app/__init__.py (changed)" in out, out
+    lines = [line for line in out.splitlines() if line.startswith(("  recreate", "  create", "  update"))]
+    assert [line.split()[1] for line in lines if "recreate" in line] == ["app_image", "app"], out
+    code, out = phase2.run("apply")
+    assert code == 0 and "recreated container (image)" in out, out
+    assert ids(docker_client, phase2.db_container) == db_before
+    assert len(phase2.get("/tenants")[1]) == phase2.source_tenants()
+    # the build it replaced is gone: no untagged image of this plan is left behind
+    assert docker_client.api.images(filters={"dangling": True, "label": [
+        "orchestrate.plan=autodeploy-phase2", f"{TEST_LABEL[0]}={TEST_LABEL[1]}"]}) == []
+
+    # a file the .dockerignore leaves out changed: nothing to do
+    (phase2.root / "examples/autodeploy/NOTES.txt").write_text("not in the image\n")
+    assert phase2.run("plan", "--detailed-exitcode")[0] == 0
+
+    # a build argument changed (another name for the same base image): rebuild, and the new
+    # image replaces the application
+    other = f"{phase2.name}-base:3.11"
+    docker_client.images.get(phase2.base).tag(other)
+    try:
+        phase2.extra += ["-e", f"app_base_image={other}"]
+        code, out = phase2.run("plan", "--detailed-exitcode")
+        assert code == 2 and "build args BASE_IMAGE" in out, out
+        code, out = phase2.run("apply")
+        assert code == 0 and "built " in out, out
+        assert ids(docker_client, phase2.db_container) == db_before
+    finally:
+        docker_client.images.remove(other)
+
+
+def test_a_new_image_whose_health_check_fails_is_removed_and_the_old_one_kept(phase2, docker_client):
+    code, out = phase2.run("apply")
+    assert code == 0, out
+    old_id = ids(docker_client, phase2.app)[0]
+    app_file = phase2.root / "examples/autodeploy/app/__init__.py"
+    good = app_file.read_text()
+    # a release whose /health always fails
+    app_file.write_text(good + "\n\n_create_app = create_app\n\n\ndef create_app(url=None):\n"
+                                "    app = _create_app(url)\n"
+                                "    app.view_functions['health'] = lambda: ('broken release', 500)\n"
+                                "    return app\n")
+    code, out = phase2.run("apply")
+    assert code == 1, out
+    assert f"container {phase2.app} is unhealthy" in out, out
+    assert "its last health check: exit code" in out, out
+    # the broken container is gone; the previous one runs again under its name
+    named = [c for c in docker_client.api.containers(all=True) if c["Names"][0].lstrip("/").startswith(phase2.app)]
+    assert [c["Id"] for c in named] == [old_id]
+    assert named[0]["State"] == "running"
+    assert phase2.get("/health")[0] == 200
+    # fixed: the next apply succeeds
+    app_file.write_text(good + "\n# fixed\n")
+    code, out = phase2.run("apply")
+    assert code == 0 and "recreated container" in out, out
+    assert phase2.run("plan", "--detailed-exitcode")[0] == 0
+
+
+def test_the_compose_file_is_accepted_and_no_secret_reaches_images_or_outputs(phase2, docker_client):
+    code, out = phase2.run("apply", "-v")
+    assert code == 0, out
+    compose = phase2.root / "docker-compose.phase2.yml"
+    done = subprocess.run(["docker-compose", "-f", str(compose), "config", "-q"], capture_output=True, text=True,
+                          cwd=phase2.root, timeout=60)
+    assert done.returncode == 0, done.stderr
+    config = subprocess.run(["docker-compose", "-f", str(compose), "config"], capture_output=True, text=True,
+                            cwd=phase2.root, timeout=60).stdout
+    assert f"container_name: {phase2.app}" in config and "condition: service_healthy" in config
+    secret = next(line.split("=", 1)[1] for line in (phase2.root / ".env").read_text().splitlines()
+                  if line.startswith("POSTGRES_PASSWORD="))
+    assert secret not in compose.read_text()
+    image = docker_client.api.inspect_image(phase2.tag)
+    history = json.dumps(docker_client.api.history(phase2.tag))
+    lock = (phase2.root / "plans/phase2.lock").read_text()
+    for text in (out, json.dumps(image["Config"]), history, lock, phase2.run("plan", "--json")[1]):
+        assert secret not in text
+
