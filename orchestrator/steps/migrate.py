@@ -8,8 +8,13 @@ migrate at once, then runs ``alembic upgrade`` exactly as it runs from the folde
 ``alembic.ini``: that folder is the working directory, ``prepend_sys_path`` is resolved there, and
 the URL is in both ``sqlalchemy.url`` and ``DATABASE_URL`` (env.py files of either style work
 unchanged). Alembic runs in-process through its command API, or, with ``python:``, in the
-application's own interpreter (the scripts are still read here). What Alembic, SQLAlchemy and
-env.py log, warn or print is captured: shown with ``-v``, its last lines added to an error.
+application's own interpreter (the scripts are still read here), or, with ``job:``, as
+``alembic -c <ini> upgrade <target>`` in a throwaway container of the application's image on the
+plan's network (:mod:`orchestrator.jobs`), with the database's internal URL in ``DATABASE_URL``: the
+host then needs none of the application's dependencies. In both of the latter modes the revision
+files are read here statically (never run), and the database's revision is read here over the
+host URL. What Alembic, SQLAlchemy and env.py log, warn or print is captured: shown with ``-v``,
+its last lines added to an error.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from .. import redact
 from ..changes import Action, Change, Diff
 from ..errors import OrchestrateError, StepFailed
-from ..fields import Duration, NonEmptyText, RelPath, ScriptLocation, Text
+from ..fields import Duration, DockerName, EnvName, EnvValue, Image, NonEmptyText, RelPath, ScriptLocation, Text
+from ..jobs import JobTimeout, run_job, shown
+from ..jobs import TAIL as JOB_TAIL
 from ..plan import Strict
 from .base import Resource
 
@@ -73,6 +80,28 @@ def _interpreter(value: str) -> str:
 Interpreter = Annotated[NonEmptyText, AfterValidator(_interpreter)]
 
 
+class MigrateJob(Strict):
+    """Alembic as a job in the application's image."""
+    image: Image = Field(description="the application's image (e.g. \"{{ steps.app_image.tag }}\"): "
+                                     "Alembic runs in a throwaway container of it")
+    network: DockerName | None = Field(None, description="network the job joins (default: the network of "
+                                                         "the nearest earlier db-container step)")
+    alembic_ini: NonEmptyText = Field("alembic.ini", description="alembic.ini inside the image (relative to "
+                                                                 "its WORKDIR)")
+    url: Text | None = Field(None, description="database URL of the job, given as DATABASE_URL (default: the "
+                                               "internal_url of the nearest earlier db-container step)")
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, description="more environment variables of "
+                                                                            "the job")
+    timeout: Duration = Field(600.0, description="how long the job may run before it is stopped")
+
+    @field_validator("env")
+    @classmethod
+    def _url_is_set_by_url(cls, value: dict) -> dict:
+        if "DATABASE_URL" in value:
+            raise ValueError("DATABASE_URL is the job's url (set url: instead)")
+        return value
+
+
 class MigrateSpec(Strict):
     alembic_ini: RelPath = Field("alembic.ini", description="the application's alembic.ini (relative to the plan root)")
     script_location: ScriptLocation | None = Field(None, description="overrides script_location of alembic.ini")
@@ -84,6 +113,19 @@ class MigrateSpec(Strict):
     python: Interpreter | None = Field(None, description="the application's Python interpreter (a path "
                                "relative to the plan root, or a command on PATH): Alembic runs there, as a "
                                "subprocess, instead of in orchestrate's own environment")
+    job: MigrateJob | None = Field(None, description="run Alembic in a throwaway container of the "
+                                   "application's image, on the plan's network (the revisions are still "
+                                   "read from alembic_ini here, the files the image is built from)")
+
+    @model_validator(mode="after")
+    def _one_runner(self):
+        if self.job is not None and self.python is not None:
+            raise ValueError("python: and job: exclude each other (Alembic runs in the application's "
+                             "interpreter, or in its image)")
+        if self.job is not None and self.script_location is not None:
+            raise ValueError("script_location: does not reach a job (the alembic.ini inside the image "
+                             "decides where its scripts are)")
+        return self
 
 
 @dataclass
@@ -109,6 +151,7 @@ class Observed:
     sql: str | None = None                               # offline SQL of the upgrade (plan --sql)
     sql_error: str | None = None                         # why that SQL cannot be shown
     after_apply: str | None = None                       # plan: why the database cannot be seen yet
+    notes: list[str] = field(default_factory=list)       # about the job (its image, plan --sql)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,6 +204,7 @@ def diff_migrate(obs: Observed, *, target: str, allow_downgrade: bool, recorded:
                               f"columns and their data) is dropped")
             d.destructive = f"a migration downgrade to {target_name}"
             d.details["undo"] = [{"revision": r.revision, "message": r.message} for r in obs.downgrade]
+    d.notes += obs.notes
     if obs.sql:
         d.details["sql"] = obs.sql
     if obs.sql_error:
@@ -180,9 +224,9 @@ class Failure:
 
 
 class AlembicFailed(Exception):
-    def __init__(self, failure: Failure, lines: list[str]):
+    def __init__(self, failure: Failure, lines: list[str], job: bool = False):
         super().__init__(failure.text)
-        self.failure, self.lines = failure, lines
+        self.failure, self.lines, self.job = failure, lines, job
 
 
 def failure_of(exc: BaseException) -> Failure:
@@ -212,6 +256,35 @@ def failure_in_output(lines: list[str]) -> Failure | None:
     text = re.sub(r"^\([\w.]+\) ", "", text.strip())       # SQLAlchemy's "(psycopg.errors.X) " prefix
     module = re.search(r"No module named '([^']+)'", text)
     return Failure(frames, kind.rsplit(".", 1)[-1], text or kind, module.group(1) if module else None)
+
+
+def in_host_files(failure: Failure, scripts: dict[str, Rev]) -> Failure:
+    """A failure in a job, its frames' files (paths inside the image) replaced by the host's
+    revision files of the same name (the files the image is built from)."""
+    by_name = {os.path.basename(path): path for path in scripts}
+    frames = [(by_name.get(os.path.basename(file), file), function) for file, function in failure.frames]
+    return Failure(frames, failure.kind, failure.text, failure.module)
+
+
+def job_tail(lines: list[str], scripts: dict[str, Rev], most: int = 20) -> list[str]:
+    """A job's last lines for an error: when it ended in a Python traceback, the lines logged
+    before it, the traceback's frames in the revision files and its exception (the frames of
+    SQLAlchemy and Alembic in between are left to -v); otherwise its last ``most`` lines."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return lines[-most:]
+    body = lines[starts[-1] + 1:]
+    end = next((i for i, line in enumerate(body) if line and not line.startswith(" ")), len(body))
+    names = {os.path.basename(path) for path in scripts}
+    kept = []
+    for i, line in enumerate(body[:end]):
+        match = _FRAME.match(line)
+        if match and os.path.basename(match.group(1)) in names:
+            kept.append(line)
+            kept += [code for code in body[i + 1:i + 2] if not _FRAME.match(code)]
+    after = body[end:][:most // 2]
+    before = lines[:starts[0]][-max(most - len(after) - len(kept) - 1, 3):]
+    return before + ["Traceback (most recent call last): ... (-v shows it whole)"] + kept + after
 
 
 def blame(failure: Failure, scripts: dict[str, Rev]) -> tuple[str, str | Rev | None]:
@@ -418,7 +491,8 @@ class Migrate(Resource):
         from alembic.script import ScriptDirectory
         from alembic.util import CommandError
         if getattr(self, "_loaded", None) is None:
-            with self._in_app() as (cfg, lines), (static_scripts() if self.spec.python else contextlib.nullcontext()):
+            static = self.spec.python or self.spec.job
+            with self._in_app() as (cfg, lines), (static_scripts() if static else contextlib.nullcontext()):
                 try:
                     script = ScriptDirectory.from_config(cfg)
                     _ = script.revision_map.heads       # loads every revision file, here
@@ -440,6 +514,26 @@ class Migrate(Resource):
     @property
     def url(self) -> str:
         return self.database_url(self.spec.url)
+
+    @property
+    def job_url(self) -> str:
+        """The URL the job uses (``job.url``, or the db-container's ``internal_url``)."""
+        if self.spec.job.url:
+            return self.spec.job.url
+        found = self.rc.earlier_outputs(self.step, "db-container")
+        if not found or not found[1].get("internal_url"):
+            raise self.rc.plan.smap.error(self.step.path + ("job", "url"), "no job url given and no db-container "
+                                          "step before this one", hint="add url: ... to the job (the database "
+                                          "as the job's container reaches it), or a db-container step before it")
+        return found[1]["internal_url"]
+
+    @property
+    def job_network(self) -> str | None:
+        """The network the job joins (``job.network``, or the db-container's network)."""
+        if self.spec.job.network:
+            return self.spec.job.network
+        found = self.rc.earlier_outputs(self.step, "db-container")
+        return (found[1].get("network") or None) if found else None
 
     def _python(self) -> str:
         """The application's interpreter (``python:``), as a path."""
@@ -467,6 +561,8 @@ class Migrate(Resource):
                               hint="merge them (alembic merge heads) or name one as the step's target")
         self._resolve_target(script)
         _ = self.url
+        if self.spec.job:
+            _ = self.job_url
         if self.spec.python:
             python = self._python()
             done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True,
@@ -542,9 +638,26 @@ class Migrate(Resource):
                 obs.after_apply = f"step {', '.join(pending)} changes the database server first"
                 obs.current = (self.recorded.get("observed") or {}).get("revision")
             self._walk(script, obs)
-        if self.rc.options.get("sql") and obs.upgrade:
+        if self.spec.job:
+            self._observe_job(obs)
+        elif self.rc.options.get("sql") and obs.upgrade:
             self._offline_sql(obs)
         return obs
+
+    def _observe_job(self, obs: Observed) -> None:
+        """What plan says about the job's image when there is something to run (read-only)."""
+        if not (obs.upgrade or obs.downgrade):
+            return
+        image = self.spec.job.image
+        pending = self.rc.pending_before(self.step, "image")
+        if pending:
+            obs.notes.append(f"the image {image} is known after apply (step {', '.join(pending)} builds it first); "
+                             f"the migrations run in it as a job")
+        elif self.rc.engine.image(image) is None:
+            obs.notes.append(f"the image {image} is not on this Docker engine: apply pulls it to run the job")
+        if self.rc.options.get("sql"):
+            obs.notes.append("plan --sql cannot show the SQL of a job (Alembic runs in the image, and plan "
+                             "starts no container); the revisions above are what apply runs")
 
     def _walk(self, script, obs: Observed) -> None:
         from alembic.script.revision import RevisionError
@@ -605,6 +718,8 @@ class Migrate(Resource):
         raises :class:`AlembicFailed` with what went wrong and the lines captured."""
         from sqlalchemy.engine import make_url
         redact.register(make_url(url).password or "")     # a URL given here (a preview's) is masked too
+        if self.spec.job and not sql:
+            return self._run_job(verb, target)
         if self.spec.python:
             return self._run_python(url, verb, target, sql=sql)
         from alembic import command
@@ -635,22 +750,53 @@ class Migrate(Resource):
             raise AlembicFailed(failure, lines)
         return done.stdout if sql else ""
 
+    def _run_job(self, verb: str, target: str) -> str:
+        """``alembic -c <ini> <verb> <target>`` as a job in the application's image, the internal
+        URL in DATABASE_URL (which env.py reads); raises AlembicFailed on a non-zero exit."""
+        from sqlalchemy.engine import make_url
+        job = self.spec.job
+        url = self.job_url
+        try:
+            redact.register(make_url(url).password or "")
+        except Exception:  # not a URL SQLAlchemy reads: env.py will say so in the job
+            pass
+        eng = self.rc.engine
+        if eng.image(job.image) is None:
+            eng.pull(job.image)
+        result = run_job(eng, plan=self.rc.plan.name, purpose="migrate", image=job.image,
+                         command=["alembic", "-c", job.alembic_ini, verb, target],
+                         env={**job.env, "DATABASE_URL": url}, network=self.job_network, labels=self.labels,
+                         timeout=job.timeout, progress=self.rc.progress, log=self.rc.log)
+        if result.code:
+            failure = failure_in_output(result.lines) or Failure(
+                [], "", (result.lines or [f"exit code {result.code}"])[-1])
+            raise AlembicFailed(failure, result.lines, job=True)
+        return ""
+
     def _migrate(self, url: str, now: Observed, conn) -> None:
         """Run the revisions ``now`` lists; a failure names what failed and where the database stays."""
         verb = "upgrade" if now.upgrade else "downgrade"
         try:
             self._run(url, verb, now.target or "base")
+        except JobTimeout as exc:
+            current = self._current(conn)
+            raise StepFailed(f"{exc.message}\nThe database stays at revision {current[0] if current else '(none)'} "
+                             f"(the revision that was running was rolled back)", hint=exc.hint) from None
         except AlembicFailed as failed:
             current = self._current(conn)
             at = current[0] if current else "(none)"
-            where, what = blame(failed.failure, self._scripts(self._script()))
+            scripts = self._scripts(self._script())
+            failure = in_host_files(failed.failure, scripts) if failed.job else failed.failure
+            where, what = blame(failure, scripts)
+            tail = (f"; the job's last lines:{shown(job_tail(failed.lines, scripts, JOB_TAIL))}" if failed.job
+                    else self._tail(failed.lines))
             if where == "load":
-                raise StepFailed(self._load_message(failed.failure, what) + f"; no revision ran, the database "
-                                 f"stays at revision {at}" + self._tail(failed.lines),
-                                 hint=self._load_hint(failed.failure)) from None
+                raise StepFailed(self._load_message(failure, what) + f"; no revision ran, the database "
+                                 f"stays at revision {at}" + tail,
+                                 hint=self._load_hint(failure)) from None
             rev = what or last_started(failed.lines) or self._next(now, at)
-            raise StepFailed(f"migration {rev} failed: {failed.failure.text}; the database stays at "
-                             f"revision {at} (the failed revision was rolled back)" + self._tail(failed.lines),
+            raise StepFailed(f"migration {rev} failed: {failure.text}; the database stays at "
+                             f"revision {at} (the failed revision was rolled back)" + tail,
                              hint="fix the migration and apply again: it is still pending") from None
 
     def _load_message(self, failure: Failure, file: str | None) -> str:
@@ -665,6 +811,12 @@ class Migrate(Resource):
         return f"{what}: {kind}{failure.text}"
 
     def _load_hint(self, failure: Failure, reading: bool = False) -> str:
+        if self.spec.job and not reading:
+            if failure.module is None:
+                return (f"it runs as `alembic -c {self.spec.job.alembic_ini}` in the image {self.spec.job.image}; "
+                        f"-v shows the job's whole output")
+            return (f"install the package that provides {failure.module.split('.')[0]} into the image "
+                    f"{self.spec.job.image} (its requirements), rebuild it, and apply again")
         if failure.module is None:
             return (f"it runs as `alembic upgrade` does from {self.ini.parent}; -v shows the whole traceback")
         top = failure.module.split(".")[0]
@@ -702,6 +854,11 @@ class Migrate(Resource):
     def run_upgrade(self, url: str) -> None:
         """Bring the database at ``url`` (a SQLAlchemy URL) to the step's target by the same path as
         apply (in-process or ``python:``), without the lockfile; raises StepFailed as apply does."""
+        if self.spec.job:
+            raise StepFailed(f"step {self.step.name} runs its migrations as a job in the image "
+                             f"{self.spec.job.image}, which a preview cannot run yet",
+                             hint=f"apply the migrations first (orchestrate apply PLAN --only {self.step.name}), "
+                                  f"then plan --preview again")
         script = self._script()
         with self._connect(url) as conn:
             now = self._now(script, conn, Observed(target=self._resolve_target(script)))
