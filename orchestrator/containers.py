@@ -34,6 +34,7 @@ HASH_LABEL = "orchestrate.config-hash"
 EXTRA_LABEL = "orchestrate.extra-labels"      # which labels came from ORCHESTRATE_LABELS
 OLD_SUFFIX = "-orchestrate-old"
 SECRET_MARK = "(secret)"
+STEADY = 1.0            # seconds a container without a health check must keep running to count as up
 
 
 @dataclass(frozen=True)
@@ -340,16 +341,27 @@ class Lifecycle:
         eng = self.engine
         deadline = time.monotonic() + self.wait
         announced = False
+        steady: tuple[str, float] | None = None    # no health check: running since (StartedAt, seen at)
         while True:
             info = eng.container(container_id)
             state = (info or {}).get("State") or {}
             health = (state.get("Health") or {}).get("Status")
-            if state.get("Status") == "running" and health in ("healthy", None):
+            if state.get("Status") == "running" and health == "healthy":
                 return
-            if (state.get("Status") in ("exited", "dead") or info is None
+            if state.get("Status") == "running" and health is None:
+                # without a health check, "running" must last a moment: a process that dies at
+                # start-up is running for a few milliseconds
+                if patient or (steady and steady[0] == state.get("StartedAt")
+                               and time.monotonic() - steady[1] >= STEADY):
+                    return
+                if not steady or steady[0] != state.get("StartedAt"):
+                    steady = (state.get("StartedAt"), time.monotonic())
+            restarting = state.get("Status") == "restarting" or (steady and steady[0] != state.get("StartedAt"))
+            if (state.get("Status") in ("exited", "dead") or info is None or (restarting and not patient)
                     or (health == "unhealthy" and not patient) or time.monotonic() > deadline):
                 why = ("was removed" if info is None
                        else f"exited with code {state.get('ExitCode')}" if state.get("Status") in ("exited", "dead")
+                       else f"keeps restarting (last exit code {state.get('ExitCode')})" if restarting and not patient
                        else "is unhealthy" if health == "unhealthy" and not patient
                        else f"was not healthy after {self.wait:g}s")
                 logs = eng.logs(container_id, tail=20).rstrip() if info is not None else ""

@@ -66,7 +66,7 @@ def clean(plan: Plan, lock: Lockfile, engine: Engine, ctx: Context) -> str | Non
         except OSError:   # gone already, or its folder became read-only: left for a later run
             continue
         removed.append(os.path.relpath(path, plan.base_dir))
-    if any(s.type in DOCKER_STEPS for s in plan.steps):   # no Docker for a plan without containers
+    if any(s.type in DOCKER_STEPS or (s.type == "migrate" and "job" in (s.body or {})) for s in plan.steps):
         removed += remove_leftovers(engine, plan.name)
         removed += remove_restore_copies(lock, engine)
     return f"removed what an interrupted run left: {', '.join(removed)}" if removed else None

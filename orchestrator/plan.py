@@ -500,7 +500,8 @@ def json_schema() -> dict[str, Any]:
                          steps=(list[Union[tuple(step_models)]], Field(min_length=1)))  # type: ignore[valid-type]
     schema = model.model_json_schema(by_alias=True)
     # Step bodies are rendered before they are validated: there, any value may be a template.
-    schema["$defs"] = {name: _allow_templates(sub) if name.endswith("Spec") else sub
+    # (Every model below a step's body is part of one; the plan's own are SecretSource and the steps.)
+    schema["$defs"] = {name: sub if name == "SecretSource" or name.endswith("Step") else _allow_templates(sub)
                        for name, sub in schema["$defs"].items()}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "orchestrate plan"

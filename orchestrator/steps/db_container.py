@@ -583,7 +583,9 @@ class DbContainer(Resource):
             else:
                 said.append(f"kept volume {spec.volume} (the data is preserved; --volumes removes it)")
         if spec.network and obs.network is not None:
-            if (obs.network.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name:
+            labels = obs.network.get("Labels") or {}
+            # made by this step (a network step's network is that step's to remove)
+            if labels.get("orchestrate.plan") == self.rc.plan.name and labels.get("orchestrate.step") == self.step.name:
                 net = eng.network(spec.network) or {}
                 if not net.get("Containers"):
                     eng.remove_network(spec.network)

@@ -28,6 +28,7 @@ def app_wheels(tmp_path_factory, python_image, docker_client):
 
 class Phase2:
     def __init__(self, repo, python_image: str, app_wheels):
+        self.repo = repo
         self.root, self.base = repo.root, python_image
         self.plan = repo.root / "plans" / "phase2.yaml"
         self.name = repo.container.removesuffix("-pg")
@@ -166,3 +167,22 @@ def test_the_compose_file_is_accepted_and_no_secret_reaches_images_or_outputs(ph
     for text in (out, json.dumps(image["Config"]), history, lock, phase2.run("plan", "--json")[1]):
         assert secret not in text
 
+
+
+def test_a_failing_migration_job_stops_before_the_application_is_replaced(phase2, docker_client):
+    code, out = phase2.run("apply")
+    assert code == 0, out
+    app_before = ids(docker_client, phase2.app)
+    # a release: new application code and a revision that fails
+    app_file = phase2.root / "examples/autodeploy/app/__init__.py"
+    app_file.write_text(app_file.read_text() + "\n# the release that needs the new column\n")
+    phase2.repo.add_revision("f00000000001", "c9f0e8d7b6a5",
+                             "    op.execute('ALTER TABLE no_such_table ADD COLUMN x int')")
+    code, out = phase2.run("apply")
+    assert code == 1, out
+    assert "changed: app_image" in out and "no_such_table" in out, out
+    assert "changed: app " not in out and "app       (container)" not in out.split("failed")[-1], out
+    # the application still runs its old code on the old schema, and no job container is left
+    assert ids(docker_client, phase2.app) == app_before
+    assert docker_client.api.containers(all=True, filters={"label": "orchestrate.throwaway"}) == []
+    assert phase2.get("/health")[0] == 200
