@@ -316,7 +316,9 @@ def health_output(container: dict | None) -> str:
     if not log:
         return ""
     last = log[-1]
-    return f"exit code {last.get('ExitCode')}: {(last.get('Output') or '').strip()[:500] or '(no output)'}"
+    lines = [line.strip() for line in (last.get("Output") or "").splitlines() if line.strip()]
+    shown = " / ".join(lines[-2:])       # a traceback's last line says what failed
+    return f"exit code {last.get('ExitCode')}: {shown[-400:] or '(no output)'}"
 
 
 class Lifecycle:
@@ -334,13 +336,13 @@ class Lifecycle:
             raise StepFailed(f"a host port of container {self.name} is already in use: {exc}",
                              hint=f"free the port or publish another one (ports of step {self.step})") from None
 
-    def wait_healthy(self, container_id: str, *, patient: bool = False) -> None:
+    def wait_healthy(self, container_id: str, *, patient: bool = False, quiet: bool = False) -> None:
         """Until running and healthy (or running, without a health check), for at most ``wait``.
         A new container that turns unhealthy or exits has failed; one that ran before
         (``patient``) may be unhealthy for a while and is waited for to recover."""
         eng = self.engine
         deadline = time.monotonic() + self.wait
-        announced = False
+        announced = quiet
         steady: tuple[str, float] | None = None    # no health check: running since (StartedAt, seen at)
         while True:
             info = eng.container(container_id)
@@ -404,9 +406,10 @@ class Lifecycle:
             if old is not None:
                 eng.rename(old["Id"], old_name if old_name != aside else self.name)
                 if was_running:
+                    self.progress(f"putting the previous {self.name} back")
                     eng.start(old["Id"], old_name)
                     try:     # serving again before the failure is reported
-                        self.wait_healthy(old["Id"], patient=True)
+                        self.wait_healthy(old["Id"], patient=True, quiet=True)
                     except StepFailed:
                         pass
             raise
