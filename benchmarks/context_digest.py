@@ -69,14 +69,17 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=10_000)
-    ap.add_argument("--runs", type=int, default=7)
-    args = ap.parse_args()
+NOOP = "orchestrate digest, no-op (cache from the lockfile)"
+
+
+def measure(files: int = 10_000, runs: int = 7) -> dict:
+    """Generates the context in a temp folder, times everything ``runs`` times, interleaved, and
+    removes the folder. Returns ``{"times": {name: [seconds, ...]}, "files": files, "runs": runs,
+    "sent": paths sent, "lockfile_chars": size of the lockfile's line}``; ``times[NOOP]`` is the
+    no-op digest (what phase2.py reports too)."""
     root = Path(tempfile.mkdtemp(prefix="ctx-bench-"))
     try:
-        generate(root, args.files)
+        generate(root, files)
         ctx = str(root)
         first = buildcontext.scan(ctx, "Dockerfile")
         blob = buildcontext.encode(first)
@@ -90,10 +93,9 @@ def main() -> int:
             changed.write_text(f"x = {time.time()}\n")
             buildcontext.scan(ctx, "Dockerfile", buildcontext.decode(blob))
 
-        for _ in range(args.runs):
+        for _ in range(runs):
             run("orchestrate digest, cold (every file read)", lambda: buildcontext.scan(ctx, "Dockerfile"))
-            run("orchestrate digest, no-op (cache from the lockfile)",
-                lambda: buildcontext.scan(ctx, "Dockerfile", buildcontext.decode(blob)))
+            run(NOOP, lambda: buildcontext.scan(ctx, "Dockerfile", buildcontext.decode(blob)))
             run("orchestrate digest, one file changed", one_changed)
             run("os.walk + lstat of every file (a stat cache's floor)", lambda: walk_stat(root))
             run("docker-py exclude_paths (the file list only)",
@@ -103,20 +105,35 @@ def main() -> int:
             run("GNU tar c | wc -c (no ignore rules)",
                 lambda: subprocess.run(f"tar -C {root} -cf - . | wc -c", shell=True, check=True,
                                        stdout=subprocess.DEVNULL))
-        print(f"context: {args.files:,} source files, 1,000 *.pyc and 2,000 node_modules files ignored; "
-              f"{len(first.files):,} paths sent (folders included); {args.runs} interleaved runs, medians")
-        width = max(map(len, times))
-        noop = statistics.median(times["orchestrate digest, no-op (cache from the lockfile)"])
-        print(f"  {'':<{width}}   median     best   median vs the no-op")
-        for name, values in times.items():
-            med = statistics.median(values)
-            print(f"  {name:<{width}}  {med:6.3f} s {min(values):6.3f} s  {med / noop:5.1f}x")
-        print(f"  lockfile: the context's table is one line of {len(blob):,} characters "
-              f"({len(blob) / len(first.files):.1f} per path)")
-        print(f"no-op target (under 0.3 s): {'met' if noop < 0.3 else 'MISSED'} "
-              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        return {"times": times, "files": files, "runs": runs, "sent": len(first.files), "lockfile_chars": len(blob)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def report(result: dict) -> float:
+    """Prints the table of ``measure``'s result; returns the no-op digest's median."""
+    times, files, runs = result["times"], result["files"], result["runs"]
+    print(f"context: {files:,} source files, {(files - 2 + 9) // 10:,} *.pyc and 2,000 node_modules files ignored; "
+          f"{result['sent']:,} paths sent (folders included); {runs} interleaved runs, medians")
+    width = max(map(len, times))
+    noop = statistics.median(times[NOOP])
+    print(f"  {'':<{width}}   median     best   median vs the no-op")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"  {name:<{width}}  {med:6.3f} s {min(values):6.3f} s  {med / noop:5.1f}x")
+    print(f"  lockfile: the context's table is one line of {result['lockfile_chars']:,} characters "
+          f"({result['lockfile_chars'] / result['sent']:.1f} per path)")
+    print(f"no-op target (under 0.3 s): {'met' if noop < 0.3 else 'MISSED'} "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    return noop
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    report(measure(args.files, args.runs))
     return 0
 
 
