@@ -186,3 +186,14 @@ def test_a_failing_migration_job_stops_before_the_application_is_replaced(phase2
     assert ids(docker_client, phase2.app) == app_before
     assert docker_client.api.containers(all=True, filters={"label": "orchestrate.throwaway"}) == []
     assert phase2.get("/health")[0] == 200
+    # destroy: containers and network go; the data volume and the image stay unless asked
+    code, out = phase2.run("destroy")
+    assert code == 0 and f"kept image {phase2.tag} (--images removes it)" in out, out
+    assert [c for c in docker_client.api.containers(all=True)
+            if c["Names"][0].lstrip("/") in (phase2.app, phase2.db_container)] == []
+    assert docker_client.api.networks(names=[phase2.network]) == []
+    assert docker_client.api.inspect_volume(f"{phase2.name}-data")
+    assert docker_client.api.images(name=phase2.tag)
+    code, out = phase2.run("destroy", "--images")
+    assert code == 0 and f"removed image {phase2.tag}" in out, out
+    assert docker_client.api.images(name=phase2.tag) == []
