@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import TEST_LABEL, run_cli
+from tests.conftest import TEST_LABEL
 from tests.integration.test_phase2 import Phase2, app_wheels, phase2  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -175,3 +175,75 @@ def test_kill_9_during_the_app_replacement(phase2, docker_client):
 def test_kill_9_during_the_app_replacement_leaves_no_previous_build(phase2, docker_client):
     out, before, old_image = kill_during_the_replacement(phase2, docker_client)
     assert dangling(docker_client) <= before, f"the previous build {old_image[7:19]} was left:\n{out}"
+
+
+SLOW = "d5e6f7a8b9c0"
+SLOW_REVISION = '''"""a slow revision (the kill test's)
+
+Revision ID: {rev}
+Revises: {down}
+"""
+from alembic import op
+
+revision = "{rev}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("select pg_sleep(5)")
+    op.execute("create table kill_test_marker (id integer primary key)")
+
+
+def downgrade() -> None:
+    op.execute("drop table kill_test_marker")
+'''
+
+
+def as_job(p: Phase2) -> None:
+    """The plan's schema step as a job in the application's image (as the README shows), unless the
+    plan already says so."""
+    text = p.plan.read_text()
+    step = text.split("- name: schema", 1)[1].split("- name:", 1)[0]
+    if "job:" not in step:
+        new = step.replace("      target: head\n", "      target: head\n      job:\n"
+                                                    "        image: \"{{ steps.app_image.tag }}\"\n", 1)
+        assert new != step, step
+        p.plan.write_text(text.replace(step, new, 1))
+
+
+def test_kill_9_during_the_migration_job(phase2, docker_client):
+    as_job(phase2)
+    code, out = phase2.run("apply")
+    assert code == 0 and "migrate job" in out, out
+    versions = phase2.root / "alembic/versions"
+    heads = {line.split('"')[1] for f in versions.glob("*.py") for line in f.read_text().splitlines()
+             if line.startswith("revision")}
+    downs = {line.split('"')[1] for f in versions.glob("*.py") for line in f.read_text().splitlines()
+             if line.startswith("down_revision") and '"' in line}
+    (head,) = heads - downs
+    (versions / f"{SLOW}_slow.py").write_text(SLOW_REVISION.format(rev=SLOW, down=head))
+    seen: dict[str, float] = {}
+
+    def in_the_job(out: str):
+        # the job's container runs, inside the slow revision (its log line with -v, or 2 s in)
+        jobs = docker_client.api.containers(filters={"status": "running", "label": [
+            "orchestrate.throwaway", f"{TEST_LABEL[0]}={TEST_LABEL[1]}"]})
+        if not jobs:
+            return None
+        first = seen.setdefault(jobs[0]["Id"], time.monotonic())
+        if f"-> {SLOW}" in out or time.monotonic() - first > 2:
+            return jobs[0]
+        return None
+
+    killed, job = killed_apply(phase2, in_the_job, "-v")
+    assert docker_client.api.containers(all=True, filters={"id": job["Id"]}), "the kill left no job to clean"
+    assert "(migrate)" not in killed.split("(image)", 1)[-1], killed     # killed inside the step
+
+    out = converges(phase2, docker_client, killed)
+    assert not docker_client.api.containers(all=True, filters={"id": job["Id"]}), out
+    assert throwaways(docker_client) == [], out
+    rows = subprocess.run(["docker", "exec", phase2.db_container, "psql", "-U", "dbadmin", "-d", "autodeploy",
+                           "-tAc", "select version_num from alembic_version"], capture_output=True, text=True)
+    assert rows.stdout.strip() == SLOW, rows.stdout + rows.stderr
