@@ -215,6 +215,30 @@ def cmd_schema(args, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_init(args, out: Output) -> int:
+    """Plans for the application in --dir (see orchestrator/init.py): written, never overwritten."""
+    import os
+    from .init import init
+    found, written = init(args.dir)
+    db, docker = found.database, found.docker
+    out.print(f"orchestrate init in {os.path.abspath(args.dir)}:", always=True)
+    out.print(f"  alembic.ini: {found.alembic.ini} (scripts: {found.alembic.scripts}/, "
+              f"{found.alembic.revisions} revision file(s))", always=True)
+    out.print(f"  SQLite database: {db.path} " + (f"({db.origin}" + ("" if db.exists else "; not there yet") + ")"
+              if db.origin else "(NOT FOUND: a guess, see the TODO in plans/phase1.yaml)"), always=True)
+    out.print(f"  Dockerfile: {docker.path}" if docker else "  Dockerfile: none (no phase-2 plan)", always=True)
+    out.print("Wrote:", always=True)
+    for rel in written:
+        out.print(f"  {rel}", always=True)
+    out.print(f"Keep out of version control: plans/*.secrets, {found.env_dest}, backups/ (they hold the "
+              "password and the data)", always=True)
+    plan = os.path.relpath(os.path.join(args.dir, "plans", "phase1.yaml"))
+    out.print("Review plans/phase1.yaml (its comments say what init found and what it guessed), then:", always=True)
+    out.print(f"  orchestrate plan {plan}", always=True)
+    out.print(f"  orchestrate apply {plan}", always=True)
+    return EXIT_OK
+
+
 def _common(defaults: bool) -> argparse.ArgumentParser:
     """-v, -q and --no-color, accepted before and after the command. After it, they must not
     overwrite what was given before it, so there they default to nothing."""
@@ -301,6 +325,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of the plan format", parents=[common])
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("init", parents=[common], help="write plans for an existing application (never overwrites)",
+                       description="Find the application's alembic.ini, SQLite database and Dockerfile (read, "
+                                   "never run) and write plans/phase1.yaml (and plans/phase2.yaml with a Dockerfile).")
+    p.add_argument("--dir", default=".", metavar="PATH", help="the application's folder (default: the current one)")
+    p.set_defaults(func=cmd_init)
     return ap
 
 

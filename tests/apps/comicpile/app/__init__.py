@@ -1,0 +1,1 @@
+"""comic-pile: the fixture application of orchestrate init's tests."""
