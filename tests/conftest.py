@@ -105,6 +105,14 @@ def python_image(docker_client) -> str:
     return PYTHON_IMAGE
 
 
+@pytest.fixture(scope="session")
+def nginx_image(docker_client) -> str:
+    """The reverse proxy's image (nginx:alpine's stand-in: the plans' ``nginx_image``), built like pg_image."""
+    image = os.environ.get("ORCHESTRATE_TEST_NGINX_IMAGE", "orchestrate-test/nginx:1.22")
+    subprocess.run(["bash", str(ROOT / "tests/images/nginx/build.sh"), image], check=True)
+    return image
+
+
 class MutationRecorder:
     """Records every HTTP call to the Docker daemon that could change something."""
 

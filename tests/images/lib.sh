@@ -7,7 +7,8 @@
 #                               a flock so concurrent builds wait for each other, a second check
 #   make_rootfs PKG[,PKG...]    debootstrap --variant=minbase $SUITE with those packages into $ROOTFS
 #                               (a temp dir that a trap removes on exit, even on failure or kill)
-#   drop_package_files PKG...   deletes the files (not the directories) a package installed
+#   drop_package_files PKG...   deletes the files (not the directories, nor links to them) a
+#                               package installed
 #   strip_rootfs                docs, man pages, message catalogs, apt/dpkg caches and logs, /dev, /tmp
 #   import_rootfs MSG CHANGE... tar | docker import --change CHANGE...; prints the new image's id
 #   end_build                   prints the tag, its size and the time taken
@@ -97,6 +98,9 @@ drop_package_files() {
 			continue
 		fi
 		while IFS= read -r f; do
+			# A directory the package lists may be a symlink in the rootfs: merged /usr makes
+			# /bin, /sbin and /lib links to usr/..., and removing one breaks the whole image.
+			if [[ -L "$ROOTFS$f" ]] && chroot "$ROOTFS" test -d "$f"; then continue; fi
 			if [[ -L "$ROOTFS$f" || -f "$ROOTFS$f" ]]; then rm -f "${ROOTFS:?}$f"; fi
 		done < <(chroot "$ROOTFS" dpkg-query -L "$pkg")
 	done
