@@ -63,7 +63,11 @@ def validate(plan: Plan, *, checks: bool = True) -> list[tuple[StepDecl, Resourc
     no writes."""
     store = SecretStore(secrets_path(plan.path))
     ctx = build_context(plan, store, generate=False)
-    rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
+    try:    # what the last apply recorded lets a check skip what it proved then (migrate's scripts)
+        lock = Lockfile.load(plan.lock_path)
+    except OrchestrateError:   # a damaged lockfile is the business of the command that reads it
+        lock = Lockfile(plan.lock_path)
+    rc = RunContext(plan=plan, mode="validate", lock=lock, context=ctx)
     out = []
     for step, res in rendered_steps(plan, ctx, rc):
         if res is None:

@@ -40,14 +40,15 @@ from typing import Annotated, Any, Iterator
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from .. import redact
+from .. import dbconn, redact
 from ..changes import Action, Change, Diff
 from ..errors import OrchestrateError, StepFailed
 from ..fields import Duration, DockerName, EnvName, EnvValue, Image, NonEmptyText, RelPath, ScriptLocation, Text
 from ..jobs import JobTimeout, run_job, shown
 from ..jobs import TAIL as JOB_TAIL
+from ..lockfile import digest
 from ..plan import Strict
-from .base import Resource
+from .base import Resource, libpq_url
 
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"orchestrate.migrate").digest()[:8], "big", signed=True)
 TAIL = 10   # captured lines added to an error
@@ -152,6 +153,12 @@ class Observed:
     sql_error: str | None = None                         # why that SQL cannot be shown
     after_apply: str | None = None                       # plan: why the database cannot be seen yet
     notes: list[str] = field(default_factory=list)       # about the job (its image, plan --sql)
+    stamp: str | None = None                             # the scripts' stamp (the converged path)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _first_line(exc: BaseException) -> str:
@@ -554,6 +561,11 @@ class Migrate(Resource):
         return found
 
     def check(self) -> None:
+        if self._converged():      # loaded and run to the target by the last apply, unchanged since
+            _ = self.url
+            if self.spec.job:
+                _ = self.job_url
+            return
         script = self._script()
         heads = script.get_heads()
         if len(heads) > 1:
@@ -616,7 +628,62 @@ class Migrate(Resource):
         self._walk(script, obs)
         return obs
 
+    # the converged path: no Alembic, no SQLAlchemy ---------------------------------------------
+
+    def _stamp(self) -> str | None:
+        """Size and modification time of alembic.ini and of every file in the scripts folder,
+        with the step's settings: equal to the recorded stamp, the scripts are the ones the last
+        apply loaded and reached the target with. None when the folder cannot be found cheaply."""
+        import configparser
+        try:
+            ini = self.ini
+            location = self.spec.script_location
+            if location is None:
+                parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
+                parser.read(ini)
+                location = parser.get("alembic", "script_location", fallback=None)
+            if not location or ":" in location.replace(str(ini.parent), ""):   # a package resource
+                return None
+            folder = Path(location) if Path(location).is_absolute() else ini.parent / location
+            entries = [("alembic.ini", *_stat(ini))]
+            for root, dirs, files in os.walk(folder):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                entries += [(os.path.relpath(os.path.join(root, f), folder), *_stat(Path(root, f)))
+                            for f in sorted(files) if not f.endswith((".pyc", ".pyo"))]
+        except (OSError, configparser.Error, ValueError):
+            return None
+        if len(entries) == 1:
+            return None
+        spec = self.spec
+        return digest([str(folder), entries, spec.target, spec.script_location, spec.python,
+                       bool(spec.job), spec.allow_downgrade])[7:23]
+
+    def _converged(self) -> bool:
+        """The last apply reached the target with scripts that have not changed since."""
+        rec = self.recorded.get("observed") or {}
+        if not rec.get("scripts") or rec.get("revision") != rec.get("target_revision"):
+            return False
+        if getattr(self, "_stamp_now", None) is None:
+            self._stamp_now = self._stamp() or ""
+        return self._stamp_now == rec["scripts"]
+
+    def _fast_observe(self) -> Observed | None:
+        """One SQL query instead of Alembic: the database still at the recorded revision."""
+        import psycopg
+        rec = self.recorded.get("observed") or {}
+        try:
+            with dbconn.connect(libpq_url(self.url), what="reading the database's revision", timeout=5) as conn:
+                rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        except (psycopg.Error, OrchestrateError):
+            return None
+        if [r[0] for r in rows] != [rec["revision"]]:
+            return None
+        return Observed(heads=[Rev(rec["revision"], "")], target=rec["target_revision"], reachable=True,
+                        current=rec["revision"], stamp=self._stamp_now)
+
     def observe(self) -> Observed:
+        if self._converged() and not self.rc.options.get("sql") and (fast := self._fast_observe()) is not None:
+            return fast
         from sqlalchemy.exc import SQLAlchemyError
         script = self._script()
         obs = Observed(heads=[Rev(h, script.get_revision(h).doc) for h in script.get_heads()])
@@ -882,4 +949,9 @@ class Migrate(Resource):
         return {"revision": obs.current, "target": obs.target}
 
     def record(self, obs: Observed) -> dict[str, Any]:
-        return {"revision": obs.current if obs.reachable else None}
+        rec = {"revision": obs.current if obs.reachable else None}
+        if obs.reachable and obs.current == obs.target and obs.current is not None:
+            stamp = obs.stamp or self._stamp()
+            if stamp:       # the next run may skip Alembic while these scripts stay as they are
+                rec.update(scripts=stamp, target_revision=obs.target)
+        return rec
