@@ -123,7 +123,8 @@ def run_job(engine: Engine, *, plan: str, purpose: str, image: str, command: lis
     try:
         cid = engine.create_container(ContainerSpec(
             name=name, image=image, command=list(command), env=dict(env), labels=job_labels(labels, purpose),
-            ports=[], volumes=[], restart=("no", 0), network=network, user=user))
+            ports=[], volumes=[], restart=("no", 0), network=network, user=user,
+            healthcheck={"test": ["NONE"]}))     # the image's HEALTHCHECK asks a server a job does not run
         progress(f"running the {purpose} job {name} (image {image})")
         engine.start(cid, name)
         follower = _Follower(engine, cid, log, f"{purpose}: ")

@@ -413,7 +413,7 @@ class Container(Resource):
             old = obs.container or (obs.aside[0] if obs.aside else None)
             for leftover in obs.aside:
                 if old is not None and leftover["Id"] != old["Id"]:
-                    eng.remove_container(leftover["Id"], leftover["Name"].lstrip("/"))
+                    self._remove_leftover(leftover, image)
             self.lifecycle.replace(old, lambda: eng.create_container(self._spec(want, want_hash, obs)))
             done.append(("recreated container" if obs.container else "created container")
                         + (f" ({', '.join(diff.fields(Action.RECREATE))})" if obs.container else ""))
@@ -427,9 +427,16 @@ class Container(Resource):
             done.append("started container")
         self.lifecycle.wait_healthy(cid, patient="state" not in fields)
         for leftover in obs.aside:
-            eng.remove_container(leftover["Id"], leftover["Name"].lstrip("/"))
+            self._remove_leftover(leftover, image)
             done.append(f"removed {leftover['Name'].lstrip('/')}, left aside by an interrupted run")
         return "; ".join(done) or "ok"
+
+    def _remove_leftover(self, leftover: dict, image: dict) -> None:
+        """A container an interrupted replace set aside, and the earlier build it ran (when no tag
+        names that build any more and nothing else runs it)."""
+        self.rc.engine.remove_container(leftover["Id"], leftover["Name"].lstrip("/"))
+        if leftover.get("Image") != image.get("Id"):
+            drop_previous(self.rc.engine, leftover["Image"], self.rc.plan.name)
 
     def _spec(self, want: ContainerConfig, want_hash: str, obs: Observed) -> ContainerSpec:
         spec = self.spec

@@ -5,60 +5,13 @@ migrations, the copy, the application's container on 127.0.0.1, verify, backup."
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 import subprocess
-import urllib.request
-import uuid
 
 import pytest
 
-from tests.conftest import TEST_LABEL, free_port, remove_named, run_cli
+from tests.conftest import TEST_LABEL
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def app_wheels(tmp_path_factory, python_image, docker_client):
-    from tests.integration.test_reference_app_image import download_wheels
-    dest = tmp_path_factory.mktemp("wheels")
-    download_wheels(python_image, dest, docker_client)
-    return dest
-
-
-class Phase2:
-    def __init__(self, repo, python_image: str, app_wheels):
-        self.repo = repo
-        self.root, self.base = repo.root, python_image
-        self.plan = repo.root / "plans" / "phase2.yaml"
-        self.name = repo.container.removesuffix("-pg")
-        self.db_container, self.app = repo.container, f"{self.name}-app"
-        self.network, self.tag = f"{self.name}-net", f"{self.name}-app:test"
-        self.app_port, self.db_port = free_port(), repo.port
-        self.extra = [*repo.extra, "-e", f"app_base_image={python_image}", "-e", f"app_port={self.app_port}",
-                      "-e", f"app_container={self.app}", "-e", f"network={self.network}", "-e", f"app_tag={self.tag}",
-                      "-e", "demo_rows=500"]
-        shutil.copytree(app_wheels, self.root / "examples/autodeploy/wheels", dirs_exist_ok=True)
-
-    def run(self, command: str, *argv: str) -> tuple[int, str]:
-        return run_cli(command, self.plan, *self.extra, *argv)
-
-    def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.app_port}{path}", timeout=10) as response:
-            return response.status, json.loads(response.read())
-
-    def source_tenants(self) -> int:
-        with sqlite3.connect(self.root / "deployment_platform.db") as conn:
-            return conn.execute("select count(*) from tenants").fetchone()[0]
-
-
-@pytest.fixture
-def phase2(repo_copy, python_image, app_wheels, docker_client):
-    p = Phase2(repo_copy, python_image, app_wheels)
-    yield p
-    remove_named(docker_client, p.name)
-    for image in docker_client.images.list(name=p.tag.split(":")[0]):
-        docker_client.images.remove(image.id, force=True)
 
 
 def ids(docker_client, name: str) -> tuple[str, str]:

@@ -14,8 +14,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import TEST_LABEL
-from tests.integration.test_phase2 import Phase2, app_wheels, phase2  # noqa: F401
+from tests.conftest import TEST_LABEL, Phase2
 
 pytestmark = pytest.mark.integration
 
@@ -167,11 +166,6 @@ def test_kill_9_during_the_app_replacement(phase2, docker_client):
     assert f"removed {phase2.app}{OLD}, left aside by an interrupted run" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product defect: after a kill -9 during the app's replacement, the next apply keeps the new "
-    "container and removes the -orchestrate-old one (container step, in-place path) but never "
-    "drops the image that old container ran: the previous build of app_image, untagged, labelled "
-    "orchestrate.plan=autodeploy-phase2, stays on the engine; later applies and plan say no change"))
 def test_kill_9_during_the_app_replacement_leaves_no_previous_build(phase2, docker_client):
     out, before, old_image = kill_during_the_replacement(phase2, docker_client)
     assert dangling(docker_client) <= before, f"the previous build {old_image[7:19]} was left:\n{out}"
