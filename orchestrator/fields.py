@@ -170,3 +170,17 @@ def parse_port(value) -> PortMapping:
 Port = Annotated[PortMapping, BeforeValidator(parse_port), WithJsonSchema({
     "anyOf": [{"type": "string", "pattern": re.sub(r"\?P<\w+>", "", _PORT.pattern)}, {"type": "integer"}],
     "description": "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]; HOST_IP defaults to 127.0.0.1"})]
+
+
+def unique_ports(value: list[PortMapping]) -> list[PortMapping]:
+    """A step's published ports, each host address and port at most once."""
+    from .errors import KeyedValueError
+    seen = set()
+    for i, port in enumerate(value):
+        if (port.host_ip, port.host_port, port.proto) in seen:
+            raise KeyedValueError(f"host port {port.host_ip}:{port.host_port} is published twice", i)
+        seen.add((port.host_ip, port.host_port, port.proto))
+    return value
+
+
+Ports = Annotated[list[Port], AfterValidator(unique_ports)]

@@ -22,7 +22,7 @@ from ..containers import (NS, ContainerConfig, Lifecycle, actual_config, compare
                           port_conflicts, set_aside, update_in_place)
 from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError
-from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Port,
+from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Ports,
                       RelPath, Text)
 from ..plan import Strict
 from ..redact import found as secrets_in
@@ -171,7 +171,7 @@ class ContainerStepSpec(Strict):
     env: dict[EnvName, EnvText] = Field(default_factory=dict, description="environment variables")
     env_file: list[RelPath] = Field(default_factory=list,
                                     description="files of KEY=VALUE lines (relative to the plan root); env wins")
-    ports: list[Port] = Field(default_factory=list, description="published ports; the host address defaults to 127.0.0.1")
+    ports: Ports = Field(default_factory=list, description="published ports; the host address defaults to 127.0.0.1")
     volumes: list[Annotated[VolumeMount, BeforeValidator(parse_volume), WithJsonSchema(
         {"type": "string", "description": "NAME:/path[:ro] or ./dir:/path[:ro]"})]] = Field(
         default_factory=list, description="NAME:/path[:ro] (named volume) or ./dir:/path[:ro] (bind mount)")
@@ -197,15 +197,6 @@ class ContainerStepSpec(Strict):
     def _tmpfs_list(cls, value: Any) -> Any:
         return {path: "" for path in value} if isinstance(value, list) else value
 
-    @field_validator("ports")
-    @classmethod
-    def _ports_unique(cls, value: list) -> list:
-        seen = set()
-        for i, port in enumerate(value):
-            if (port.host_ip, port.host_port, port.proto) in seen:
-                raise KeyedValueError(f"host port {port.host_ip}:{port.host_port} is published twice", i)
-            seen.add((port.host_ip, port.host_port, port.proto))
-        return value
 
     @field_validator("volumes")
     @classmethod

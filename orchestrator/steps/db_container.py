@@ -34,7 +34,7 @@ from ..containers import (HASH_LABEL, NS, OLD_SUFFIX, ContainerConfig, Lifecycle
 from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError, StepFailed
 from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Password,
-                      PgIdent, Port, SettingName, SettingValue, Text)
+                      PgIdent, Ports, SettingName, SettingValue, Text)
 from ..lockfile import digest
 from ..plan import Strict
 from ..redact import REDACTED
@@ -64,7 +64,7 @@ class DbContainerSpec(Strict):
     password: Password = Field(json_schema_extra={"writeOnly": True},
                           description="the user's password; use a secret: '{{ secrets.db_password }}'")
     database: PgIdent | None = Field(None, description="database (POSTGRES_DB); default: user")
-    ports: list[Port] = Field(default_factory=list)
+    ports: Ports = Field(default_factory=list)
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     healthcheck: HealthcheckSpec = Field(default_factory=HealthcheckSpec)
     settings: dict[SettingName, SettingValue] = Field(
@@ -95,15 +95,6 @@ class DbContainerSpec(Strict):
                 raise KeyedValueError(f"set {key} with the step's '{RESERVED_ENV[key]}' key, not env", key)
         return value
 
-    @field_validator("ports")
-    @classmethod
-    def _ports_unique(cls, value: list) -> list:
-        seen = set()
-        for i, port in enumerate(value):
-            if (port.host_ip, port.host_port, port.proto) in seen:
-                raise KeyedValueError(f"host port {port.host_ip}:{port.host_port} is published twice", i)
-            seen.add((port.host_ip, port.host_port, port.proto))
-        return value
 
     @property
     def db(self) -> str:

@@ -172,27 +172,6 @@ def test_kill_9_during_the_app_replacement_leaves_no_previous_build(phase2, dock
 
 
 SLOW = "d5e6f7a8b9c0"
-SLOW_REVISION = '''"""a slow revision (the kill test's)
-
-Revision ID: {rev}
-Revises: {down}
-"""
-from alembic import op
-
-revision = "{rev}"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("select pg_sleep(5)")
-    op.execute("create table kill_test_marker (id integer primary key)")
-
-
-def downgrade() -> None:
-    op.execute("drop table kill_test_marker")
-'''
 
 
 def as_job(p: Phase2) -> None:
@@ -217,7 +196,9 @@ def test_kill_9_during_the_migration_job(phase2, docker_client):
     downs = {line.split('"')[1] for f in versions.glob("*.py") for line in f.read_text().splitlines()
              if line.startswith("down_revision") and '"' in line}
     (head,) = heads - downs
-    (versions / f"{SLOW}_slow.py").write_text(SLOW_REVISION.format(rev=SLOW, down=head))
+    phase2.repo.add_revision(SLOW, head, '    op.execute("select pg_sleep(5)")\n'
+                                         '    op.execute("create table kill_test_marker (id integer primary key)")',
+                             "a slow revision (the kill test's)")
     seen: dict[str, float] = {}
 
     def in_the_job(out: str):
