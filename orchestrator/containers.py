@@ -33,6 +33,7 @@ NS = 1_000_000_000
 HASH_LABEL = "orchestrate.config-hash"
 EXTRA_LABEL = "orchestrate.extra-labels"      # which labels came from ORCHESTRATE_LABELS
 OLD_SUFFIX = "-orchestrate-old"
+NEW_SUFFIX = "-orchestrate-new"
 SECRET_MARK = "(secret)"
 STEADY = 1.0            # seconds a container without a health check must keep running to count as up
 
@@ -417,6 +418,37 @@ class Lifecycle:
             eng.remove_container(old["Id"], aside)
         return new_id
 
+    def replace_start_first(self, old: dict | None, create: Callable[[str], str], *, drain: float,
+                            grace: int) -> str:
+        """Zero-downtime replacement of a stateless service: the new container starts beside the
+        old one under a temporary name (``<name>-orchestrate-new``), with the same network
+        aliases, so both answer to the service's name; once it is healthy, and after ``drain``
+        seconds (resolvers that cached the name before the new container existed ask again), the
+        old one is stopped gracefully (its server finishes what it serves, for at most ``grace``
+        seconds; meanwhile a proxy that retries on a refused connection reaches the new one),
+        removed, and the new one takes the service's name. A new container that never gets
+        healthy is removed; the old one never stopped serving."""
+        eng = self.engine
+        temp = self.name + NEW_SUFFIX
+        new_id = None
+        try:
+            new_id = create(temp)
+            self.start(new_id)
+            self.wait_healthy(new_id)
+        except BaseException:
+            if new_id is not None:
+                eng.remove_container(new_id, temp)
+            raise
+        if old is not None:
+            old_name = old["Name"].lstrip("/")
+            if drain:
+                self.progress(f"{temp} is healthy; moving traffic to it ({drain:g}s)")
+                time.sleep(drain)
+            if (old.get("State") or {}).get("Status") == "running":
+                eng.stop(old["Id"], old_name, timeout=grace)
+            eng.remove_container(old["Id"], old_name)
+        eng.rename(new_id, self.name)
+        return new_id
 
 def update_in_place(engine: Engine, container: dict, want: ContainerConfig, changed: set[str]) -> list[str]:
     """Apply the changes :data:`RULES` allows in place; what was done, in words."""
@@ -436,9 +468,10 @@ def update_in_place(engine: Engine, container: dict, want: ContainerConfig, chan
     return done
 
 
-def set_aside(engine: Engine, name: str, plan: str, step: str) -> list[dict]:
-    """Containers of this step that an interrupted replace left aside (``<name>-orchestrate-old``)."""
-    found = engine.container(name + OLD_SUFFIX)
+def set_aside(engine: Engine, name: str, plan: str, step: str, suffix: str = OLD_SUFFIX) -> list[dict]:
+    """Containers of this step that an interrupted replace left (``<name>-orchestrate-old``, or
+    with ``suffix`` ``-orchestrate-new``)."""
+    found = engine.container(name + suffix)
     return [found] if found is not None and is_mine(found, plan, step) else []
 
 

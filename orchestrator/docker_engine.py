@@ -436,6 +436,19 @@ class Engine:
 
         self._call(f"copy a file into {name}", lambda: self.api.put_archive(container_id, directory, archive()))
 
+    def put_bytes(self, container_id: str, name: str, dest: str, data: bytes, mode: int = 0o644) -> None:
+        """Write ``data`` as the file ``dest`` (an absolute path) in a container, created or stopped
+        or running (its folder must exist)."""
+        import posixpath
+        self._mutate(f"copy {dest} into {name}")
+        info = tarfile.TarInfo(posixpath.basename(dest))
+        info.size, info.mode = len(data), mode
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            tar.addfile(info, io.BytesIO(data))
+        self._call(f"copy {dest} into {name}",
+                   lambda: self.api.put_archive(container_id, posixpath.dirname(dest) or "/", buf.getvalue()))
+
     def exec(self, container_id: str, name: str, cmd: list[str], env: dict[str, str] | None = None,
              user: str = "") -> tuple[int, str]:
         """Run a command inside a container; secrets go in ``env``, never in ``cmd``."""

@@ -309,24 +309,27 @@ def app_wheels(tmp_path_factory, python_image, docker_client):
 
 
 class Phase2:
-    def __init__(self, repo, python_image: str, app_wheels):
+    def __init__(self, repo, python_image: str, app_wheels, nginx_image: str):
         self.repo = repo
         self.root, self.base = repo.root, python_image
         self.plan = repo.root / "plans" / "phase2.yaml"
         self.name = repo.container.removesuffix("-pg")
         self.db_container, self.app = repo.container, f"{self.name}-app"
         self.network, self.tag = f"{self.name}-net", f"{self.name}-app:test"
-        self.app_port, self.db_port = free_port(), repo.port
+        self.app_port, self.db_port, self.http_port = free_port(), repo.port, free_port()
+        self.proxy = f"{self.name}-nginx"
         self.extra = [*repo.extra, "-e", f"app_base_image={python_image}", "-e", f"app_port={self.app_port}",
                       "-e", f"app_container={self.app}", "-e", f"network={self.network}", "-e", f"app_tag={self.tag}",
-                      "-e", "demo_rows=500"]
+                      "-e", "demo_rows=500", "-e", f"nginx_image={nginx_image}",
+                      "-e", f"proxy_container={self.name}-nginx", "-e", f"http_port={self.http_port}"]
         shutil.copytree(app_wheels, self.root / "examples/autodeploy/wheels", dirs_exist_ok=True)
 
     def run(self, command: str, *argv: str) -> tuple[int, str]:
         return run_cli(command, self.plan, *self.extra, *argv)
 
-    def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.app_port}{path}", timeout=10) as response:
+    def get(self, path: str, proxy: bool = False):
+        port = self.http_port if proxy else self.app_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
             return response.status, json.loads(response.read())
 
     def source_tenants(self) -> int:
@@ -335,8 +338,8 @@ class Phase2:
 
 
 @pytest.fixture
-def phase2(repo_copy, python_image, app_wheels, docker_client):
-    p = Phase2(repo_copy, python_image, app_wheels)
+def phase2(repo_copy, python_image, app_wheels, nginx_image, docker_client):
+    p = Phase2(repo_copy, python_image, app_wheels, nginx_image)
     yield p
     remove_named(docker_client, p.name)
     for image in docker_client.images.list(name=p.tag.split(":")[0]):

@@ -17,11 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
 from ..changes import Action, Change, Diff
-from ..containers import (NS, ContainerConfig, Lifecycle, actual_config, compare, config_hash,
+from ..containers import (NEW_SUFFIX, NS, ContainerConfig, Lifecycle, actual_config, compare, config_hash,
                           effective, fingerprint, health_tuple, is_mine, labels_for, paused_problem,
                           port_conflicts, set_aside, update_in_place)
 from ..docker_engine import ContainerSpec
-from ..errors import KeyedValueError
+from ..errors import KeyedValueError, StepFailed
 from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Ports,
                       RelPath, Text)
 from ..plan import Strict
@@ -163,6 +163,14 @@ class ServiceHealthcheck(Strict):
         return ["CMD", *self.test]
 
 
+class FileInto(Strict):
+    """A file of the plan's (often one a render step wrote) copied into the container before it
+    starts: configuration without a bind mount."""
+    src: RelPath = Field(description="the file, relative to the plan root")
+    dest: ContainerPath = Field(description="where it goes in the container (its folder must exist)")
+    mode: Text = Field("0644", pattern=r"^0?[0-7]{3}$", description="file mode in octal")
+
+
 class ContainerStepSpec(Strict):
     image: Image = Field(description="image: an image step's tag ('{{ steps.app_image.tag }}') or a name")
     container: DockerName = Field(description="container name")
@@ -186,6 +194,29 @@ class ContainerStepSpec(Strict):
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit, e.g. 1.5")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     wait: Duration = Field(120.0, description="how long to wait for the container to be healthy")
+    files: list[FileInto] = Field(default_factory=list, description="files copied into the container before it starts")
+    reload: Words | None = Field(None, description="command run in the container when only files changed "
+                                                   "(e.g. nginx -s reload); without it a changed file recreates")
+    replace: Literal["start-first", "stop-first"] | None = Field(
+        None, description="start-first: the new container starts beside the old one and takes over once "
+                          "healthy (no downtime); stop-first: the old one stops first. Default: start-first "
+                          "unless the container publishes a host port or mounts a volume")
+    drain: Duration = Field(2.0, description="start-first: how long both serve before the old one stops")
+    stop_grace: Duration = Field(30.0, description="how long a stopping container may take to finish its work")
+
+    @model_validator(mode="after")
+    def _start_first_needs_no_port_or_volume(self):
+        if self.replace == "start-first" and (self.ports or any(m.kind == "volume" for m in self.volumes)):
+            raise ValueError("replace: start-first needs a container without published host ports and named "
+                             "volumes (two containers cannot hold one host port, nor should two write one "
+                             "volume); put a proxy in front (nginx) and publish that, or use stop-first")
+        return self
+
+    @property
+    def strategy(self) -> str:
+        if self.replace:
+            return self.replace
+        return "stop-first" if self.ports or any(m.kind == "volume" for m in self.volumes) else "start-first"
 
     @field_validator("env_file", mode="before")
     @classmethod
@@ -252,6 +283,10 @@ class Observed:
     network_missing: bool = False
     network_pending: bool = False
     port_conflicts: list[str] = field(default_factory=list)
+    files_changed: list[str] = field(default_factory=list)      # container paths whose content differs
+    files_pending: list[str] = field(default_factory=list)      # earlier render steps pending (plan)
+    reloadable: bool = False                                    # the step has a reload command
+    new_aside: list[dict] = field(default_factory=list)         # left by an interrupted start-first
 
     @property
     def running(self) -> bool:
@@ -271,10 +306,10 @@ def diff_container(want: ContainerConfig | None, want_hash: str, obs: Observed, 
                           f"this one (or create it: docker network create ...)")
     if obs.image is None and not obs.image_pending:
         d.notes.append("the image is not on this Docker engine: apply will pull it")
-    for leftover in obs.aside:
+    for leftover in obs.aside + obs.new_aside:
         if obs.container is not None:
             d.changes.append(Change(Action.UPDATE, "leftover", leftover["Name"].lstrip("/"), "removed",
-                                    "set aside by an interrupted replace"))
+                                    "left by an interrupted replace"))
     if obs.container is None:
         why = "the container does not exist"
         if obs.aside:
@@ -298,6 +333,16 @@ def diff_container(want: ContainerConfig | None, want_hash: str, obs: Observed, 
     if obs.env_file_pending or obs.network_pending:
         d.after_apply = True
     d.changes += changes
+    if obs.files_changed and not any(c.action is Action.RECREATE for c in changes):
+        action = Action.UPDATE if obs.reloadable else Action.RECREATE
+        d.changes.append(Change(action, "files", None, ", ".join(obs.files_changed),
+                                "copied in and reloaded" if obs.reloadable else "forces recreate (no reload command)"))
+    if obs.files_pending:
+        d.after_apply = True
+        if not d.changes:
+            d.changes.append(Change(Action.UPDATE if obs.reloadable else Action.RECREATE, "files", None,
+                                    "(known after apply)", f"rendered again by step {', '.join(obs.files_pending)}"
+                                    + ("; copied in and reloaded if they change" if obs.reloadable else "")))
     return d
 
 
@@ -356,6 +401,22 @@ class Container(Resource):
         else:
             obs.container = found
         obs.aside = set_aside(eng, spec.container, rc.plan.name, self.step.name)
+        obs.new_aside = set_aside(eng, spec.container, rc.plan.name, self.step.name, NEW_SUFFIX)
+        obs.reloadable = bool(spec.reload)
+        if spec.files:
+            ours = {rc.plan.resolve(f.src) for f in spec.files}
+            obs.files_pending = [name for name in rc.pending_before(self.step, "render")
+                                 if any(rc.plan.resolve(f.dest) in ours
+                                        for f in getattr(getattr(rc.resources.get(name), "spec", None), "files", []))]
+            for f in spec.files:
+                try:
+                    want = rc.plan.resolve(f.src).read_bytes()
+                except OSError as exc:
+                    if not obs.files_pending:
+                        obs.port_conflicts.append(f"files: cannot read {f.src}: {exc.strerror or exc}")
+                    continue
+                if obs.container is not None and eng.read_file(obs.container["Id"], f.dest) != want:
+                    obs.files_changed.append(f.dest)
         obs.image_pending = [s for s in rc.pending_before(self.step, "image")
                              if getattr(rc.resources.get(s), "spec", None) is not None
                              and rc.resources[s].spec.tag == spec.image]
@@ -402,10 +463,19 @@ class Container(Resource):
         fields = set(diff.fields())
         if obs.container is None or Action.RECREATE in {c.action for c in diff.changes}:
             old = obs.container or (obs.aside[0] if obs.aside else None)
-            for leftover in obs.aside:
-                if old is not None and leftover["Id"] != old["Id"]:
+            for leftover in obs.aside + obs.new_aside:
+                if old is None or leftover["Id"] != old["Id"]:
                     self._remove_leftover(leftover, image)
-            self.lifecycle.replace(old, lambda: eng.create_container(self._spec(want, want_hash, obs)))
+
+            def create(name: str = spec.container) -> str:
+                cid = eng.create_container(self._spec(want, want_hash, obs, name))
+                self._put_files(cid, name)
+                return cid
+
+            if spec.strategy == "start-first" and obs.container is not None:
+                self.lifecycle.replace_start_first(old, create, drain=spec.drain, grace=int(spec.stop_grace))
+            else:
+                self.lifecycle.replace(old, create)
             done.append(("recreated container" if obs.container else "created container")
                         + (f" ({', '.join(diff.fields(Action.RECREATE))})" if obs.container else ""))
             if old is not None and old.get("Image") != image.get("Id"):
@@ -413,11 +483,20 @@ class Container(Resource):
             return "; ".join(done)
         cid = obs.container["Id"]
         done += update_in_place(eng, obs.container, want, fields)
+        if "files" in fields:
+            self._put_files(cid, spec.container, only=obs.files_changed)
+            code, output = eng.exec(cid, spec.container, list(spec.reload))
+            if code != 0:
+                raise StepFailed(f"{' '.join(spec.reload)} failed in {spec.container} (exit code {code}) after "
+                                 f"{', '.join(obs.files_changed)} changed: {output.strip()[-500:]}",
+                                 hint="fix the file and apply again; the container kept its running configuration "
+                                      "if the reload refused the new one")
+            done.append(f"copied {', '.join(obs.files_changed)} in and ran {' '.join(spec.reload)}")
         if "state" in fields:
             self.lifecycle.start(cid)
             done.append("started container")
         self.lifecycle.wait_healthy(cid, patient="state" not in fields)
-        for leftover in obs.aside:
+        for leftover in obs.aside + obs.new_aside:
             self._remove_leftover(leftover, image)
             done.append(f"removed {leftover['Name'].lstrip('/')}, left aside by an interrupted run")
         return "; ".join(done) or "ok"
@@ -429,11 +508,17 @@ class Container(Resource):
         if leftover.get("Image") != image.get("Id"):
             drop_previous(self.rc.engine, leftover["Image"], self.rc.plan.name)
 
-    def _spec(self, want: ContainerConfig, want_hash: str, obs: Observed) -> ContainerSpec:
+    def _put_files(self, container_id: str, name: str, only: list[str] | None = None) -> None:
+        for f in self.spec.files:
+            if only is None or f.dest in only:
+                self.rc.engine.put_bytes(container_id, name, f.dest, self.rc.plan.resolve(f.src).read_bytes(),
+                                         int(f.mode, 8))
+
+    def _spec(self, want: ContainerConfig, want_hash: str, obs: Observed, name: str | None = None) -> ContainerSpec:
         spec = self.spec
         hc = dict(want.healthcheck) if self.spec.healthcheck is not None else None
         return ContainerSpec(
-            name=spec.container, image=spec.image, command=spec.command, entrypoint=spec.entrypoint,
+            name=name or spec.container, image=spec.image, command=spec.command, entrypoint=spec.entrypoint,
             env=self._env(obs), labels=labels_for(dict(want.labels), extra_labels(), want_hash),
             ports=[tuple(p) for p in spec.ports],
             volumes=[(src, dst) for kind, src, dst, _ro in want.mounts if kind == "volume"],
@@ -467,6 +552,7 @@ class Container(Resource):
             "command": spec.command, "entrypoint": spec.entrypoint, "env": env,
             "secret_env": sorted(k for k, v in env.items() if secrets_in(v)),
             "env_file": list(spec.env_file),
+            "files": [{"src": f.src, "dest": f.dest, "mode": f.mode} for f in spec.files],
             "ports": [f"{p.host_ip}:{p.host_port}:{p.container_port}/{p.proto}" for p in spec.ports],
             "volumes": [f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in spec.volumes],
             "network": spec.network, "aliases": self.aliases, "restart": spec.restart, "user": spec.user,

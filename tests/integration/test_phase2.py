@@ -29,7 +29,9 @@ def test_phase2_fresh_apply_converges_and_rebuilds_only_what_changed(phase2, doc
     assert "@postgres:5432/" in url and "localhost" not in url and "127.0.0.1" not in url
     # the application's container answers to its name on the network, as the database does
     net = docker_client.api.inspect_network(phase2.network)
-    assert {c["Name"] for c in net["Containers"].values()} == {phase2.db_container, phase2.app}
+    assert {c["Name"] for c in net["Containers"].values()} == {phase2.db_container, phase2.app, phase2.proxy}
+    # and nginx in front serves the same rows
+    assert len(phase2.get("/tenants", proxy=True)[1]) == phase2.source_tenants()
 
     # converged: a second apply makes no mutating Docker call, and plan has nothing to do
     mutations.calls.clear()
