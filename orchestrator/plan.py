@@ -35,6 +35,7 @@ NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 MAX_NAME = 63                  # a plan's or a step's name (it goes into labels and file names)
 RELATIVE = r"^(?:[^/~\x00][^\x00]*)?$"
 MAX_OVERRIDE = 64 * 1024        # characters of one -e value
+GENERATE_SECRETS = "generate_secrets"   # a variable: false forbids generated secrets (production)
 
 
 class Strict(BaseModel):
@@ -417,13 +418,26 @@ def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -
     for key, value in values.items():
         var_scope.later.discard(key)
         var_scope[key] = render_tree(value, {"vars": var_scope, "env": env}, ("vars", key), plan.smap)
-    secret_values = {}
+    secret_values, missing = {}, {}
+    # a plan (or its production variables) may forbid generated secrets: each must then come from
+    # the environment or a file; one that does not is an error where a step uses it (a secret of a
+    # step whose when is false is not needed)
+    stored = var_scope.get(GENERATE_SECRETS, True) is not False
     for key, source in plan.doc.secrets.items():
+        given = source.model_dump(exclude_none=True)
+        if not stored and given.pop("generate", None):
+            if not given or (given.get("env") and not os.environ.get(given["env"]) and not given.get("file")):
+                missing[key] = (f"generate_secrets is false (no generated secret here) and "
+                                + (f"the environment variable {given['env']} is not set; export it from "
+                                   f"your secret store" if given.get("env") else "it has no env: or file: source"))
+                continue
         secret_values[key] = secretlib.resolve(
-            key, source.model_dump(exclude_none=True), base_dir=plan.base_dir, store=store,
+            key, given, base_dir=plan.base_dir, store=store,
             smap=plan.smap, path=("secrets", key), generate=generate)
     later = [s.name for s in plan.steps]
-    return Context(vars=var_scope, secrets=Scope("secrets", secret_values), env=env,
+    secrets_scope = Scope("secrets", secret_values)
+    secrets_scope.missing = missing
+    return Context(vars=var_scope, secrets=secrets_scope, env=env,
                    steps=Scope("steps", {}, later=later))
 
 

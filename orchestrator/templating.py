@@ -42,6 +42,7 @@ class Scope(dict):
         self.later = set(later)
         self.later_text = later_text
         self.list_keys = list_keys
+        self.missing: dict[str, str] = {}    # known names without a value here, and why
 
 
 class _PlanUndefined(jinja2.StrictUndefined):
@@ -49,6 +50,8 @@ class _PlanUndefined(jinja2.StrictUndefined):
     def _undefined_message(self) -> str:  # type: ignore[override]
         obj, name = self._undefined_obj, self._undefined_name
         if isinstance(obj, Scope):
+            if name in obj.missing:
+                return f"{obj.label}.{name} has no value: {obj.missing[name]}"
             if name in obj.later:
                 what = f"step {name!r} runs later" if obj.label == "steps" else f"{name!r} comes later"
                 return f"{obj.label}.{name} is not available here: {what}, and {obj.later_text}"
