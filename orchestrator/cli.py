@@ -102,6 +102,50 @@ def cmd_apply(args, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_rollback(args, out: Output) -> int:
+    """The previous build of each image the plan's containers run, back in service: the tags are
+    swapped (the previous build under the tag, the current one under <tag>-previous) and the
+    containers that run them replaced as any release is (health-gated); the database is not touched."""
+    from .docker_engine import Engine
+    from .lockfile import ApplyLock
+    from .steps.image import previous_tag, swap_previous
+    plan, steps = _load(args, out)
+    tags = {res.spec.tag for _, res in steps if res.type == "image"}
+    targets = [step.name for step, res in steps if res.type == "container" and res.spec.image in tags
+               and (not args.only or step.name in args.only)]
+    if not targets:
+        raise OrchestrateError(f"plan {plan.name} has no container step that runs an image the plan builds; "
+                               "nothing to roll back")
+    images = sorted({res.spec.image for step, res in steps if step.name in targets})
+    engine = Engine(read_only=False, log=out.debug)
+    swapped = []
+    with ApplyLock(plan.path):
+        for tag in images:
+            if engine.image(previous_tag(tag)) is None:
+                raise OrchestrateError(f"there is no previous build of {tag} to go back to ({previous_tag(tag)} "
+                                       f"does not exist); nothing was changed",
+                                       hint="a previous build is kept once apply has rebuilt the image")
+        for tag in images:
+            new = swap_previous(engine, tag)
+            swapped.append(tag)
+            out.print(f"{tag} names the previous build again ({new[7:19]}); the one it replaces is kept as "
+                      f"{previous_tag(tag)} (roll back again to return to it)")
+    width = max(len(s.name) for s in plan.steps)
+    result = Executor(plan, "apply", only=targets, log=out.debug, progress=out.progress, say=out.print,
+                      on_step=lambda r: print_step_line(out, r, width), options={"no_backup": True}).run()
+    print_recap(out, result)
+    if result.error:
+        with ApplyLock(plan.path):
+            for tag in swapped:
+                swap_previous(engine, tag)
+        out.print(f"the previous build did not take over; {', '.join(swapped)} name(s) the current build again",
+                  always=True)
+        raise result.error
+    out.print(f"rolled back {', '.join(targets)}; the database was not touched. The next apply builds the "
+              f"sources again: revert the change in git first to stay on this release.", always=True)
+    return EXIT_OK
+
+
 def cmd_status(args, out: Output) -> int:
     plan, _ = _load(args, out)
     result = Executor(plan, "status", log=out.debug).run()
@@ -302,6 +346,11 @@ def parser() -> argparse.ArgumentParser:
     p = with_plan(sub, "verify", "prove the database holds what the plan put there (read-only)")
     p.add_argument("--json", action="store_true", help="print the report as a JSON document")
     p.set_defaults(func=cmd_verify)
+
+    p = with_plan(sub, "rollback", "put the previous build of the plan's application images back in service "
+                                   "(health-gated, the database untouched)")
+    p.add_argument("--only", action="append", metavar="STEP", help="roll back only this container step (repeatable)")
+    p.set_defaults(func=cmd_rollback)
 
     p = with_plan(sub, "destroy", "remove the containers the plan created (data volumes are kept)")
     p.add_argument("--volumes", action="store_true", help="also remove the plan's data volumes (asks first)")

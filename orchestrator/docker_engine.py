@@ -395,6 +395,12 @@ class Engine:
             raise DockerError(f"Docker refused to wait for container {name}: {_reason(exc)}") from None
         return int(result.get("StatusCode", -1))
 
+    def tag(self, image_id: str, ref: str) -> None:
+        """Make ``ref`` (name:tag) name the image ``image_id``."""
+        self._mutate(f"tag {image_id[7:19]} as {ref}")
+        repo, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+        self._call(f"tag {ref}", lambda: self.api.tag(image_id, repo, tag, force=True))
+
     def remove_image(self, ref: str) -> None:
         self._mutate(f"remove image {ref}")
         try:

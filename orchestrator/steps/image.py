@@ -100,6 +100,27 @@ class ImageSpec(Strict):
         return value
 
 
+def previous_tag(ref: str) -> str:
+    """``name:tag`` -> ``name:tag-previous`` (the build before the current one)."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return f"{ref}:latest-previous"
+    return f"{name}:{tag}-previous"
+
+
+def swap_previous(engine, tag: str) -> str | None:
+    """``orchestrate rollback``: swap ``tag`` and ``<tag>-previous``, so the previous build is named
+    by the tag again and the current one by -previous (a second rollback returns to it). The new
+    id the tag names; None when there is no previous build."""
+    current, previous = engine.image(tag), engine.image(previous_tag(tag))
+    if previous is None:
+        return None
+    engine.tag(previous["Id"], tag)
+    if current is not None and current["Id"] != previous["Id"]:
+        engine.tag(current["Id"], previous_tag(tag))
+    return previous["Id"]
+
+
 def drop_previous(engine, image_id: str, plan: str) -> bool:
     """Remove an earlier build of this plan that no tag names any more, unless a container still
     uses it (the container step drops it once it has replaced that container)."""
@@ -260,8 +281,15 @@ class ImageStep(Resource):
                                                f"not changed") from None
         reason = diff.changes[0].reason if diff.changes else ""
         if obs.image is not None and obs.image["Id"] != image_id:
-            drop_previous(eng, obs.image["Id"], self.rc.plan.name)
+            # the build it replaces stays, as <tag>-previous, for orchestrate rollback; the one that
+            # was previous before goes once no container runs it
+            older = eng.image(previous_tag(spec.tag))
+            eng.tag(obs.image["Id"], previous_tag(spec.tag))
+            if older is not None and older["Id"] not in (obs.image["Id"], image_id):
+                drop_previous(eng, older["Id"], self.rc.plan.name)
         return f"built {spec.tag} ({image_id[7:19]})" + (f": {reason}" if obs.image is not None else "")
+
+
 
     def summary(self, obs: Observed) -> str:
         return f"{self.spec.tag} ({obs.image['Id'][7:19]}) is up to date" if obs.current else ""
@@ -308,4 +336,9 @@ class ImageStep(Resource):
         if users:
             return [f"kept image {self.spec.tag}: container(s) {', '.join(users)} use it"]
         self.rc.engine.remove_image(self.spec.tag)
-        return [f"removed image {self.spec.tag}"]
+        said = [f"removed image {self.spec.tag}"]
+        previous = self.rc.engine.image(previous_tag(self.spec.tag))
+        if previous is not None and not self.rc.engine.containers_using(previous["Id"]):
+            self.rc.engine.remove_image(previous_tag(self.spec.tag))
+            said.append(f"removed image {previous_tag(self.spec.tag)}")
+        return said

@@ -115,3 +115,22 @@ def test_a_changed_nginx_configuration_is_reloaded_not_recreated(prod, docker_cl
         prod.proxy, ["cat", "/etc/nginx/conf.d/default.conf"])["Id"]).decode()
     assert "client_max_body_size 20m;" in conf
     assert prod.run("plan", "--detailed-exitcode")[0] == 0
+
+
+def test_rollback_puts_the_previous_build_back_with_no_failed_request(prod, docker_client):
+    code, out = prod.run("rollback")
+    assert code == 1 and "no previous build" in out and "nothing was changed" in out, out
+    first_image = docker_client.api.inspect_container(prod.app)["Image"]
+    app_file = prod.root / "examples/autodeploy/app/__init__.py"
+    app_file.write_text(app_file.read_text() + "\n# release 2\n")
+    assert prod.run("apply")[0] == 0
+    second_image = docker_client.api.inspect_container(prod.app)["Image"]
+    assert second_image != first_image
+    db_before = ids(docker_client, prod.db_container)
+    with Load(f"http://127.0.0.1:{prod.http_port}/tenants") as load:
+        code, out = prod.run("rollback")
+    assert code == 0 and "the database was not touched" in out, out
+    assert load.failed == 0, load.errors
+    assert docker_client.api.inspect_container(prod.app)["Image"] == first_image
+    assert docker_client.api.inspect_image(prod.tag + "-previous")["Id"] == second_image
+    assert ids(docker_client, prod.db_container) == db_before
