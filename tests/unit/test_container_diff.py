@@ -241,3 +241,27 @@ def test_network_diff(spec, network, action, fields, note):
 
 def test_published_port_defaults_to_loopback():
     assert ContainerStepSpec(**{**BASE, "ports": [8000]}).ports == [parse_port("127.0.0.1:8000:8000")]
+
+
+@pytest.mark.parametrize("reloadable, action", [(True, Action.UPDATE), (False, Action.RECREATE)])
+def test_a_changed_file_is_reloaded_in_place_or_recreates(reloadable, action):
+    base = ContainerStepSpec(**BASE)
+    obs = Observed(image=image(), container=container_for(base, image()),
+                   files_changed=["/etc/nginx/conf.d/default.conf"], reloadable=reloadable)
+    want = desired(base, obs.image)
+    diff = diff_container(want, config_hash(want), obs, name="app")
+    assert [(c.field, c.action) for c in diff.changes] == [("files", action)]
+    pending = Observed(image=image(), container=container_for(base, image()), files_pending=["proxy_conf"],
+                       reloadable=reloadable)
+    diff = diff_container(want, config_hash(want), pending, name="app")
+    assert diff.after_apply and [(c.field, c.action) for c in diff.changes] == [("files", action)]
+    assert "rendered again by step proxy_conf" in diff.changes[0].reason
+
+
+def test_replacement_strategy_defaults_and_refusals():
+    assert ContainerStepSpec(**{**BASE, "ports": []}).strategy == "start-first"
+    assert ContainerStepSpec(**BASE).strategy == "stop-first"                       # a host port
+    assert ContainerStepSpec(**{**BASE, "ports": [], "volumes": ["data:/d"]}).strategy == "stop-first"
+    assert ContainerStepSpec(**{**BASE, "ports": [], "replace": "stop-first"}).strategy == "stop-first"
+    with pytest.raises(ValueError, match="start-first needs a container without published host ports"):
+        ContainerStepSpec(**{**BASE, "replace": "start-first"})
