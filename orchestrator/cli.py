@@ -107,7 +107,7 @@ def cmd_rollback(args, out: Output) -> int:
     swapped (the previous build under the tag, the current one under <tag>-previous) and the
     containers that run them replaced as any release is (health-gated); the database is not touched."""
     from .docker_engine import Engine
-    from .lockfile import ApplyLock
+    from .lockfile import ApplyLock, Lockfile
     from .steps.image import previous_tag, swap_previous
     plan, steps = _load(args, out)
     tags = {res.spec.tag for _, res in steps if res.type == "image"}
@@ -117,6 +117,24 @@ def cmd_rollback(args, out: Output) -> int:
         raise OrchestrateError(f"plan {plan.name} has no container step that runs an image the plan builds; "
                                "nothing to roll back")
     images = sorted({res.spec.image for step, res in steps if step.name in targets})
+    downgrade = {}
+    if args.downgrade:
+        lock = Lockfile.load(plan.lock_path)
+        for step, res in steps:
+            if res.type == "migrate":
+                rec = lock.step(step.name).get("observed") or {}
+                if "previous_revision" not in rec:
+                    raise OrchestrateError(f"step {step.name}: no revision before the last upgrade is recorded; "
+                                           f"nothing was changed", hint="roll back without --downgrade")
+                downgrade[step.name] = rec["previous_revision"]
+        if downgrade:     # the backup first: a downgrade may drop columns
+
+            def backup(ex, ctx):
+                record = ex.backup_resource(ctx).take("before rollback --downgrade")
+                out.print(f"took {record['name']} before the downgrade", always=True)
+
+            Executor(plan, "operate", log=out.debug, progress=out.progress, say=out.print,
+                     options={"force_backup": True}).operate(backup)
     engine = Engine(read_only=False, log=out.debug)
     swapped = []
     with ApplyLock(plan.path):
@@ -141,6 +159,18 @@ def cmd_rollback(args, out: Output) -> int:
         out.print(f"the previous build did not take over; {', '.join(swapped)} name(s) the current build again",
                   always=True)
         raise result.error
+    if downgrade:
+        result = Executor(plan, "apply", only=list(downgrade), log=out.debug, progress=out.progress,
+                          say=out.print, on_step=lambda r: print_step_line(out, r, width),
+                          options={"no_backup": True, "downgrade_to": downgrade,
+                                   "job_images": {tag: previous_tag(tag) for tag in swapped}}).run()
+        print_recap(out, result)
+        if result.error:
+            raise result.error
+        undone = ", ".join(f"{step} to {revision or 'base'}" for step, revision in downgrade.items())
+        out.print(f"rolled back {', '.join(targets)} and the schema ({undone}). The next apply builds and "
+                  f"migrates the sources again: revert the change in git first to stay on this release.", always=True)
+        return EXIT_OK
     out.print(f"rolled back {', '.join(targets)}; the database was not touched. The next apply builds the "
               f"sources again: revert the change in git first to stay on this release.", always=True)
     return EXIT_OK
@@ -350,6 +380,8 @@ def parser() -> argparse.ArgumentParser:
     p = with_plan(sub, "rollback", "put the previous build of the plan's application images back in service "
                                    "(health-gated, the database untouched)")
     p.add_argument("--only", action="append", metavar="STEP", help="roll back only this container step (repeatable)")
+    p.add_argument("--downgrade", action="store_true",
+                   help="also undo the migrations of the last upgrade (a backup is taken first)")
     p.set_defaults(func=cmd_rollback)
 
     p = with_plan(sub, "destroy", "remove the containers the plan created (data volumes are kept)")

@@ -429,6 +429,17 @@ class Migrate(Resource):
     Spec = MigrateSpec
     spec: MigrateSpec
 
+    def __init__(self, step, spec: MigrateSpec, rc):
+        # orchestrate rollback --downgrade: back to the revision before the last upgrade
+        target = (rc.options.get("downgrade_to") or {}).get(step.name, ...)
+        if target is not ...:
+            spec = spec.model_copy(update={"target": target or "base", "allow_downgrade": True})
+            # the job runs in the newer build (now <tag>-previous): only it has the revisions to undo
+            newer = (rc.options.get("job_images") or {}).get(spec.job.image) if spec.job else None
+            if newer:
+                spec = spec.model_copy(update={"job": spec.job.model_copy(update={"image": newer})})
+        super().__init__(step, spec, rc)
+
     # configuration ---------------------------------------------------------------------------
 
     @property
@@ -950,6 +961,11 @@ class Migrate(Resource):
 
     def record(self, obs: Observed) -> dict[str, Any]:
         rec = {"revision": obs.current if obs.reachable else None}
+        before = self.recorded.get("observed") or {}
+        if obs.reachable and before.get("revision") != obs.current:
+            rec["previous_revision"] = before.get("revision")     # where rollback --downgrade returns
+        elif before.get("previous_revision"):
+            rec["previous_revision"] = before["previous_revision"]
         if obs.reachable and obs.current == obs.target and obs.current is not None:
             stamp = obs.stamp or self._stamp()
             if stamp:       # the next run may skip Alembic while these scripts stay as they are

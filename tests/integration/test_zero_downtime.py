@@ -56,6 +56,12 @@ def ids(docker_client, name: str) -> tuple[str, str]:
     return info["Id"], info["State"]["StartedAt"]
 
 
+def revision(docker_client, p) -> str:
+    run = docker_client.api.exec_create(p.db_container, ["psql", "-U", "dbadmin", "-d", "autodeploy", "-tAc",
+                                                         "select version_num from alembic_version"])
+    return docker_client.api.exec_start(run["Id"]).decode().strip()
+
+
 @pytest.fixture
 def prod(phase2):
     phase2.extra += ["-e", "publish_app=false"]
@@ -134,3 +140,19 @@ def test_rollback_puts_the_previous_build_back_with_no_failed_request(prod, dock
     assert docker_client.api.inspect_container(prod.app)["Image"] == first_image
     assert docker_client.api.inspect_image(prod.tag + "-previous")["Id"] == second_image
     assert ids(docker_client, prod.db_container) == db_before
+
+
+def test_rollback_downgrade_takes_a_backup_then_undoes_the_last_migrations(prod, docker_client):
+    first_image = docker_client.api.inspect_container(prod.app)["Image"]
+    prod.repo.add_revision("e10000000001", "c9f0e8d7b6a5", "    op.execute('CREATE TABLE release_two (id int)')")
+    app_file = prod.root / "examples/autodeploy/app/__init__.py"
+    app_file.write_text(app_file.read_text() + "\n# release 2 needs release_two\n")
+    code, out = prod.run("apply")
+    assert code == 0 and revision(docker_client, prod) == "e10000000001", out
+    backups = set((prod.root / "backups").glob("*.dump"))
+    code, out = prod.run("rollback", "--downgrade")
+    assert code == 0 and "before the downgrade" in out and "schema to c9f0e8d7b6a5" in out, out
+    assert set((prod.root / "backups").glob("*.dump")) - backups          # the backup was taken first
+    assert revision(docker_client, prod) == "c9f0e8d7b6a5"
+    assert docker_client.api.inspect_container(prod.app)["Image"] == first_image
+    assert prod.get("/tenants", proxy=True)[0] == 200
