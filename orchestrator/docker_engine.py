@@ -443,17 +443,29 @@ class Engine:
         self._call(f"copy a file into {name}", lambda: self.api.put_archive(container_id, directory, archive()))
 
     def put_bytes(self, container_id: str, name: str, dest: str, data: bytes, mode: int = 0o644) -> None:
-        """Write ``data`` as the file ``dest`` (an absolute path) in a container, created or stopped
-        or running (its folder must exist)."""
+        """Write ``data`` as the file ``dest`` (an absolute path) in a container, created, stopped or
+        running; folders that do not exist are created (0755), existing ones are left as they are."""
         import posixpath
         self._mutate(f"copy {dest} into {name}")
-        info = tarfile.TarInfo(posixpath.basename(dest))
-        info.size, info.mode = len(data), mode
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            tar.addfile(info, io.BytesIO(data))
-        self._call(f"copy {dest} into {name}",
-                   lambda: self.api.put_archive(container_id, posixpath.dirname(dest) or "/", buf.getvalue()))
+        folder, missing = posixpath.dirname(dest) or "/", []
+        while True:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for i in range(len(missing)):
+                    info = tarfile.TarInfo("/".join(missing[:i + 1]))
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                info = tarfile.TarInfo("/".join([*missing, posixpath.basename(dest)]))
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+            try:
+                self._call(f"copy {dest} into {name}",
+                           lambda: self.api.put_archive(container_id, folder, buf.getvalue()))
+                return
+            except docker.errors.NotFound:
+                if folder == "/":
+                    raise DockerError(f"cannot copy {dest} into {name}: the container does not exist") from None
+                folder, missing = posixpath.dirname(folder) or "/", [posixpath.basename(folder), *missing]
 
     def exec(self, container_id: str, name: str, cmd: list[str], env: dict[str, str] | None = None,
              user: str = "") -> tuple[int, str]:

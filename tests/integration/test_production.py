@@ -65,3 +65,28 @@ def test_pgadmin_only_when_asked_with_its_password_a_secret(phase2, docker_clien
     assert code == 0 and password not in out and password not in (phase2.root / "plans/phase2.lock").read_text()
     # off again (the default): the plan skips it; destroy of the plan leaves it to the user
     assert phase2.run("plan", "--detailed-exitcode")[0] == 0
+
+
+def test_https_only_when_a_certificate_and_key_are_given(phase2, docker_client, monkeypatch, tmp_path):
+    import ssl
+    import subprocess
+    import urllib.request
+    cert, key = phase2.root / "tls/cert.pem", phase2.root / "tls/key.pem"
+    cert.parent.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    https = free_port()
+    code, out = phase2.run("apply", "-e", "tls_cert=tls/cert.pem", "-e", "tls_key=tls/key.pem",
+                           "-e", f"https_port=127.0.0.1:{https}")
+    assert code == 0, out
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with urllib.request.urlopen(f"https://127.0.0.1:{https}/tenants", context=context, timeout=10) as response:
+        assert response.status == 200
+    info = docker_client.api.inspect_container(phase2.proxy)
+    assert "443/tcp" in info["HostConfig"]["PortBindings"]
+    assert not [m for m in info["HostConfig"].get("Mounts") or [] if m["Type"] == "bind"]    # copied in
+    # the key's content never shows; without the files, no HTTPS
+    code, out = phase2.run("plan")
+    assert key.read_text().splitlines()[1] not in out
+    assert "443" in out, out      # plan says the HTTPS port goes
