@@ -171,9 +171,9 @@ class Stack:
                                capture_output=True)
 
 
-def cleanup(tag: str, app_tag: str) -> list[str]:
+def cleanup(tag: str, app_tag: str, label: str = LABEL) -> list[str]:
     """Removes what is left of this run (its own tag only); returns what it had to remove."""
-    flt = ["--filter", f"label={LABEL}", "--filter", f"label=orchestrate.bench.run={tag}"]
+    flt = ["--filter", f"label={label}", "--filter", f"label=orchestrate.bench.run={tag}"]
     left = []
     for kind, listing, remove in (("container", ["docker", "ps", "-aq"], ["docker", "rm", "-f", "-v"]),
                                   ("network", ["docker", "network", "ls", "-q"], ["docker", "network", "rm"]),

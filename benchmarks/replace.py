@@ -52,6 +52,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phase2 import REPO_PARTS, changed, download_wheels, free_port, orchestrate_cmd  # noqa: E402
+from phase2 import cleanup as phase2_cleanup  # noqa: E402
 
 LABEL = "orchestrate.bench=replace"
 STRATEGIES = ("start-first", "stop-first")
@@ -200,20 +201,7 @@ class Stack:
 
 def cleanup(tag: str, app_tag: str) -> list[str]:
     """Removes what is left of this run (its own tag only); returns what it had to remove."""
-    flt = ["--filter", f"label={LABEL}", "--filter", f"label=orchestrate.bench.run={tag}"]
-    left = []
-    for kind, listing, remove in (("container", ["docker", "ps", "-aq"], ["docker", "rm", "-f", "-v"]),
-                                  ("network", ["docker", "network", "ls", "-q"], ["docker", "network", "rm"]),
-                                  ("volume", ["docker", "volume", "ls", "-q"], ["docker", "volume", "rm", "-f"]),
-                                  ("image", ["docker", "images", "-q"], ["docker", "rmi", "-f"])):
-        ids = sorted(set(subprocess.run([*listing, *flt], capture_output=True, text=True).stdout.split()))
-        if ids:
-            left.append(f"{len(ids)} {kind}(s)")
-            subprocess.run([*remove, *ids], capture_output=True)
-    if subprocess.run(["docker", "image", "inspect", app_tag], capture_output=True).returncode == 0:
-        left.append(f"image {app_tag}")
-        subprocess.run(["docker", "rmi", "-f", app_tag], capture_output=True)
-    return left
+    return phase2_cleanup(tag, app_tag, LABEL)
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -294,6 +294,13 @@ def compare(want: ContainerConfig, want_hash: str, container: dict, image: dict 
     return changes
 
 
+def network_aliases(network: str | None, aliases: list[str] | None, step: str) -> list[str]:
+    """The names a step's container answers to on its network: the plan's, or the step's name."""
+    if not network:
+        return []
+    return list(aliases) if aliases is not None else [step]
+
+
 def paused_problem(container: dict, name: str) -> str | None:
     if (container.get("State") or {}).get("Status") == "paused":
         return f"container {name} is paused; unpause it (docker unpause {name}) and run again"

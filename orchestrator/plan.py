@@ -427,7 +427,7 @@ def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -
         given = source.model_dump(exclude_none=True)
         if not stored and given.pop("generate", None):
             if not given or (given.get("env") and not os.environ.get(given["env"]) and not given.get("file")):
-                missing[key] = (f"generate_secrets is false (no generated secret here) and "
+                missing[key] = ("generate_secrets is false (no generated secret here) and "
                                 + (f"the environment variable {given['env']} is not set; export it from "
                                    f"your secret store" if given.get("env") else "it has no env: or file: source"))
                 continue

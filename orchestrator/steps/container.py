@@ -18,7 +18,8 @@ from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, fie
 
 from ..changes import Action, Change, Diff
 from ..containers import (NEW_SUFFIX, NS, ContainerConfig, Lifecycle, actual_config, compare, config_hash,
-                          effective, fingerprint, health_tuple, is_mine, labels_for, paused_problem,
+                          effective, fingerprint, health_tuple, is_mine, labels_for, network_aliases,
+                          paused_problem,
                           port_conflicts, set_aside, update_in_place)
 from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError, StepFailed
@@ -354,9 +355,7 @@ class Container(Resource):
 
     @property
     def aliases(self) -> list[str]:
-        if not self.spec.network:
-            return []
-        return list(self.spec.aliases) if self.spec.aliases is not None else [self.step.name]
+        return network_aliases(self.spec.network, self.spec.aliases, self.step.name)
 
     @property
     def lifecycle(self) -> Lifecycle:

@@ -29,7 +29,8 @@ from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
 from ..containers import (HASH_LABEL, NS, OLD_SUFFIX, ContainerConfig, Lifecycle, actual_config, compare, effective,
-                          env_dict, fingerprint, health_tuple, is_mine, labels_for, masked, paused_problem,
+                          env_dict, fingerprint, health_tuple, is_mine, labels_for, masked, network_aliases,
+                          paused_problem,
                           port_conflicts, update_in_place)
 from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError, StepFailed
@@ -325,9 +326,7 @@ class DbContainer(Resource):
 
     @property
     def aliases(self) -> list[str]:
-        if not self.spec.network:
-            return []
-        return list(self.spec.aliases) if self.spec.aliases is not None else [self.step.name]
+        return network_aliases(self.spec.network, self.spec.aliases, self.step.name)
 
     @property
     def service_host(self) -> str:
