@@ -462,6 +462,12 @@ class Container(Resource):
         fields = set(diff.fields())
         if obs.container is None or Action.RECREATE in {c.action for c in diff.changes}:
             old = obs.container or (obs.aside[0] if obs.aside else None)
+            if old is None and obs.new_aside:
+                # a start-first replace killed after the old container went: the new one serves under
+                # its temporary name; it takes the service's name, and is replaced like any old one
+                eng.rename(obs.new_aside[0]["Id"], spec.container)
+                old = eng.container(spec.container)
+                obs.new_aside = obs.new_aside[1:]
             for leftover in obs.aside + obs.new_aside:
                 if old is None or leftover["Id"] != old["Id"]:
                     self._remove_leftover(leftover, image)
@@ -471,7 +477,7 @@ class Container(Resource):
                 self._put_files(cid, name)
                 return cid
 
-            if spec.strategy == "start-first" and obs.container is not None:
+            if spec.strategy == "start-first" and old is not None and old["Name"].lstrip("/") == spec.container:
                 self.lifecycle.replace_start_first(old, create, drain=spec.drain, grace=int(spec.stop_grace))
             else:
                 self.lifecycle.replace(old, create)

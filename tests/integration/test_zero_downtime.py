@@ -156,3 +156,15 @@ def test_rollback_downgrade_takes_a_backup_then_undoes_the_last_migrations(prod,
     assert revision(docker_client, prod) == "c9f0e8d7b6a5"
     assert docker_client.api.inspect_container(prod.app)["Image"] == first_image
     assert prod.get("/tenants", proxy=True)[0] == 200
+
+
+def test_a_start_first_replace_killed_after_the_old_container_went_is_taken_over(prod, docker_client):
+    # what a kill -9 between "old container removed" and "new one renamed" leaves
+    docker_client.api.rename(prod.app, prod.app + "-orchestrate-new")
+    with Load(f"http://127.0.0.1:{prod.http_port}/tenants") as load:
+        code, out = prod.run("apply")
+    assert code == 0, out
+    assert load.failed == 0, load.errors
+    names = [c["Names"][0].lstrip("/") for c in docker_client.api.containers(all=True)]
+    assert prod.app in names and not [n for n in names if n.startswith(prod.app + "-orchestrate")]
+    assert prod.run("plan", "--detailed-exitcode")[0] == 0
