@@ -92,7 +92,7 @@ def converges(p: Phase2, docker_client, killed: str, *argv: str) -> str:
     assert code == 0, out + "\n--- the killed apply said:\n" + killed
     code, again = p.run("plan", "--detailed-exitcode")
     assert code == 0, again + "\n--- the apply after the kill said:\n" + out
-    assert names(docker_client, p.name) == sorted([p.db_container, p.app]), out
+    assert names(docker_client, p.name) == sorted([p.db_container, p.app, p.proxy]), out
     assert throwaways(docker_client) == [], out
     # the plan's tag, and the build before it kept for orchestrate rollback (after a rebuild)
     assert tags(docker_client, p) in ([p.tag], [p.tag, p.tag + "-previous"]), out
