@@ -143,6 +143,14 @@ def health_tuple(test: list[str] | tuple[str, ...] | None, interval: int = 0, ti
                          "retries": retries, "start_period": start_period}.items()))
 
 
+def docker_healthcheck(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any] | None:
+    """A compared health check as the engine's ContainerSpec takes it (None: none)."""
+    if not pairs:
+        return None
+    hc = dict(pairs)
+    return {**hc, "test": list(hc["test"])}
+
+
 def _docker_health(hc: dict | None) -> tuple[tuple[str, Any], ...]:
     hc = hc or {}
     return health_tuple(hc.get("Test"), hc.get("Interval") or 0, hc.get("Timeout") or 0,
@@ -254,8 +262,8 @@ def _env_change(before, after) -> tuple[str, str]:
     return _keys(before), "; ".join(parts)
 
 
-def compare(want: ContainerConfig, want_hash: str, container: dict, image: dict | None, have: ContainerConfig,
-            *, legacy_hashes: tuple[str, ...] = ()) -> list[Change]:
+def compare(want: ContainerConfig, want_hash: str, container: dict, image: dict | None,
+            have: ContainerConfig) -> list[Change]:
     """The changes from ``have`` (Docker's) to ``want`` (the plan's), by :data:`RULES`; plus a
     recreate when the image the tag names is not the container's, or when the hash label says
     the container was made from another configuration; plus a start when it is not running."""
@@ -284,7 +292,7 @@ def compare(want: ContainerConfig, want_hash: str, container: dict, image: dict 
                               "forces recreate" if action is Action.RECREATE else "changed in place", secret=secret))
     if not any(c.action is Action.RECREATE for c in changes):
         label = ((container.get("Config") or {}).get("Labels") or {}).get(HASH_LABEL)
-        if label != want_hash and label not in legacy_hashes:
+        if label != want_hash:
             changes.append(Change(Action.RECREATE, "config-hash", label, want_hash,
                                   "the container was not created from this configuration"))
     recreate = any(c.action is Action.RECREATE for c in changes)

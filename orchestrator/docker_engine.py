@@ -72,6 +72,16 @@ class ContainerSpec:
     cpus: float | None = None
 
 
+def _limits(memory: int | None, cpus: float | None) -> dict[str, Any]:
+    """docker-py's arguments for a memory limit (no swap beyond it) and a CPU limit, at create and update."""
+    limits: dict[str, Any] = {}
+    if memory:
+        limits.update(mem_limit=memory, memswap_limit=memory)
+    if cpus:
+        limits.update(cpu_period=CPU_PERIOD, cpu_quota=int(cpus * CPU_PERIOD))
+    return limits
+
+
 def _no_answer(what: str) -> DockerError:
     return DockerError(f"the Docker daemon did not answer within {TIMEOUT:g}s while trying to {what}",
                        hint="check the daemon (docker info; systemctl status docker) and run again; the next "
@@ -313,16 +323,11 @@ class Engine:
         mounts = [Mount(target=path, source=vol, type="volume", read_only=path in spec.read_only_volumes)
                   for vol, path in spec.volumes]
         mounts += [Mount(target=path, source=src, type="bind", read_only=ro) for src, path, ro in spec.binds]
-        limits: dict[str, Any] = {}
-        if spec.memory:
-            limits.update(mem_limit=spec.memory, memswap_limit=spec.memory)
-        if spec.cpus:
-            limits.update(cpu_period=CPU_PERIOD, cpu_quota=int(spec.cpus * CPU_PERIOD))
         host_config = api.create_host_config(
             port_bindings=port_bindings, mounts=mounts,
             restart_policy={"Name": spec.restart[0], "MaximumRetryCount": spec.restart[1]},
             network_mode=spec.network or "default", read_only=spec.read_only or None,
-            tmpfs=dict(spec.tmpfs) or None, **limits,
+            tmpfs=dict(spec.tmpfs) or None, **_limits(spec.memory, spec.cpus),
         )
         networking = None
         if spec.network:
@@ -370,12 +375,8 @@ class Engine:
 
     def update_limits(self, container_id: str, name: str, memory: int | None, cpus: float | None) -> None:
         self._mutate(f"update resource limits of {name}")
-        kw: dict[str, Any] = {}
-        if memory:
-            kw.update(mem_limit=memory, memswap_limit=memory)
-        if cpus:
-            kw.update(cpu_period=CPU_PERIOD, cpu_quota=int(cpus * CPU_PERIOD))
-        self._call(f"update container {name}", lambda: self.api.update_container(container_id, **kw))
+        self._call(f"update container {name}",
+                   lambda: self.api.update_container(container_id, **_limits(memory, cpus)))
 
     def disconnect(self, network: str, container_id: str, name: str) -> None:
         self._mutate(f"disconnect container {name} from network {network}")

@@ -132,6 +132,16 @@ class PortMapping(NamedTuple):
         ip = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
         return f"{ip}:{self.host_port}->{self.container_port}/{self.proto}"
 
+    @property
+    def local_host(self) -> str:
+        """The address a client on this machine reaches the port at (all interfaces: loopback)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host_ip, self.host_ip)
+
+    @property
+    def local_netloc(self) -> str:
+        host = self.local_host
+        return f"{f'[{host}]' if ':' in host else host}:{self.host_port}"
+
 
 _PORT = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d{1,3}(?:\.\d{1,3}){3}):)?(?:(?P<host>\d+):)?(?P<cont>\d+)"
                    r"(?:/(?P<proto>tcp|udp))?$")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
 from ..changes import Action, Change, Diff
-from ..containers import (NEW_SUFFIX, NS, ContainerConfig, Lifecycle, actual_config, compare, config_hash,
+from ..containers import (NEW_SUFFIX, NS, ContainerConfig, docker_healthcheck, Lifecycle, actual_config, compare, config_hash,
                           effective, fingerprint, health_tuple, is_mine, labels_for, network_aliases,
                           paused_problem,
                           port_conflicts, set_aside, update_in_place)
@@ -283,7 +283,7 @@ class Observed:
     missing_binds: list[str] = field(default_factory=list)
     network_missing: bool = False
     network_pending: bool = False
-    port_conflicts: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)         # ports taken, a name taken, a file unreadable
     files_changed: list[str] = field(default_factory=list)      # container paths whose content differs
     files_pending: list[str] = field(default_factory=list)      # earlier render steps pending (plan)
     reloadable: bool = False                                    # the step has a reload command
@@ -297,7 +297,7 @@ class Observed:
 def diff_container(want: ContainerConfig | None, want_hash: str, obs: Observed, *, name: str) -> Diff:
     """Desired vs observed, as change objects. Pure."""
     d = Diff()
-    d.problems += obs.port_conflicts
+    d.problems += obs.problems
     if obs.env_file_problem and not obs.env_file_pending:
         d.problems.append(obs.env_file_problem)
     for path in obs.missing_binds:
@@ -393,7 +393,7 @@ class Container(Resource):
         obs = Observed(image=eng.image(spec.image))
         found = eng.container(spec.container)
         if found is not None and not is_mine(found, rc.plan.name, self.step.name):
-            obs.port_conflicts.append(
+            obs.problems.append(
                 f"a container named {spec.container} exists and was not created by this plan's step "
                 f"{self.step.name}; rename or remove it (docker rm -f {spec.container}), or name this "
                 f"step's container differently")
@@ -412,7 +412,7 @@ class Container(Resource):
                     want = rc.plan.resolve(f.src).read_bytes()
                 except OSError as exc:
                     if not obs.files_pending:
-                        obs.port_conflicts.append(f"files: cannot read {f.src}: {exc.strerror or exc}")
+                        obs.problems.append(f"files: cannot read {f.src}: {exc.strerror or exc}")
                     continue
                 if obs.container is not None and eng.read_file(obs.container["Id"], f.dest) != want:
                     obs.files_changed.append(f.dest)
@@ -435,7 +435,7 @@ class Container(Resource):
         held = set()
         if obs.container is not None:
             held = set(actual_config(obs.container, obs.image, network=None).ports)
-        obs.port_conflicts += port_conflicts(eng, spec.ports, held, spec.container, self.step.name)
+        obs.problems += port_conflicts(eng, spec.ports, held, spec.container, self.step.name)
         return obs
 
     def diff(self, obs: Observed) -> Diff:
@@ -521,7 +521,6 @@ class Container(Resource):
 
     def _spec(self, want: ContainerConfig, want_hash: str, obs: Observed, name: str | None = None) -> ContainerSpec:
         spec = self.spec
-        hc = dict(want.healthcheck) if self.spec.healthcheck is not None else None
         return ContainerSpec(
             name=name or spec.container, image=spec.image, command=spec.command, entrypoint=spec.entrypoint,
             env=self._env(obs), labels=labels_for(dict(want.labels), extra_labels(), want_hash),
@@ -530,8 +529,7 @@ class Container(Resource):
             read_only_volumes={dst for kind, _src, dst, ro in want.mounts if kind == "volume" and ro},
             binds=[(src, dst, ro) for kind, src, dst, ro in want.mounts if kind == "bind"],
             restart=want.restart,
-            healthcheck=({"test": list(hc["test"]), "interval": hc["interval"], "timeout": hc["timeout"],
-                          "retries": hc["retries"], "start_period": hc["start_period"]} if hc else None),
+            healthcheck=docker_healthcheck(want.healthcheck) if spec.healthcheck is not None else None,
             network=spec.network, aliases=list(want.aliases), user=spec.user, read_only=spec.read_only,
             tmpfs=dict(spec.tmpfs), memory=spec.memory, cpus=spec.cpus)
 
@@ -547,9 +545,7 @@ class Container(Resource):
         published = [p for p in spec.ports if p.proto == "tcp"]
         url = None
         if published:
-            p = published[0]
-            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(p.host_ip, p.host_ip)
-            url = f"http://{f'[{host}]' if ':' in host else host}:{p.host_port}"
+            url = f"http://{published[0].local_netloc}"
         hc = spec.healthcheck
         return {
             "service": self.step.name, "container": spec.container, "image": spec.image,

@@ -28,10 +28,9 @@ from urllib.parse import quote
 from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
-from ..containers import (HASH_LABEL, NS, OLD_SUFFIX, ContainerConfig, Lifecycle, actual_config, compare, effective,
-                          env_dict, fingerprint, health_tuple, is_mine, labels_for, masked, network_aliases,
-                          paused_problem,
-                          port_conflicts, update_in_place)
+from ..containers import (HASH_LABEL, NS, OLD_SUFFIX, ContainerConfig, Lifecycle, actual_config, compare,
+                          docker_healthcheck, effective, env_dict, fingerprint, health_tuple, is_mine, labels_for,
+                          masked, network_aliases, paused_problem, port_conflicts, update_in_place)
 from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError, StepFailed
 from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Password,
@@ -95,7 +94,6 @@ class DbContainerSpec(Strict):
             if key in RESERVED_ENV:
                 raise KeyedValueError(f"set {key} with the step's '{RESERVED_ENV[key]}' key, not env", key)
         return value
-
 
     @property
     def db(self) -> str:
@@ -318,10 +316,8 @@ class DbContainer(Resource):
         published = [p for p in spec.ports if p.container_port == 5432 and p.proto == "tcp"]
         if published:
             p = published[0]
-            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(p.host_ip, p.host_ip)
-            out["host"], out["port"] = host, p.host_port
-            netloc = f"[{host}]" if ":" in host else host
-            out["url"] = f"postgresql+psycopg://{user}:{pw}@{netloc}:{p.host_port}/{db}"
+            out["host"], out["port"] = p.local_host, p.host_port
+            out["url"] = f"postgresql+psycopg://{user}:{pw}@{p.local_netloc}/{db}"
         return out
 
     @property
@@ -454,14 +450,12 @@ class DbContainer(Resource):
         want, want_hash = self._desired(image)
         env = {"POSTGRES_USER": spec.user, "POSTGRES_PASSWORD": spec.password, "POSTGRES_DB": spec.db,
                "PGDATA": spec.data_dir, **spec.env}
-        hc = dict(want.healthcheck)
         return ContainerSpec(
             name=spec.container, image=spec.image, command=list(want.command), env=env,
             labels=labels_for(dict(want.labels), extra_labels(), want_hash),
             ports=[tuple(p) for p in spec.ports], volumes=[(spec.volume, spec.data_dir)],
             restart=(spec.restart, 0),
-            healthcheck={"test": list(hc["test"]), "interval": hc["interval"], "timeout": hc["timeout"],
-                         "retries": hc["retries"], "start_period": hc["start_period"]},
+            healthcheck=docker_healthcheck(want.healthcheck),
             network=spec.network, aliases=self.aliases)
 
     @property
