@@ -108,6 +108,7 @@ def cmd_rollback(args, out: Output) -> int:
     containers that run them replaced as any release is (health-gated); the database is not touched."""
     from .docker_engine import Engine
     from .lockfile import ApplyLock, Lockfile
+    from .plan import engine_target
     from .steps.image import previous_tag, swap_previous
     plan, steps = _load(args, out)
     tags = {res.spec.tag for _, res in steps if res.type == "image"}
@@ -135,7 +136,7 @@ def cmd_rollback(args, out: Output) -> int:
 
             Executor(plan, "operate", log=out.debug, progress=out.progress, say=out.print,
                      options={"force_backup": True}).operate(backup)
-    engine = Engine(read_only=False, log=out.debug)
+    engine = Engine(read_only=False, log=out.debug, target=engine_target(plan, None))
     swapped = []
     with ApplyLock(plan.path):
         for tag in images:

@@ -490,11 +490,19 @@ def set_aside(engine: Engine, name: str, plan: str, step: str, suffix: str = OLD
     return [found] if found is not None and is_mine(found, plan, step) else []
 
 
-def port_conflicts(engine: Engine, ports, held: set, name: str, step: str) -> list[str]:
+def port_conflicts(engine: Engine, ports, held: set, name: str, step: str, *, engine_local: bool = False) -> list[str]:
     """The host ports the plan publishes that something else holds: another container, or (on
-    this machine) another process. ``held``: what the step's own container publishes already."""
+    this machine) another process. ``held``: what the step's own container publishes already.
+    On a remote engine, a port on its loopback is refused unless the step says it serves only
+    programs on the engine's host (``engine_local``): nobody here could reach it."""
     problems = []
     for port in ports:
+        if engine.remote and port.loopback and not engine_local:
+            problems.append(f"port {port} is published on the loopback of the remote engine "
+                            f"{engine.target.url}: no client on this machine can reach it (ports of step {step}); "
+                            f"publish it on the engine's address (e.g. -e db_bind=<its address>), or set "
+                            f"engine_local_ports: true when only programs on that host use it")
+            continue
         if port in held or port.proto != "tcp":
             continue
         users = [u for u in engine.publishing(port.host_port) if u not in (name, name + OLD_SUFFIX)]

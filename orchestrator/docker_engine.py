@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
+import os
 import socket
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -97,27 +100,125 @@ def _reason(exc: Exception) -> str:
     return redact(str(exc).strip())
 
 
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which Docker Engine a run talks to: the plan's ``engine:``, else ``DOCKER_HOST``,
+    ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` as the Docker CLI reads them, else the local
+    socket. ``address`` is where a client on this machine reaches the ports the engine publishes."""
+    host: str | None = None                 # unix://, tcp://host:port, ssh://user@host[:port]
+    ca: str | None = None                   # TLS files (PEM)
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+    public_host: str | None = None          # the engine's address as clients here reach it
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Target":
+        env = os.environ if environ is None else environ
+        host = env.get("DOCKER_HOST") or None
+        certs = env.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
+        tls = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+        if host and tls:
+            return cls(host=host, ca=os.path.join(certs, "ca.pem"), cert=os.path.join(certs, "cert.pem"),
+                       key=os.path.join(certs, "key.pem"))
+        return cls(host=host)
+
+    @property
+    def url(self) -> str:
+        return self.host or LOCAL_SOCKET
+
+    @property
+    def hostname(self) -> str | None:
+        """The host part of a tcp:// or ssh:// engine address (None for a socket)."""
+        parts = urlsplit(self.url.replace("tcp://", "http://", 1))
+        return parts.hostname if parts.scheme in ("http", "https", "ssh") else None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the engine runs on another host (a port it publishes is not on this machine)."""
+        host = self.hostname
+        if host is None:
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host != "localhost"
+
+    @property
+    def address(self) -> str | None:
+        """The address a client here reaches the engine's published ports at; None: this machine."""
+        if self.public_host:
+            return self.public_host
+        return self.hostname if self.remote else None
+
+    def describe(self) -> str:
+        return self.url if not self.remote else f"{self.url} (remote)"
+
+
 class Engine:
-    def __init__(self, *, read_only: bool, log: Callable[[str], None] | None = None):
+    def __init__(self, *, read_only: bool, log: Callable[[str], None] | None = None,
+                 target: Target | None = None):
         self.read_only = read_only
         self._log = log or (lambda _msg: None)
         self._client: docker.DockerClient | None = None
+        self.target = target if target is not None else Target.from_env()
         self.mutations: list[str] = []
+        self._local: Engine | None = None
 
     # -- connection --------------------------------------------------------------------------
 
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
+            t = self.target
+            hint = ("start Docker (e.g. 'systemctl start docker') or point DOCKER_HOST (or the plan's "
+                    "engine:) at a running engine; nothing was changed")
             try:
-                self._client = docker.from_env(timeout=TIMEOUT)
+                tls = None
+                if t.ca or t.cert:
+                    for path in filter(None, (t.ca, t.cert, t.key)):
+                        if not os.path.isfile(path):
+                            raise DockerError(f"cannot reach the Docker daemon at {t.url}: the TLS file {path} "
+                                              f"does not exist", hint="point engine.tls (or DOCKER_CERT_PATH) at the "
+                                                                      "folder holding ca.pem, cert.pem and key.pem")
+                    tls = docker.tls.TLSConfig(client_cert=(t.cert, t.key) if t.cert else None, ca_cert=t.ca,
+                                               verify=t.ca if t.verify and t.ca else t.verify)
+                self._client = docker.DockerClient(base_url=t.url, tls=tls or False, timeout=TIMEOUT,
+                                                   use_ssh_client=t.url.startswith("ssh://"))
             except docker.errors.DockerException as exc:
-                host = docker.utils.kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
-                raise DockerError(
-                    f"cannot reach the Docker daemon at {host}: {self._short(exc)}",
-                    hint="start Docker (e.g. 'systemctl start docker') or point DOCKER_HOST at a "
-                         "running engine; nothing was changed") from None
+                raise DockerError(f"cannot reach the Docker daemon at {t.url}: {self._short(exc)}",
+                                  hint=hint) from None
+            try:
+                self._client.api.ping()
+            except requests.exceptions.SSLError as exc:
+                self._client = None
+                raise DockerError(f"the Docker daemon at {t.url} could not be trusted (TLS): {self._short(exc)}",
+                                  hint="check engine.tls / DOCKER_CERT_PATH: the CA must have signed the "
+                                       "engine's certificate, which must name the address you use; nothing "
+                                       "was changed") from None
+            except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
+                self._client = None
+                raise DockerError(f"cannot reach the Docker daemon at {t.url}: {self._short(exc)}",
+                                  hint=hint) from None
         return self._client
+
+    @property
+    def remote(self) -> bool:
+        return self.target.remote
+
+    def local(self) -> "Engine":
+        """The engine of this machine (where images are built before they are shipped to a
+        remote engine); this engine itself when it is local."""
+        if not self.remote:
+            return self
+        if self._local is None:
+            env = Target.from_env()    # DOCKER_HOST may name this machine's engine (rootless, say)
+            self._local = Engine(read_only=self.read_only, log=self._log,
+                                 target=env if not env.remote else Target(host=LOCAL_SOCKET))
+        return self._local
 
     @property
     def api(self) -> docker.APIClient:
@@ -136,8 +237,7 @@ class Engine:
 
     def is_local(self) -> bool:
         """Whether published ports land on this machine (local socket, not a remote engine)."""
-        base = self.api.base_url
-        return base.startswith("http+docker://localhost") or "127.0.0.1" in base or "localhost" in base
+        return not self.remote
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -256,7 +356,12 @@ class Engine:
 
     # -- mutations ---------------------------------------------------------------------------
 
-    def pull(self, ref: str) -> None:
+    def pull(self, ref: str, progress: Callable[[str], None] | None = None) -> None:
+        """Get an image this engine lacks: a remote engine is sent this machine's copy when there
+        is one (no registry needed); otherwise the engine pulls it."""
+        if self.remote and self.local().image(ref) is not None:
+            self.ship(ref, progress)
+            return
         self._mutate(f"pull image {ref}")
         with self._guard(f"pull image {ref}"):
             try:
@@ -266,6 +371,42 @@ class Engine:
                     f"image {ref} is not on this Docker engine and pulling it failed: {_reason(exc)}",
                     hint="build or load the image first (docker build / docker load), or check the "
                          "image name and the registry; nothing was changed") from None
+
+    def ship(self, ref: str, progress: Callable[[str], None] | None = None) -> str:
+        """Copy the local engine's image ``ref`` to this (remote) engine without a registry:
+        ``docker save`` of exactly that image id streamed into ``docker load``, never held in
+        memory; an image the engine already has (by id) is only tagged. Returns the image id."""
+        source = self.local()
+        info = source.image(ref)
+        if info is None:
+            raise ImageUnavailable(f"image {ref} is not on this machine's Docker engine, so it cannot be sent "
+                                   f"to {self.target.url}", hint="build or load it locally first")
+        image_id = info["Id"]
+        if self.image(image_id) is None:
+            self._mutate(f"send image {ref} ({image_id[7:19]}) to {self.target.url}")
+            total, size = 0, int(info.get("Size") or 0)
+            said = [0]
+
+            def archive():
+                nonlocal total
+                for chunk in source._stream(f"save image {ref}", source._call(
+                        f"save image {ref}", lambda: source.api.get_image(image_id))):
+                    total += len(chunk)
+                    if progress and total - said[0] >= 32 << 20:
+                        said[0] = total
+                        progress(f"sending image {ref}: {total >> 20} MiB" + (f" of ~{size >> 20} MiB" if size else ""))
+                    yield chunk
+
+            for line in self._stream(f"load image {ref}", self._call(
+                    f"load image {ref}", lambda: self.api.load_image(archive()))):
+                if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):
+                    raise DockerError(f"{self.target.url} refused the image {ref}: "
+                                      f"{redact(str(line.get('error') or line['errorDetail']))}")
+            if self.image(image_id) is None:
+                raise DockerError(f"sending image {ref} to {self.target.url} did not leave it there")
+            self._log(f"sent image {ref}: {total >> 20} MiB")
+        self.tag(image_id, ref)
+        return image_id
 
     def build_image(self, context: str, dockerfile: str, tag: str, *, build_args: dict[str, str],
                     target: str | None, labels: dict[str, str], tail: int = 15) -> str:

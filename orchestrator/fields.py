@@ -139,7 +139,21 @@ class PortMapping(NamedTuple):
 
     @property
     def local_netloc(self) -> str:
-        host = self.local_host
+        return self.client_netloc(None)
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.host_ip).is_loopback
+
+    def client_host(self, engine_address: str | None) -> str:
+        """The address a client on this machine reaches the port at: on this machine's engine
+        (``engine_address`` None) loopback for all interfaces; on a remote engine its address."""
+        if engine_address is None:
+            return self.local_host
+        return engine_address if self.host_ip in ("0.0.0.0", "::") else self.host_ip
+
+    def client_netloc(self, engine_address: str | None) -> str:
+        host = self.client_host(engine_address)
         return f"{f'[{host}]' if ':' in host else host}:{self.host_port}"
 
 

@@ -58,6 +58,23 @@ class SecretSource(Strict):
         return self
 
 
+class EngineTLS(Strict):
+    ca: fields.Text | None = Field(None, description="the CA certificate that signed the engine's (PEM; relative to the plan root)")
+    cert: fields.Text | None = Field(None, description="this client's certificate (PEM)")
+    key: fields.Text | None = Field(None, description="this client's key (PEM; keep it 0600)")
+    verify: bool | str = Field(True, description="check the engine's certificate against ca (default true)")
+
+
+class EngineSpec(Strict):
+    """Where the plan's Docker operations go (default: DOCKER_HOST, DOCKER_TLS_VERIFY and
+    DOCKER_CERT_PATH as the Docker CLI reads them, else the local socket)."""
+    host: fields.Text = Field("", description="unix:///path, tcp://HOST:2376 or ssh://USER@HOST; empty: "
+                                             "DOCKER_HOST or the local engine")
+    tls: EngineTLS | None = Field(None, description="TLS files for a tcp:// engine")
+    public_host: fields.Text | None = Field(None, description="the address clients here reach the engine's "
+                                                              "published ports at (default: the host of host)")
+
+
 class PlanDocument(Strict):
     """The top level of a plan file."""
     name: str = Field(pattern=NAME_RE, max_length=MAX_NAME, description="the plan's name; labels everything it creates")
@@ -67,6 +84,8 @@ class PlanDocument(Strict):
                                   "file (default: the plan's own folder); every path of the plan stays inside it")
     vars: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
+    engine: EngineSpec | None = Field(None, description="the Docker Engine the plan runs on (default: "
+                                                        "DOCKER_HOST, else this machine's)")
     steps: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -397,8 +416,8 @@ class Context:
         return {"vars": self.vars, "secrets": self.secrets, "env": self.env, "steps": self.steps}
 
 
-def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -> Context:
-    start_run()
+def _vars(plan: Plan) -> tuple[Scope, Scope]:
+    """The environment and the plan's variables (plan < variable files, in order < -e), rendered."""
     values: dict[str, Any] = {}
     for key, default in plan.doc.vars.items():
         default = plan.file_vars.get(key, default)     # plan < variable files (in order) < -e
@@ -418,6 +437,12 @@ def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -
     for key, value in values.items():
         var_scope.later.discard(key)
         var_scope[key] = render_tree(value, {"vars": var_scope, "env": env}, ("vars", key), plan.smap)
+    return env, var_scope
+
+
+def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -> Context:
+    start_run()
+    env, var_scope = _vars(plan)
     secret_values, missing = {}, {}
     # a plan (or its production variables) may forbid generated secrets: each must then come from
     # the environment or a file; one that does not is an error where a step uses it (a secret of a
@@ -439,6 +464,49 @@ def build_context(plan: Plan, store: secretlib.SecretStore, *, generate: bool) -
     secrets_scope.missing = missing
     return Context(vars=var_scope, secrets=secrets_scope, env=env,
                    steps=Scope("steps", {}, later=later))
+
+
+ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://", "npipe://")
+
+
+def engine_target(plan: Plan, ctx: Context | None):
+    """The Docker Engine this plan runs on: its ``engine:`` (templates see vars and env), else
+    the environment as the Docker CLI reads it."""
+    from .docker_engine import Target
+    spec = plan.doc.engine
+    if spec is None:
+        return Target.from_env()
+    env, var_scope = (ctx.env, ctx.vars) if ctx is not None else _vars(plan)
+    scope = {"vars": var_scope, "env": env}
+    raw = render_tree(spec.model_dump(exclude_none=True), scope, ("engine",), plan.smap)
+    host = str(raw.get("host") or "").strip()
+    if not host:
+        return Target.from_env()
+    if not host.startswith(ENGINE_SCHEMES):
+        raise plan.smap.error(("engine", "host"), f"{host!r} is not a Docker engine address",
+                              hint="use tcp://HOST:2376 (with tls:), ssh://USER@HOST or unix:///path")
+    tls = raw.get("tls") or {}
+    files = {}
+    for key in ("ca", "cert", "key"):
+        if tls.get(key):
+            # relative to the plan's root; an absolute or ~ path may be anywhere (~/.docker)
+            files[key] = os.path.normpath(os.path.join(plan.base_dir, os.path.expanduser(str(tls[key]))))
+    if ("cert" in files) != ("key" in files):
+        raise plan.smap.error(("engine", "tls"), "a client certificate needs both cert and key")
+    verify = tls.get("verify", True)
+    if isinstance(verify, str):
+        verify = verify.strip().lower() not in ("false", "no", "0", "")
+    if host.startswith("tcp://") and not files and not verify is False and not _loopback_host(host):
+        raise plan.smap.error(("engine", "host"), f"{host} is a remote engine reached without TLS: anyone on the "
+                              "way could take over the engine", hint="give engine.tls {ca, cert, key} (the "
+                              "engine's --tlsverify files), or use ssh://USER@HOST")
+    return Target(host=host, ca=files.get("ca"), cert=files.get("cert"), key=files.get("key"),
+                  verify=bool(verify), public_host=(str(raw.get("public_host") or "").strip() or None))
+
+
+def _loopback_host(host: str) -> bool:
+    from .docker_engine import Target
+    return not Target(host=host).remote
 
 
 def render_step(step: StepDecl, plan: Plan, ctx: Context) -> BaseModel:

@@ -84,7 +84,7 @@ def preview_schema(rc: RunContext, step, url: str) -> Iterator[tuple[str, str]]:
                          hint="start the database, then plan --preview again")
     from .docker_engine import Engine
     from .throwaway import throwaway_postgres
-    engine = Engine(read_only=False, log=rc.log)
+    engine = Engine(read_only=False, log=rc.log, target=rc.target)
     with throwaway_postgres(engine, plan=rc.plan.name, purpose="preview", image=db.spec.image, user=db.spec.user,
                             database=db.spec.db, data_dir=db.spec.data_dir, labels=db.labels,
                             progress=rc.progress) as server:

@@ -39,10 +39,12 @@ class Throwaway:
     user: str
     password: str
     database: str
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{self.user}:{self.password}@{host}:{self.port}/{self.database}"
 
 
 @contextlib.contextmanager
@@ -51,7 +53,9 @@ def throwaway_postgres(engine: Engine, *, plan: str, purpose: str, image: str, u
                        wait: float = 120) -> Iterator[Throwaway]:
     """A PostgreSQL container named ``<plan>-<purpose>-<tag>`` with a volume of the same name, both
     labelled (``labels`` plus the throwaway and owner labels), published on a random 127.0.0.1
-    port, healthy when yielded; container and volume are removed whatever happens."""
+    port (on a remote engine: a random port of its address, the only way a client here reaches
+    it; the password is random and the container lives for one job), healthy when yielded;
+    container and volume are removed whatever happens."""
     name = f"{plan}-{purpose}-{uuid.uuid4().hex[:8]}"
     labels = {**labels, PURPOSE_LABEL: purpose, OWNER_LABEL: owner()}
     password = _random.token_urlsafe(24)
@@ -62,7 +66,7 @@ def throwaway_postgres(engine: Engine, *, plan: str, purpose: str, image: str, u
         cid = engine.create_container(ContainerSpec(
             name=name, image=image, command=["postgres"], labels=labels,
             env={"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": database},
-            ports=[("127.0.0.1", None, 5432, "tcp")],   # Docker picks a free port
+            ports=[("0.0.0.0" if engine.remote else "127.0.0.1", None, 5432, "tcp")],   # Docker picks a free port
             volumes=[(name, data_dir)], restart=("no", 0),
             healthcheck={"test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {user} -d {database}"],
                          "interval": 500_000_000, "timeout": 5_000_000_000, "retries": 120, "start_period": 0}))
@@ -70,7 +74,7 @@ def throwaway_postgres(engine: Engine, *, plan: str, purpose: str, image: str, u
         progress(f"waiting for the throwaway container {name}")
         info = wait_healthy(engine, cid, name, wait)
         port = int(info["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"])
-        yield Throwaway(name, cid, port, user, password, database)
+        yield Throwaway(name, cid, port, user, password, database, engine.target.address or "127.0.0.1")
     finally:
         # removed even on KeyboardInterrupt; a kill -9 is repaired by the next command of the plan
         if cid is not None:

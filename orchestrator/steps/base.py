@@ -57,6 +57,7 @@ class RunContext:
     log: Callable[[str], None] = lambda _m: None
     progress: Callable[[str], None] = lambda _m: None
     _engine: Engine | None = field(default=None, repr=False)
+    _target: Any = field(default=None, repr=False)
 
     @property
     def read_only(self) -> bool:
@@ -84,9 +85,17 @@ class RunContext:
         return None
 
     @property
+    def target(self):
+        """The Docker Engine of this run (the plan's ``engine:``, else DOCKER_HOST, else local)."""
+        if self._target is None:
+            from ..plan import engine_target
+            self._target = engine_target(self.plan, self.context)
+        return self._target
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(read_only=self.read_only, log=self.log)
+            self._engine = Engine(read_only=self.read_only, log=self.log, target=self.target)
         return self._engine
 
 

@@ -181,6 +181,9 @@ class ContainerStepSpec(Strict):
     env_file: list[RelPath] = Field(default_factory=list,
                                     description="files of KEY=VALUE lines (relative to the plan root); env wins")
     ports: Ports = Field(default_factory=list, description="published ports; the host address defaults to 127.0.0.1")
+    engine_local_ports: bool = Field(False, description="on a remote engine, ports published on its loopback "
+                                                        "serve only programs on the engine's host (otherwise refused: "
+                                                        "no client here reaches them)")
     volumes: list[Annotated[VolumeMount, BeforeValidator(parse_volume), WithJsonSchema(
         {"type": "string", "description": "NAME:/path[:ro] or ./dir:/path[:ro]"})]] = Field(
         default_factory=list, description="NAME:/path[:ro] (named volume) or ./dir:/path[:ro] (bind mount)")
@@ -435,7 +438,8 @@ class Container(Resource):
         held = set()
         if obs.container is not None:
             held = set(actual_config(obs.container, obs.image, network=None).ports)
-        obs.problems += port_conflicts(eng, spec.ports, held, spec.container, self.step.name)
+        obs.problems += port_conflicts(eng, spec.ports, held, spec.container, self.step.name,
+                                       engine_local=spec.engine_local_ports)
         return obs
 
     def diff(self, obs: Observed) -> Diff:
@@ -452,7 +456,7 @@ class Container(Resource):
         done = []
         image = obs.image
         if image is None:
-            eng.pull(spec.image)
+            eng.pull(spec.image, self.rc.progress)
             image = eng.image(spec.image)
         want, want_hash = self._desired(obs, image)
         for volume in {m.source for m in spec.volumes if m.kind == "volume"}:
@@ -545,7 +549,7 @@ class Container(Resource):
         published = [p for p in spec.ports if p.proto == "tcp"]
         url = None
         if published:
-            url = f"http://{published[0].local_netloc}"
+            url = f"http://{published[0].client_netloc(self.rc.target.address)}"
         hc = spec.healthcheck
         return {
             "service": self.step.name, "container": spec.container, "image": spec.image,

@@ -19,6 +19,7 @@ Beyond what Compose does, the step knows it holds data:
 from __future__ import annotations
 
 import re
+import ipaddress
 import struct
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class DbContainerSpec(Strict):
                           description="the user's password; use a secret: '{{ secrets.db_password }}'")
     database: PgIdent | None = Field(None, description="database (POSTGRES_DB); default: user")
     ports: Ports = Field(default_factory=list)
+    engine_local_ports: bool = Field(False, description="on a remote engine, ports published on its loopback "
+                                                        "serve only programs on the engine's host (otherwise refused: "
+                                                        "no client here reaches them)")
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     healthcheck: HealthcheckSpec = Field(default_factory=HealthcheckSpec)
     settings: dict[SettingName, SettingValue] = Field(
@@ -316,8 +320,9 @@ class DbContainer(Resource):
         published = [p for p in spec.ports if p.container_port == 5432 and p.proto == "tcp"]
         if published:
             p = published[0]
-            out["host"], out["port"] = p.local_host, p.host_port
-            out["url"] = f"postgresql+psycopg://{user}:{pw}@{p.local_netloc}/{db}"
+            address = self.rc.target.address
+            out["host"], out["port"] = p.client_host(address), p.host_port
+            out["url"] = f"postgresql+psycopg://{user}:{pw}@{p.client_netloc(address)}/{db}"
         return out
 
     @property
@@ -386,7 +391,7 @@ class DbContainer(Resource):
 
     def _password_works(self) -> bool | None:
         out = self._static_outputs()
-        if out["host"] is None or not self.rc.engine.is_local():
+        if out["host"] is None or (self.rc.engine.remote and ipaddress.ip_address(out["host"]).is_loopback):
             return None
         import psycopg
         try:
@@ -402,7 +407,8 @@ class DbContainer(Resource):
         held = set()
         if obs.container is not None:
             held = set(actual_db_config(obs.container, obs.image, None).ports)
-        return port_conflicts(self.rc.engine, self.spec.ports, held, self.spec.container, self.step.name)
+        return port_conflicts(self.rc.engine, self.spec.ports, held, self.spec.container, self.step.name,
+                              engine_local=self.spec.engine_local_ports)
 
     # diff ------------------------------------------------------------------------------------
 
@@ -425,7 +431,7 @@ class DbContainer(Resource):
             done.append(f"created volume {spec.volume}")
         image = obs.image
         if image is None:
-            eng.pull(spec.image)
+            eng.pull(spec.image, self.rc.progress)
             image = eng.image(spec.image)
         fields = set(diff.fields())
         if obs.container is None or Action.RECREATE in {c.action for c in diff.changes}:

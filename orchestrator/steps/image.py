@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
@@ -56,6 +56,9 @@ class ImageSpec(Strict):
         default_factory=dict, description="build arguments (never a secret: docker history shows them)")
     target: NonEmptyText | None = Field(None, description="stage to build (multi-stage Dockerfile)")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="labels of the image")
+    build_on: Literal["local", "engine"] = Field(
+        "local", description="with a remote engine: build on this machine and send the image there "
+                             "(local), or send the context and build on the engine")
 
     @field_validator("dockerfile")
     @classmethod
@@ -147,6 +150,14 @@ class Observed:
     base_lines: dict[str, int] = field(default_factory=dict)
     problem: str | None = None                 # the context or the Dockerfile cannot be read
     want: str | None = None                    # the build's digest (None: a base image is absent)
+    remote: str | None = None                  # built here for this remote engine (its address)
+    engine_image: dict | None = None           # what the tag names on that engine
+
+    @property
+    def shipped(self) -> bool:
+        """The engine the containers run on has this build (always so when it is where we build)."""
+        return self.remote is None or (self.image is not None and self.engine_image is not None
+                                       and self.engine_image["Id"] == self.image["Id"])
 
     @property
     def have(self) -> str | None:
@@ -216,6 +227,11 @@ def diff_image(obs: Observed, spec: ImageSpec, recorded: dict, dockerfile_path: 
     elif not obs.current:
         d.changes.append(Change(Action.RECREATE, "image", f"{spec.tag} ({obs.image['Id'][7:19]})", "rebuild",
                                 why_rebuild(obs, spec, recorded)))
+    elif not obs.shipped:
+        there = f"{spec.tag} ({obs.engine_image['Id'][7:19]})" if obs.engine_image else None
+        d.changes.append(Change(Action.UPDATE, "image", there, f"{spec.tag} ({obs.image['Id'][7:19]})",
+                                f"send this machine's build to the engine at {obs.remote} (it "
+                                f"{'has another build' if obs.engine_image else 'lacks it'})"))
     return d
 
 
@@ -239,13 +255,22 @@ class ImageStep(Resource):
             raise self.rc.plan.smap.error(self.step.path + ("dockerfile",),
                                           f"there is no file {self.dockerfile_path} (relative to the plan's root)")
 
+    @property
+    def builder(self):
+        """The engine that builds: this machine's when the plan's engine is remote (the image is
+        then sent there), unless ``build_on: engine``."""
+        return self.rc.engine.local() if self.spec.build_on == "local" else self.rc.engine
+
     def _bases(self, text: str) -> tuple[dict[str, str | None], dict[str, int]]:
         refs = dockerfile.base_images(text, self.spec.build_args, self.spec.target)
-        return ({ref: (self.rc.engine.image(ref) or {}).get("Id") for _, ref in refs},
+        return ({ref: (self.builder.image(ref) or {}).get("Id") for _, ref in refs},
                 {ref: line for line, ref in refs})
 
     def observe(self) -> Observed:
-        obs = Observed(image=self.rc.engine.image(self.spec.tag))
+        obs = Observed(image=self.builder.image(self.spec.tag))
+        if self.builder is not self.rc.engine:
+            obs.remote = self.rc.target.address or self.rc.target.url
+            obs.engine_image = self.rc.engine.image(self.spec.tag)
         try:
             with open(os.path.join(self.context_dir, self.spec.dockerfile), encoding="utf-8", errors="replace") as fh:
                 obs.dockerfile = fh.read()
@@ -265,7 +290,29 @@ class ImageStep(Resource):
         return diff_image(obs, self.spec, self.recorded, self.dockerfile_path)
 
     def apply(self, obs: Observed, diff: Diff) -> str:
-        eng, spec = self.rc.engine, self.spec
+        said = self._build(obs, diff) if not obs.current else ""
+        if self.builder is not self.rc.engine:
+            said = "; ".join(filter(None, [said, self._ship()]))
+        return said
+
+    def _ship(self) -> str:
+        """Send this machine's build to the remote engine unless it has it; the build it replaces
+        there stays as ``<tag>-previous`` (rollback runs on that engine)."""
+        eng, tag = self.rc.engine, self.spec.tag
+        local = self.builder.image(tag)
+        there = eng.image(tag)
+        if there is not None and there["Id"] == local["Id"]:
+            return ""
+        eng.ship(tag, self.rc.progress)
+        if there is not None:
+            older = eng.image(previous_tag(tag))
+            eng.tag(there["Id"], previous_tag(tag))
+            if older is not None and older["Id"] not in (there["Id"], local["Id"]):
+                drop_previous(eng, older["Id"], self.rc.plan.name)
+        return f"sent {tag} ({local['Id'][7:19]}) to {self.rc.target.address or self.rc.target.url}"
+
+    def _build(self, obs: Observed, diff: Diff) -> str:
+        eng, spec = self.builder, self.spec
         for ref, image_id in obs.bases.items():
             if image_id is None:
                 eng.pull(ref)
