@@ -26,7 +26,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from docker.utils.build import PatternMatcher, exclude_paths
 
 CONTENT_CHARS = 12       # hex characters kept of a file's content hash (48 bits)
 STAT_CHARS = 8           # hex characters of the CRC-32 of its (type, mode, size, mtime)
@@ -58,7 +57,7 @@ def ignore_patterns(root: str) -> list[str]:
     return [line for line in lines if line and line[0] != "#"]
 
 
-def _walk(root: str, matcher: PatternMatcher, known: dict) -> Iterator[tuple[str, os.stat_result]]:
+def _walk(root: str, matcher, known: dict) -> Iterator[tuple[str, os.stat_result]]:
     """docker-py's ``PatternMatcher.walk`` (what ``exclude_paths`` returns), with each path's
     lstat, and with the rules' answer for ``known`` paths (sent by an earlier walk with the same
     rules) taken as it was: only new paths are matched against the patterns."""
@@ -82,6 +81,7 @@ def _walk(root: str, matcher: PatternMatcher, known: dict) -> Iterator[tuple[str
 
 def sent_paths(root: str, dockerfile: str) -> list[str]:
     """The paths (files and folders) that the build context sends, as docker-py lists them."""
+    from docker.utils.build import exclude_paths
     return sorted(exclude_paths(os.path.abspath(root), ignore_patterns(root), dockerfile=os.path.normpath(dockerfile)))
 
 
@@ -120,6 +120,7 @@ def scan(root: str, dockerfile: str, cache: Scan | None = None, flag: Callable[[
     at = time.time_ns()
     files: dict[str, str] = {}
     hashed, flagged = [], []
+    from docker.utils.build import PatternMatcher
     for path, st in sorted(_walk(root, PatternMatcher(patterns), old), key=lambda item: item[0]):
         kind = _kind(st.st_mode)
         size = st.st_size if kind[0] == "f" else 0

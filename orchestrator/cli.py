@@ -14,14 +14,22 @@ import sys
 
 from . import __version__, redact
 from .errors import OrchestrateError, PlanError
-from .executor import Executor, validate
-from .output import (Output, plan_document, print_plan, print_recap, print_status,
-                     print_step_line, print_verify)
-from . import saved
-from .plan import json_schema, load_plan
-from .steps.base import libpq_url
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _import_commands() -> None:
+    """What the commands use, imported once the arguments are parsed: ``--help`` and a usage
+    error cost no more than argparse (the plan model, the step types and, through them, Docker's
+    and the databases' libraries load only for a command that needs them)."""
+    global Executor, validate, Output, plan_document, print_plan, print_recap, print_status
+    global print_step_line, print_verify, saved, json_schema, load_plan, libpq_url
+    from . import saved
+    from .executor import Executor, validate
+    from .output import (Output, plan_document, print_plan, print_recap, print_status,
+                         print_step_line, print_verify)
+    from .plan import json_schema, load_plan
+    from .steps.base import libpq_url
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -433,6 +441,7 @@ class _LibraryLog(logging.Handler):
 
 def main(argv: list[str] | None = None, stdout=None) -> int:
     args = parser().parse_args(argv)
+    _import_commands()
     out = Output(stdout, verbose=args.verbose, quiet=args.quiet, color=False if args.no_color else None)
     handler = _LibraryLog(out)
     root = logging.getLogger()

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
-import docker
-import docker.errors
-import requests.exceptions
-from docker.types import Healthcheck, Mount
-
 from .errors import DockerError
+from .lazy import lazy
 from .redact import redact
+
+docker = lazy("docker")            # loaded when a command first talks to Docker
+requests = lazy("requests")
 
 # Seconds any one Docker API call may wait for the daemon's next bytes (docker-py's client
 # timeout; ``stop`` adds its own grace period). Streams (pg_dump, pulls) send bytes throughout, so
@@ -461,6 +460,7 @@ class Engine:
         port_bindings: dict[str, list] = {}
         for host_ip, host_port, cport, proto in spec.ports:
             port_bindings.setdefault(f"{cport}/{proto}", []).append((host_ip, host_port))
+        from docker.types import Healthcheck, Mount
         mounts = [Mount(target=path, source=vol, type="volume", read_only=path in spec.read_only_volumes)
                   for vol, path in spec.volumes]
         mounts += [Mount(target=path, source=src, type="bind", read_only=ro) for src, path, ro in spec.binds]
