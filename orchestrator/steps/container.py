@@ -430,8 +430,9 @@ class Container(Resource):
                 obs.env_file_problem = f"env_file {path} does not exist"
             except (OSError, UnicodeDecodeError, ValueError) as exc:
                 obs.env_file_problem = f"env_file {path} cannot be read: {exc}"
-        obs.missing_binds = [m.source for m in spec.volumes
-                             if m.kind == "bind" and not rc.plan.resolve(m.source).exists()]
+        # a bind mount names a path on the engine's host: only this machine's can be checked here
+        obs.missing_binds = [m.source for m in spec.volumes if m.kind == "bind" and not eng.remote
+                             and not rc.plan.resolve(m.source).exists()]
         if spec.network and eng.network(spec.network) is None:
             obs.network_missing = True
             obs.network_pending = bool(rc.pending_before(self.step, "network", "db-container"))
