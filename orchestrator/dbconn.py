@@ -69,6 +69,8 @@ class _Watchdog(threading.Thread):
         info = conn.info
         self.probe = {"host": info.host, "port": info.port, "user": info.user, "password": info.password,
                       "dbname": info.dbname, "connect_timeout": max(2, round(timeout))}
+        params = info.get_parameters()     # an external database's TLS: the probe asks as the work did
+        self.probe.update({k: params[k] for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if k in params})
         host = info.host if not info.host.startswith("/") else "localhost"
         self.where = f"{host}:{info.port}"
         self.conn, self.interval = conn, interval

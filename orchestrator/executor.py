@@ -19,7 +19,7 @@ from .plan import Plan, StepDecl, build_context, enabled, render_step, set_outpu
 from .secrets import SecretStore, secrets_path, stable_hash
 from .steps import REGISTRY
 from .steps.backup import owe
-from .steps.base import Resource, RunContext
+from .steps.base import DB_STEPS, Resource, RunContext
 
 
 @dataclass
@@ -227,8 +227,8 @@ class Executor:
 
     def _backup_before(self, step: StepDecl, why: str) -> None:
         """Something destructive the user allowed is about to happen: take a backup first."""
-        if not any(s.type == "db-container" for s in self.plan.steps[:step.index]):
-            raise StepFailed(f"a backup must be taken before {why}, but this plan has no db-container step to "
+        if not any(s.type in DB_STEPS for s in self.plan.steps[:step.index]):
+            raise StepFailed(f"a backup must be taken before {why}, but this plan has no db-container or database step to "
                              f"take it from; nothing was changed",
                              hint="back the database up yourself, then apply with --no-backup")
         res = self.backup_resource(self._ctx)
@@ -295,6 +295,8 @@ def _running_db(resources) -> bool:
         if res.type == "db-container":
             info = res.rc.engine.container(res.spec.container)
             return bool(info) and info["State"].get("Status") == "running"
+        if res.type == "database":      # not ours to stop: a backup that cannot connect says why
+            return True
     return False
 
 

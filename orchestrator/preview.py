@@ -77,18 +77,27 @@ def preview_schema(rc: RunContext, step, url: str) -> Iterator[tuple[str, str]]:
                 migrate.run_upgrade(in_server)
             yield libpq_url(in_server), "a throwaway database in the plan's server"
             return
-    db = rc.earlier(step, "db-container")
+    db = rc.earlier_database(step)
     if db is None:
         raise StepFailed("preview: the target database does not answer and no db-container step comes before "
                          "this one to make a throwaway server from",
                          hint="start the database, then plan --preview again")
+    if db.type == "database":     # an external server: a throwaway of its client image (its major version)
+        image, user, database, data_dir = (db.client_image(), db.target.user, db.target.database,
+                                           "/var/lib/postgresql/data")
+        if image is None:
+            raise StepFailed("preview: the external database does not answer, and without its major version "
+                             "(recorded by an apply) no throwaway server can be chosen",
+                             hint=f"set client_image: in step {db.step.name}, or make the database reachable")
+    else:
+        image, user, database, data_dir = db.spec.image, db.spec.user, db.spec.db, db.spec.data_dir
     from .docker_engine import Engine
     from .throwaway import throwaway_postgres
     engine = Engine(read_only=False, log=rc.log, target=rc.target)
-    with throwaway_postgres(engine, plan=rc.plan.name, purpose="preview", image=db.spec.image, user=db.spec.user,
-                            database=db.spec.db, data_dir=db.spec.data_dir, labels=db.labels,
+    with throwaway_postgres(engine, plan=rc.plan.name, purpose="preview", image=image, user=user,
+                            database=database, data_dir=data_dir, labels=db.labels,
                             progress=rc.progress) as server:
         if migrate is not None:
             rc.progress("preview: running the migrations into a throwaway container")
             migrate.run_upgrade(_sqlalchemy_url(server.url))
-        yield server.url, f"a throwaway container from {db.spec.image}"
+        yield server.url, f"a throwaway container from {image}"

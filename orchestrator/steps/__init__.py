@@ -6,6 +6,7 @@ from .backup import Backup
 from .base import Resource
 from .container import Container
 from .copy_data import CopyData
+from .database import Database
 from .db_container import DbContainer
 from .image import ImageStep
 from .migrate import Migrate
@@ -13,5 +14,5 @@ from .network import Network
 from .render import Render
 from .verify import Verify
 
-REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Render, Migrate, CopyData, Verify, Backup,
+REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Database, Render, Migrate, CopyData, Verify, Backup,
                                                              ImageStep, Network, Container)}

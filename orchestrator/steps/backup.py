@@ -206,10 +206,34 @@ class Backup(Resource):
         return self.rc.plan.resolve(self.spec.directory)
 
     def _db(self):
-        db = self.rc.earlier(self.step, "db-container")
+        db = self.rc.earlier_database(self.step)
         if db is None:
-            raise self.rc.plan.smap.error(self.step.path, "a backup needs a db-container step before it")
+            raise self.rc.plan.smap.error(self.step.path, "a backup needs a db-container or database step before it")
         return db
+
+    @staticmethod
+    def _who(db) -> tuple[str, str]:
+        """(role, database) that pg_dump and pg_restore connect as and to."""
+        if db.type == "database":
+            return db.target.user, db.target.database
+        return db.spec.user, db.spec.db
+
+    @contextlib.contextmanager
+    def _client(self, db, *, failure=StepFailed):
+        """Where pg_dump and pg_restore run: inside the database's container (its version is the
+        server's), or, for an external database, the host's client of the server's major version
+        or a throwaway container of its client image."""
+        from .database import ExecClient, pg_client
+        if db.type == "database":
+            with pg_client(db, self.rc.engine, plan=self.rc.plan.name, labels=self.labels,
+                           progress=self.rc.progress) as client:
+                yield client
+            return
+        info = self.rc.engine.container(db.spec.container)
+        if info is None or info["State"].get("Status") != "running":
+            raise failure(f"container {db.spec.container} is not running",
+                          hint="apply the plan first (orchestrate apply)")
+        yield ExecClient(self.rc.engine, info["Id"], db.spec.container)
 
     def check(self) -> None:
         self._db()
@@ -283,10 +307,12 @@ class Backup(Resource):
         import psycopg
         db = self._db()
         out = db.outputs()
-        info = self.rc.engine.container(db.spec.container)
-        if info is None or info["State"].get("Status") != "running":
-            raise StepFailed(f"cannot back up: container {db.spec.container} is not running",
-                             hint="apply the plan first (orchestrate apply)")
+        user, dbname = self._who(db)
+        if db.type == "db-container":
+            info = self.rc.engine.container(db.spec.container)
+            if info is None or info["State"].get("Status") != "running":
+                raise StepFailed(f"cannot back up: container {db.spec.container} is not running",
+                                 hint="apply the plan first (orchestrate apply)")
         with _writing_into(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
         now = datetime.now(timezone.utc)
@@ -299,11 +325,11 @@ class Backup(Resource):
             name = f"{stem}-{n}.{ext}"
         path = self.directory / name
         self.rc.progress(f"backing up {out['database']} to {path} ({reason})")
-        with psycopg.connect(libpq_url(out["url"]), connect_timeout=5) as conn:
+        with self._client(db) as client, psycopg.connect(libpq_url(out["url"]), connect_timeout=5) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-                cmd = ["pg_dump", "-U", db.spec.user, "-d", db.spec.db, "--no-password", f"--snapshot={snapshot}",
+                cmd = ["pg_dump", "-U", user, "-d", dbname, "--no-password", f"--snapshot={snapshot}",
                        f"--format={self.spec.format}", f"--lock-wait-timeout={LOCK_WAIT}"]
                 if self.spec.format == "plain":
                     cmd += ["--clean", "--if-exists"]
@@ -314,7 +340,7 @@ class Backup(Resource):
                                           daemon=True)
                 worker.start()
                 try:
-                    size, digest = self._stream_to(info["Id"], db.spec.container, cmd, path)
+                    size, digest = self._stream_to(client, cmd, path)
                 finally:
                     worker.join(DUMP_IDLE)
                 if worker.is_alive():
@@ -336,12 +362,12 @@ class Backup(Resource):
         self._save(self.recorded_backups() + [record])
         return record
 
-    def _stream_to(self, container_id: str, container: str, cmd: list[str], path: Path) -> tuple[int, str]:
+    def _stream_to(self, client, cmd: list[str], path: Path) -> tuple[int, str]:
         partial = partial_path(path)
         digest = hashlib.sha256()
         size = 0
         errors = bytearray()
-        chunks, exit_code = self.rc.engine.exec_stream(container_id, container, cmd)
+        chunks, exit_code = client.stream(cmd)
         fh = None
         try:
             with _writing_into(self.directory):   # dumps hold data: 0600
@@ -360,7 +386,8 @@ class Backup(Resource):
                 fh.close()
             code = exit_code()
             if code != 0:
-                raise StepFailed(f"pg_dump failed (exit {code}): {errors.decode(errors='replace').strip()[:500]}")
+                raise StepFailed(f"pg_dump failed (exit {code}) in {client.where}: "
+                                 f"{redact(errors.decode(errors='replace')).strip()[:500]}")
             with _writing_into(self.directory):
                 os.replace(partial, path)
         finally:
@@ -402,22 +429,17 @@ class Backup(Resource):
                                    hint="restore another backup (orchestrate restore PLAN --from FILE)")
         return path
 
-    def _load_dump(self, container_id: str, container: str, user: str, database: str, record: dict, path: Path) -> None:
-        """Copy the dump into the container and restore it there, in one transaction; bounded by
-        a time that grows with the dump."""
-        eng = self.rc.engine
-        inside = RESTORE_DIR
-        eng.exec(container_id, container, ["mkdir", "-p", inside])
-        eng.put_file(container_id, container, inside, path)
-        target = f"{inside}/{path.name}"
-        try:
+    def _load_dump(self, client, user: str, database: str, record: dict, path: Path) -> None:
+        """Give the client the dump (a copy inside its container) and restore it there, in one
+        transaction; bounded by a time that grows with the dump."""
+        with client.file(path) as target:
             if record["format"] == "custom":
                 cmd = ["pg_restore", "-U", user, "-d", database, "--single-transaction", "--clean", "--if-exists",
                        "--no-owner", "--exit-on-error", target]
             else:
                 cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", user, "-d", database,
                        "-f", target]
-            chunks, exit_code = eng.exec_stream(container_id, container, cmd)
+            chunks, exit_code = client.stream(cmd)
             output = bytearray()
             for out, err in watched(chunks, f"restoring {record['name']} ({cmd[0]})",
                                     total=RESTORE_BASE + RESTORE_PER_MB * path.stat().st_size / 1e6):
@@ -427,26 +449,23 @@ class Backup(Resource):
             if code != 0:
                 raise StepFailed(f"restoring {record['name']} failed (nothing was changed: one transaction): "
                                  f"{redact(output.decode(errors='replace')).strip()[:500]}")
-        finally:
-            eng.exec(container_id, container, ["rm", "-rf", inside])
 
     def restore(self, record: dict) -> dict[str, int]:
         """Restore a (checked) backup into the plan's database; returns the restored counts."""
         import psycopg
         path = self.check_file(record)
         db = self._db()
-        info = self.rc.engine.container(db.spec.container)
-        if info is None or info["State"].get("Status") != "running":
-            raise OrchestrateError(f"container {db.spec.container} is not running",
-                                   hint="apply the plan first, then restore")
-        self.rc.progress(f"restoring {record['name']} into {db.spec.db}")
-        self.update_observed(loading=db.spec.container)   # a kill leaves the copy: the next run removes it
-        try:
-            self._load_dump(info["Id"], db.spec.container, db.spec.user, db.spec.db, record, path)
-            self._entry_observed().pop("owed", None)   # the database is now what a backup holds
-        finally:
-            self._entry_observed().pop("loading", None)
-            self.rc.lock.save()
+        user, dbname = self._who(db)
+        with self._client(db, failure=OrchestrateError) as client:
+            self.rc.progress(f"restoring {record['name']} into {dbname}")
+            if db.type == "db-container":   # a kill leaves the copy in its container: the next run removes it
+                self.update_observed(loading=db.spec.container)
+            try:
+                self._load_dump(client, user, dbname, record, path)
+                self._entry_observed().pop("owed", None)   # the database is now what a backup holds
+            finally:
+                self._entry_observed().pop("loading", None)
+                self.rc.lock.save()
         with psycopg.connect(libpq_url(db.outputs()["url"]), connect_timeout=5) as conn:
             counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
         wrong = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
@@ -461,13 +480,21 @@ class Backup(Resource):
         fingerprints with the record; the container and volume are removed whatever happens."""
         import psycopg
         from ..throwaway import throwaway_postgres
+        from .database import ExecClient
         path = self.check_file(record)
         db = self._db()
-        with throwaway_postgres(self.rc.engine, plan=self.rc.plan.name, purpose="drill", image=db.spec.image,
-                                user=db.spec.user, database=db.spec.db, data_dir=db.spec.data_dir,
+        user, dbname = self._who(db)
+        if db.type == "database":    # a throwaway server of the external one's major version
+            image, data_dir = db.client_image() or f"postgres:{db.server_major()}", "/var/lib/postgresql/data"
+            if self.rc.engine.image(image) is None:
+                self.rc.engine.pull(image)
+        else:
+            image, data_dir = db.spec.image, db.spec.data_dir
+        with throwaway_postgres(self.rc.engine, plan=self.rc.plan.name, purpose="drill", image=image,
+                                user=user, database=dbname, data_dir=data_dir,
                                 labels={**self.labels, "orchestrate.drill": "yes"},
                                 progress=lambda m: self.rc.progress(f"drill: {m}")) as tmp:
-            self._load_dump(tmp.container_id, tmp.name, tmp.user, tmp.database, record, path)
+            self._load_dump(ExecClient(self.rc.engine, tmp.container_id, tmp.name), tmp.user, tmp.database, record, path)
             with psycopg.connect(tmp.url, connect_timeout=5) as conn:
                 counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
         problems = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]

@@ -23,6 +23,9 @@ from ..lockfile import Lockfile
 from ..plan import Context, Plan, StepDecl
 
 
+DB_STEPS = ("db-container", "database")   # the step types that provide a database to later steps
+
+
 def libpq_url(url: str) -> str:
     """A SQLAlchemy URL (postgresql+psycopg://...) as libpq and psycopg take it."""
     return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
@@ -63,12 +66,19 @@ class RunContext:
     def read_only(self) -> bool:
         return self.mode in ("validate", "plan", "status", "verify")
 
-    def earlier(self, step: StepDecl, type_: str):
-        """The resource of the nearest earlier step of type ``type_`` (None if there is none)."""
+    def earlier(self, step: StepDecl, type_: str | tuple[str, ...]):
+        """The resource of the nearest earlier step of type ``type_`` (or of one of these types;
+        None if there is none)."""
+        types = (type_,) if isinstance(type_, str) else type_
         for earlier in reversed(self.plan.steps[:step.index]):
-            if earlier.type == type_ and earlier.name in self.resources:
+            if earlier.type in types and earlier.name in self.resources:
                 return self.resources[earlier.name]
         return None
+
+    def earlier_database(self, step: StepDecl):
+        """The step that provides the database to ``step``: the nearest earlier db-container
+        (PostgreSQL in Docker) or database (an external one) step; None if there is none."""
+        return self.earlier(step, DB_STEPS)
 
     def pending_before(self, step: StepDecl, *types: str) -> list[str]:
         """Read-only runs: the earlier steps (of these types) with changes pending, whose result
@@ -77,10 +87,11 @@ class RunContext:
             return []
         return [s.name for s in self.plan.steps[:step.index] if s.name in self.changed and s.type in types]
 
-    def earlier_outputs(self, step: StepDecl, type_: str) -> tuple[str, dict] | None:
-        """Name and outputs of the nearest earlier step of type ``type_``."""
+    def earlier_outputs(self, step: StepDecl, type_: str | tuple[str, ...]) -> tuple[str, dict] | None:
+        """Name and outputs of the nearest earlier step of type ``type_`` (or of one of these types)."""
+        types = (type_,) if isinstance(type_, str) else type_
         for earlier in reversed(self.plan.steps[:step.index]):
-            if earlier.type == type_ and self.context and earlier.name in self.context.steps:
+            if earlier.type in types and self.context and earlier.name in self.context.steps:
                 return earlier.name, self.context.steps[earlier.name]
         return None
 
@@ -123,14 +134,15 @@ class Resource:
         return {**extra_labels(), **self.own_labels}
 
     def database_url(self, explicit: str | None) -> str:
-        """``explicit``, or the url of the nearest earlier db-container step."""
+        """``explicit``, or the url of the nearest earlier db-container or database step."""
         if explicit:
             return explicit
-        found = self.rc.earlier_outputs(self.step, "db-container")
+        found = self.rc.earlier_outputs(self.step, DB_STEPS)
         if not found:
-            raise self.rc.plan.smap.error(self.step.path + ("url",), "no url given and no db-container step "
-                                          "before this one", hint="add url: ... to the step, or a db-container "
-                                                                  "step before it")
+            raise self.rc.plan.smap.error(
+                self.step.path + ("url",), "no url given and no db-container step before this one, nor a database "
+                "step (an external PostgreSQL)", hint="add url: ... to the step, or a db-container or database step "
+                                                      "before it")
         return found[1]["url"]
 
     def update_observed(self, **fields: Any) -> None:

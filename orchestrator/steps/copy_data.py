@@ -70,7 +70,7 @@ class CopyDataSpec(Strict):
     source: SqlitePath = Field(description="the SQLite database: a path (relative to the plan root) "
                                                   "or a sqlite:/// URL; opened read-only")
     url: Text | None = Field(None, description="target database (default: the url of the nearest earlier "
-                                              "db-container step)")
+                                              "db-container or database step)")
     tables: list[PgName] = Field(default_factory=list, description="copy only these tables")
     exclude: list[PgName] = Field(default_factory=list, description="do not copy these tables")
     rename: dict[PgName, PgName] = Field(default_factory=dict, description="source table -> target table")
@@ -328,13 +328,13 @@ class CopyData(Resource):
     def _observe_source_and_target(self, obs: Observed, rec: dict) -> Observed:
         src = open_source(obs.source)
         try:
-            pending = self.rc.pending_before(self.step, "db-container", "migrate")
+            pending = self.rc.pending_before(self.step, "db-container", "database", "migrate")
             try:
                 pg = self._connect("reading the target's tables")
             except OrchestrateError as exc:
                 if self.rc.mode == "apply":
                     raise StepFailed(f"cannot reach the target database: {exc.message}",
-                                     hint=exc.hint or "check the db-container step (or the url)") from None
+                                     hint=exc.hint or "check the db-container or database step (or the url)") from None
                 obs.reachable = False
                 obs.after_apply = ("the target database is not reachable now"
                                    + (f"; {_steps(pending)} first" if pending else ""))

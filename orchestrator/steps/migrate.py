@@ -108,7 +108,7 @@ class MigrateSpec(Strict):
     script_location: ScriptLocation | None = Field(None, description="overrides script_location of alembic.ini")
     target: NonEmptyText = Field("head", description="revision to reach: head, a revision id, or base")
     url: Text | None = Field(None, description="database URL (default: the url of the nearest earlier "
-                                              "db-container step)")
+                                              "db-container or database step)")
     allow_downgrade: bool = Field(False, description="allow a target below the database's revision")
     lock_timeout: Duration = Field(300.0, description="how long to wait for another run's migration")
     python: Interpreter | None = Field(None, description="the application's Python interpreter (a path "
@@ -708,8 +708,8 @@ class Migrate(Resource):
             obs.error = _first_line(exc)
             if self.rc.mode == "apply":
                 raise StepFailed(f"cannot reach the database to migrate: {obs.error}",
-                                 hint="check the db-container step (or the url) and that the server is up") from None
-            pending = self.rc.pending_before(self.step, "db-container")
+                                 hint="check the db-container or database step (or the url) and that the server is up") from None
+            pending = self.rc.pending_before(self.step, "db-container", "database")
             if pending:
                 # what runs depends on the database the earlier step is about to start: the one
                 # the last apply left (recorded), or a new one

@@ -429,7 +429,8 @@ def run_http_check(check: HttpCheck, rows: Callable[[str], int], *, get: Callabl
 
 
 class VerifySpec(Strict):
-    url: Text | None = Field(None, description="database (default: the url of the nearest earlier db-container step)")
+    url: Text | None = Field(None, description="database (default: the url of the nearest earlier db-container or "
+                                               "database step)")
     copy_step: Text | None = Field(None, description="the copy-data step whose tables to compare (default: the "
                                                     "nearest earlier one)")
     probe: bool = Field(True, description="write and read a row inside a transaction that is rolled back")
@@ -568,8 +569,11 @@ class Verify(Resource):
         return dbconn.bounded(pg, what=f"verifying: {what}", timeout=self.spec.timeout)
 
     def _container(self, obs: Observed) -> None:
-        db = self.rc.earlier(self.step, "db-container")
+        db = self.rc.earlier_database(self.step)
         if db is None:
+            return
+        if db.type == "database":       # no container: the server's version and the TLS in use instead
+            self._external(obs, db)
             return
         info = self.rc.engine.container(db.spec.container)
         state = (info or {}).get("State") or {}
@@ -578,6 +582,29 @@ class Verify(Resource):
         ok = status == "running" and health in ("healthy", None)
         obs.checks.append(Check("container", ok, f"{db.spec.container} is "
                                 + (health or status if status == "running" else status)))
+
+    def _external(self, obs: Observed, db) -> None:
+        """An external database (a database step): how this connection reaches it, checked as
+        that step asks (TLS when its sslmode requires it)."""
+        try:
+            with db.connect(what="verifying", autocommit=True) as conn:
+                version = conn.execute("SHOW server_version").fetchone()[0]
+                tls = None
+                if conn.pgconn.ssl_in_use:
+                    row = conn.execute("SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+                    tls = f"{row[0]} ({row[1]})" if row and row[0] else "TLS"
+        except OrchestrateError as exc:
+            obs.checks.append(Check("server", False, exc.message))
+            return
+        t = db.target
+        obs.checks.append(Check("server", True, f"PostgreSQL {version.split()[0]} at {t.netloc}, an external database "
+                                                f"(step {db.step.name}: no container to check)"))
+        mode = db.spec.sslmode
+        need = mode in ("require", "verify-ca", "verify-full")
+        obs.checks.append(Check("tls", tls is not None or not need,
+                                (f"{tls}, sslmode {mode}" + (", the server's certificate and name checked"
+                                                             if mode == "verify-full" else ""))
+                                if tls else f"not encrypted (sslmode {mode})"))
 
     def _schema(self, obs: Observed) -> None:
         mig = self.rc.earlier(self.step, "migrate")
