@@ -59,10 +59,16 @@ def _remote_emptied_after(request):
             client.api.remove_network(n["Id"])
 
 
+CA_BUNDLE_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
 def orchestrate(env: dict[str, str], *argv, timeout: int = 600) -> tuple[int, str]:
     """``python3 -m orchestrator ARGV`` as a user runs it, with ``env`` over this process's
-    environment; returns (exit code, stdout + stderr)."""
-    full = {**os.environ, **env}
+    environment; returns (exit code, stdout + stderr). The CA bundle variables of requests go
+    unless ``env`` names them (they have a test of their own: the machine's setting of them
+    must not decide what the other tests show)."""
+    full = {k: v for k, v in os.environ.items() if k not in CA_BUNDLE_VARS}
+    full.update(env)
     proc = subprocess.run(["python3", "-m", "orchestrator", *map(str, argv)], capture_output=True, text=True,
                           env=full, timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
     return proc.returncode, proc.stdout + proc.stderr
@@ -318,8 +324,9 @@ engine:
   host: "tcp://{{ vars.remote_addr }}:2376"
   tls: {ca: engine-certs/ca.pem, cert: engine-certs/cert.pem, key: engine-certs/key.pem}
 """)
-    # no DOCKER_HOST: the plan names the engine (a DOCKER_HOST pointing elsewhere loses to it)
-    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "DOCKER_TLS_VERIFY": "", "DOCKER_CERT_PATH": ""}
+    # no DOCKER_HOST: the plan names the engine (a DOCKER_HOST naming this machine's engine is
+    # where images are built and sent from)
+    env = {"DOCKER_HOST": "", "DOCKER_TLS_VERIFY": "", "DOCKER_CERT_PATH": ""}
     args = ["-e", f"db_bind={remote_engine.address}", "-e", "pg_image=orchestrate-test/postgres:15",
             "-e", "demo_rows=300"]
     local_before = session_objects(docker_client)
@@ -361,11 +368,23 @@ engine:
     assert plan_objects(remote_engine.client(), PLAN1)["volumes"] == []
 
 
+def test_a_ca_bundle_in_the_environment_does_not_replace_the_engines_ca(repo_copy, remote_engine):
+    """REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set on many machines, for other tools' sake) name the
+    CAs of public sites; the Docker CLI ignores them, and so must orchestrate: the engine's CA is
+    DOCKER_CERT_PATH's ca.pem (requests would otherwise let the variable win over it)."""
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    assert os.path.exists(bundle)
+    env = {**remote_engine.tls_env(), "REQUESTS_CA_BUNDLE": bundle, "CURL_CA_BUNDLE": bundle}
+    code, out = orchestrate(env, "plan", repo_copy.plan, "-e", f"db_bind={remote_engine.address}",
+                            "-e", "pg_image=orchestrate-test/postgres:15")
+    assert code == 0 and "create" in out and "autodeploy_postgres" in out, out
+
+
 def test_a_tls_engine_whose_certificate_is_not_trusted_is_refused(repo_copy, remote_engine):
     env = remote_engine.tls_env(remote_engine.untrusted_cert_dir("wrong-ca"))
     code, out = orchestrate(env, "apply", repo_copy.plan, "-e", f"db_bind={remote_engine.address}",
                             "-e", "pg_image=orchestrate-test/postgres:15")
-    assert code != 0 and "could not be trusted" in out, out
+    assert code != 0 and "could not be trusted" in out and "CERTIFICATE_VERIFY_FAILED" in out, out
     assert plan_objects(remote_engine.client(), PLAN1)["containers"] == []
 
 
@@ -389,6 +408,7 @@ def test_phase2_on_a_remote_engine_over_tls(phase2, remote_engine, docker_client
     try:
         code, out = orchestrate(env, "apply", phase2.plan, *args)
         assert code == 0, out
+        assert re.search(rf"sent {re.escape(phase2.tag)}\b", out), out      # built here, sent there
         image = remote.images.get(phase2.tag)          # the application's image, shipped there
         status, body = http_get(f"http://{addr}:8080/tenants")
         assert status == 200 and len(json.loads(body)) == phase2.source_tenants() > 0
