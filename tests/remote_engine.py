@@ -76,6 +76,15 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
+def _pids_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            if any(text in part for part in _cmdline(int(entry.name))):
+                found.append(int(entry.name))
+    return found
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
@@ -345,10 +354,19 @@ MaxSessions 50
 SetEnv DOCKER_HOST={self.docker_host_unix}
 """)
         _run(SSHD, "-t", "-f", str(d / "sshd_config"))
+        # The "other host's" root logs in to /bin/sh: this machine's root shell is bash, which an
+        # sshd session makes read /root/.bashrc (slow here, and anything could be set there). sshd
+        # runs in a mount namespace of its own, where /etc/passwd is a copy saying so.
+        passwd = d / "passwd"
+        passwd.write_text("".join(
+            ":".join(f[:6] + ["/bin/sh"]) + "\n" if (f := line.split(":"))[0] == "root" and len(f) == 7 else line + "\n"
+            for line in Path("/etc/passwd").read_text().splitlines()))
         log = open(self.dir / "sshd.log", "ab")
         try:
             self._sshd = subprocess.Popen(
-                ["nsenter", f"--net=/var/run/netns/{self.netns}", "--", SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                ["unshare", "--mount", "--propagation", "private", "--",
+                 "sh", "-c", 'mount --bind "$0" /etc/passwd && exec "$@"', str(passwd),
+                 "nsenter", f"--net=/var/run/netns/{self.netns}", "--", SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
@@ -364,6 +382,11 @@ Host {self.address}
   GlobalKnownHostsFile /dev/null
   BatchMode yes
   ConnectTimeout 15
+  ServerAliveInterval 5
+  # one connection for the many a run makes (docker-py opens one per API call)
+  ControlMaster auto
+  ControlPath {ssh / 'mux-%C'}
+  ControlPersist 120
 """)
         # OpenSSH reads the config of the home folder in /etc/passwd, never $HOME: this ssh reads ours
         wrapper = self.bin / "ssh"
@@ -503,6 +526,12 @@ def _teardown(tag: str, folder: Path, *, dockerd=None, sshd=None) -> None:
         for state in runc_root.iterdir():
             subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", state.name],
                            capture_output=True, timeout=30)
+    # the ssh client's connection master (its title names its control socket, in our folder)
+    for pid in _pids_mentioning(str(folder) + "/"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     # whatever else still runs in the namespace (shims, docker-proxy, a forgotten sshd)
     if Path(f"/var/run/netns/{netns}").exists():
         pids = _run("ip", "netns", "pids", netns, check=False).stdout.split()
