@@ -12,10 +12,13 @@ in it, as root:
 - ``sshd`` on 10.213.N.2:22 with its own config, host key and authorized key (root, by key only),
   whose sessions get ``DOCKER_HOST`` pointing at that engine's socket, so that ``docker system
   dial-stdio`` (what Docker's ssh:// transport runs) reaches the remote engine and not the local one.
+  It runs in a mount namespace of its own whose /etc/passwd gives root /bin/sh: bash, this
+  machine's root shell, reads /root/.bashrc in an ssh session (slow here, and it may set anything).
 
 The client side never touches ~/.ssh: ``ssh_env()`` gives a HOME of its own and a PATH whose ``ssh``
 reads that HOME's ``.ssh/config`` (OpenSSH takes the home folder from the password database, not
-from $HOME, so the wrapper names the config file with ``-F``).
+from $HOME, so the wrapper names the config file with ``-F``). That config multiplexes one
+connection (ControlMaster): docker-py opens an ssh connection for every API call.
 
 Everything lives under /var/lib/orch-remote-tests/<tag>/ (and the socket's folder under /run);
 ``stop()`` removes it all whatever state it is in, and ``cleanup_leftovers()`` (run by ``start()``)
