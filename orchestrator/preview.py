@@ -17,7 +17,7 @@ import contextlib
 import uuid
 from typing import Iterator
 
-from .errors import StepFailed
+from .errors import OrchestrateError, StepFailed
 from .steps.base import RunContext, libpq_url
 
 PREFIX = "orchestrate_preview_"
@@ -54,6 +54,11 @@ def _in_server(url: str) -> Iterator[str | None]:
         name = PREFIX + uuid.uuid4().hex[:12]
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            # a role that may not CREATE DATABASE (a managed database's owner role): a throwaway
+            # server instead
+            yield None
+            return
         except psycopg.Error as exc:
             raise StepFailed(f"preview: cannot create a throwaway database in the plan's server: "
                              f"{str(exc).strip().splitlines()[0]}",
@@ -86,9 +91,13 @@ def preview_schema(rc: RunContext, step, url: str) -> Iterator[tuple[str, str]]:
         image, user, database, data_dir = (db.client_image(), db.target.user, db.target.database,
                                            "/var/lib/postgresql/data")
         if image is None:
-            raise StepFailed("preview: the external database does not answer, and without its major version "
-                             "(recorded by an apply) no throwaway server can be chosen",
-                             hint=f"set client_image: in step {db.step.name}, or make the database reachable")
+            try:
+                image = f"postgres:{db.server_major()}"
+            except OrchestrateError:
+                raise StepFailed("preview: the external database does not answer, and without its major version "
+                                 "(recorded by an apply) no throwaway server can be chosen",
+                                 hint=f"set client_image: in step {db.step.name}, or make the database "
+                                      f"reachable") from None
     else:
         image, user, database, data_dir = db.spec.image, db.spec.user, db.spec.db, db.spec.data_dir
     from .docker_engine import Engine

@@ -429,13 +429,16 @@ class Backup(Resource):
                                    hint="restore another backup (orchestrate restore PLAN --from FILE)")
         return path
 
-    def _load_dump(self, client, user: str, database: str, record: dict, path: Path) -> None:
+    def _load_dump(self, client, user: str, database: str, record: dict, path: Path, *,
+                   privileges: bool = True) -> None:
         """Give the client the dump (a copy inside its container) and restore it there, in one
         transaction; bounded by a time that grows with the dump."""
         with client.file(path) as target:
             if record["format"] == "custom":
                 cmd = ["pg_restore", "-U", user, "-d", database, "--single-transaction", "--clean", "--if-exists",
                        "--no-owner", "--exit-on-error", target]
+                if not privileges:
+                    cmd.insert(-1, "--no-privileges")
             else:
                 cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", user, "-d", database,
                        "-f", target]
@@ -494,7 +497,10 @@ class Backup(Resource):
                                 user=user, database=dbname, data_dir=data_dir,
                                 labels={**self.labels, "orchestrate.drill": "yes"},
                                 progress=lambda m: self.rc.progress(f"drill: {m}")) as tmp:
-            self._load_dump(ExecClient(self.rc.engine, tmp.container_id, tmp.name), tmp.user, tmp.database, record, path)
+            # a managed server's dump may GRANT to roles of the service (rdsadmin, cloudsqlsuperuser)
+            # that a throwaway server lacks: a drill checks content, not privileges
+            self._load_dump(ExecClient(self.rc.engine, tmp.container_id, tmp.name), tmp.user, tmp.database, record,
+                            path, privileges=db.type != "database")
             with psycopg.connect(tmp.url, connect_timeout=5) as conn:
                 counts, prints = table_fingerprints(conn, content=bool(record.get("fingerprints")))
         problems = [f"{t}: {counts.get(t)} rows (recorded {n})" for t, n in record["counts"].items() if counts.get(t) != n]
