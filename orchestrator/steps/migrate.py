@@ -538,6 +538,17 @@ class Migrate(Resource):
         """The URL the job uses (``job.url``, or the db-container's ``internal_url``)."""
         if self.spec.job.url:
             return self.spec.job.url
+        db = self.rc.earlier_database(self.step)
+        if db is not None and db.type == "database":
+            # an external database: the job reaches it at its own address, but the CA file is the
+            # host's, which the job's container does not have
+            if db.spec.sslrootcert not in (None, "system") or db.spec.sslcert is not None:
+                raise self.rc.plan.smap.error(
+                    self.step.path + ("job", "url"), f"no job url given, and the url of database step "
+                    f"{db.step.name} names certificate files of this machine, which the job's container does not have",
+                    hint="give job.url with sslrootcert= a path inside the image (bake the CA into it), or "
+                         "sslrootcert: system when the image trusts the server's CA")
+            return db.outputs()["url"]
         found = self.rc.earlier_outputs(self.step, "db-container")
         if not found or not found[1].get("internal_url"):
             raise self.rc.plan.smap.error(self.step.path + ("job", "url"), "no job url given and no db-container "

@@ -256,3 +256,19 @@ def test_rotation_is_a_redacted_password_change():
     d = diff_database(obs(rotate=True), spec=spec(), target=T, recorded={})
     (c,) = d.changes
     assert c.field == "password" and c.secret and c.to_dict()["after"] == "(redacted)"
+
+
+def test_a_migration_job_needs_its_own_url_when_the_ca_is_a_file_of_this_machine(tmp_path):
+    import shutil
+    from tests.conftest import ROOT
+    shutil.copytree(ROOT / "alembic", tmp_path / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "alembic.ini", tmp_path / "alembic.ini")
+    (tmp_path / "ca.pem").write_text("x")
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN.format(url="postgresql://app@db.example.com/appdb", extra="      sslrootcert: ca.pem")
+                    .replace("    migrate: {}\n", "    migrate: {job: {image: app:1}}\n"))
+    code, out = run_cli("validate", path)
+    assert code == 1 and "steps[1].migrate.job.url" in out and "certificate files of this machine" in out, out
+    path.write_text(path.read_text().replace("      sslrootcert: ca.pem\n", "      sslrootcert: system\n"))
+    code, out = run_cli("validate", path)
+    assert code == 0, out
