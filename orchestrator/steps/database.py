@@ -374,15 +374,17 @@ class Database(Resource):
         return self._error("url", f"cannot connect to the database at {where} while {what}: {first}")
 
     def observe(self) -> Observed:
+        # read-only by construction: the session itself refuses to write
+        ro = {"options": "-c default_transaction_read_only=on"} if "options" not in dict(self.target.params) else {}
         try:
             try:
-                conn = self.connect(what="checking it", autocommit=True)
+                conn = self.connect(what="checking it", autocommit=True, **ro)
                 rotate = False
             except OrchestrateError as exc:
                 if not (self.spec.previous_password and getattr(exc, "key", "").endswith(".password")):
                     raise
                 conn = self.connect(what="checking it with previous_password", password=self.spec.previous_password,
-                                    autocommit=True)
+                                    autocommit=True, **ro)
                 rotate = True
             with conn:
                 obs = self._read(conn)
