@@ -10,7 +10,8 @@ the database step.
   container's initialisation) as the owner of its database, and the plan only gets that role.
 
 The container comes from the local test image, carries the test session's label, is published on
-127.0.0.1 with a port Docker picks, and is removed with its anonymous volume whatever happens.
+127.0.0.1 with a port Docker picks, and is removed with its data volume (named and labelled like
+it) whatever happens.
 The certificates live in a temporary directory.
 """
 
@@ -124,13 +125,16 @@ def managed_postgres(client, image: str, tmp: Path, *, labels: dict[str, str], p
     certs = make_certificates(tmp / "tls")
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     su_password, password = secrets.token_urlsafe(18), "Own-" + secrets.token_urlsafe(18)
-    container = None
+    container = volume = None
     try:
+        # a named, labelled data volume (not the image's anonymous one): a cleanup by label finds it
+        volume = client.volumes.create(name, labels={**labels, "orchestrate.test.managed": "yes"})
         container = client.containers.create(
             image, command=["postgres"], name=name, labels={**labels, "orchestrate.test.managed": "yes"},
             environment={"POSTGRES_PASSWORD": su_password, "APP_USER": user, "APP_PASSWORD": password,
                          "APP_DB": database},
             ports={"5432/tcp": ("127.0.0.1", None)},
+            volumes={name: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
             healthcheck={"test": ["CMD-SHELL", "pg_isready -U postgres -d postgres"], "interval": 500_000_000,
                          "timeout": 5_000_000_000, "retries": 240})
         container.put_archive("/", _tar({
@@ -157,6 +161,9 @@ def managed_postgres(client, image: str, tmp: Path, *, labels: dict[str, str], p
         if container is not None:
             with contextlib.suppress(Exception):
                 container.remove(force=True, v=True)
+        if volume is not None:
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
 
 
 def _wait_tls(server: ManagedPg, seconds: float = 30) -> None:
