@@ -156,7 +156,8 @@ def test_an_untrusted_client_is_refused(remote_engine, kind, no_ca_bundle_env):
     elif kind == "plain-http":
         assert "HTTPS" in text or "400" in text, text
     else:                        # the engine refuses the client: no certificate, or one it did not sign
-        assert "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text or "reset" in text.lower(), text
+        # (an alert, or the connection closed mid-handshake, as the TLS library reports it)
+        assert re.search(r"BAD_CERTIFICATE|CERTIFICATE_REQUIRED|SSLEOFError|UNKNOWN_CA|reset by peer", text), text
 
 
 def test_ssh_reaches_the_remote_engine_not_the_local_one(remote_engine, docker_client, monkeypatch):
