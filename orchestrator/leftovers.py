@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .docker_engine import Engine
-from .errors import OrchestrateError
+from .errors import DockerError, OrchestrateError
 from .fsutil import temp_files
 from .lockfile import Lockfile
 from .plan import Context, Plan, render_step
@@ -69,4 +69,11 @@ def clean(plan: Plan, lock: Lockfile, engine: Engine, ctx: Context) -> str | Non
     if any(s.type in DOCKER_STEPS or (s.type == "migrate" and "job" in (s.body or {})) for s in plan.steps):
         removed += remove_leftovers(engine, plan.name)
         removed += remove_restore_copies(lock, engine)
+    elif any(s.type == "database" for s in plan.steps):
+        # an external database's backups may run pg_dump and drills in throwaway containers;
+        # a machine without Docker never made any
+        try:
+            removed += remove_leftovers(engine, plan.name)
+        except DockerError:
+            pass
     return f"removed what an interrupted run left: {', '.join(removed)}" if removed else None
