@@ -13,6 +13,7 @@ import contextlib
 import io
 import ipaddress
 import os
+import re
 import socket
 import tarfile
 from dataclasses import dataclass, field
@@ -88,6 +89,39 @@ def _no_answer(what: str) -> DockerError:
     return DockerError(f"the Docker daemon did not answer within {TIMEOUT:g}s while trying to {what}",
                        hint="check the daemon (docker info; systemctl status docker) and run again; the next "
                             "apply repairs a half-done step")
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS error behind a failed connection (docker-py wraps it), if that is what it was."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen) \
+                or "SSLError" in str(seen):
+            text = str(seen)
+            found = re.search(r"\[SSL[^\]]*\][^'\")]*", text)
+            return redact(found.group(0).strip() if found else text)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tolerate_ended_ssh() -> None:
+    """docker-py's ssh:// transport (the ssh command) writes to the ssh process when it closes a
+    connection; after an exec's stream the process has often ended already, and the write raises
+    BrokenPipeError (docker-py issue #3218). The connection is over either way: end it quietly."""
+    from docker.transport import sshconn
+    original = sshconn.SSHSocket.close
+    if getattr(original, "ended_quietly", False):
+        return
+
+    def close(self):
+        try:
+            original(self)
+        except (BrokenPipeError, ValueError, OSError):
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+
+    close.ended_quietly = True
+    sshconn.SSHSocket.close = close
 
 
 def _reason(exc: Exception) -> str:
@@ -185,21 +219,22 @@ class Engine:
                                                                       "folder holding ca.pem, cert.pem and key.pem")
                     tls = docker.tls.TLSConfig(client_cert=(t.cert, t.key) if t.cert else None, ca_cert=t.ca,
                                                verify=t.ca if t.verify and t.ca else t.verify)
-                self._client = docker.DockerClient(base_url=t.url, tls=tls or False, timeout=TIMEOUT,
-                                                   use_ssh_client=t.url.startswith("ssh://"))
-            except docker.errors.DockerException as exc:
-                raise DockerError(f"cannot reach the Docker daemon at {t.url}: {self._short(exc)}",
-                                  hint=hint) from None
-            try:
-                self._client.api.ping()
-            except requests.exceptions.SSLError as exc:
-                self._client = None
-                raise DockerError(f"the Docker daemon at {t.url} could not be trusted (TLS): {self._short(exc)}",
-                                  hint="check engine.tls / DOCKER_CERT_PATH: the CA must have signed the "
-                                       "engine's certificate, which must name the address you use; nothing "
-                                       "was changed") from None
-            except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
-                self._client = None
+                ssh = t.url.startswith("ssh://")
+                if ssh:
+                    _tolerate_ended_ssh()
+                # The API version is asked below, once requests may no longer let REQUESTS_CA_BUNDLE
+                # or CURL_CA_BUNDLE replace the engine's CA (the Docker CLI ignores them too).
+                client = docker.DockerClient(base_url=t.url, tls=tls or False, timeout=TIMEOUT,
+                                             use_ssh_client=ssh, version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+                client.api.trust_env = False
+                client.api._version = client.api._retrieve_server_version()
+                self._client = client
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+                if _tls_failure(exc):
+                    raise DockerError(f"the Docker daemon at {t.url} could not be trusted (TLS): {_tls_failure(exc)}",
+                                      hint="check engine.tls / DOCKER_CERT_PATH: the CA must have signed the "
+                                           "engine's certificate, which must name the address you use; nothing "
+                                           "was changed") from None
                 raise DockerError(f"cannot reach the Docker daemon at {t.url}: {self._short(exc)}",
                                   hint=hint) from None
         return self._client
