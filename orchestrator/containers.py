@@ -506,10 +506,16 @@ def port_conflicts(engine: Engine, ports, held: set, name: str, step: str, *, en
         if port in held or port.proto != "tcp":
             continue
         users = [u for u in engine.publishing(port.host_port) if u not in (name, name + OLD_SUFFIX)]
+        problem = None if users or engine.remote else engine.port_problem(port.host_ip, port.host_port)
         if users:
             who = f"container {', '.join(users)}"
-        elif engine.is_local() and not engine.port_free(port.host_ip, port.host_port):
+        elif problem == "in use":
             who = "another process"
+        elif problem:
+            problems.append(f"host address {port.host_ip} of port {port} is not an address of this machine, "
+                            f"where the Docker engine runs (ports of step {step}); publish on one of its "
+                            f"addresses, or point DOCKER_HOST (or the plan's engine:) at the engine that has it")
+            continue
         else:
             continue
         problems.append(f"host port {port.host_ip}:{port.host_port} is already in use by {who}; free "

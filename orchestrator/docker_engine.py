@@ -10,6 +10,7 @@ one clear sentence.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import ipaddress
 import os
@@ -375,8 +376,8 @@ class Engine:
         return redact(raw.decode(errors="replace"))
 
     @staticmethod
-    def port_free(host_ip: str, port: int) -> bool:
-        """Whether ``host_ip:port`` can be bound on this machine right now (read-only probe)."""
+    def port_problem(host_ip: str, port: int) -> str | None:
+        """Why ``host_ip:port`` cannot be bound on this machine right now (None: it can)."""
         family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
         ip = "" if host_ip in ("0.0.0.0", "::") else host_ip
         with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -384,9 +385,11 @@ class Engine:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((ip, port))
-            except OSError:
-                return False
-        return True
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return "not an address of this machine"
+                return "in use"
+        return None
 
     # -- mutations ---------------------------------------------------------------------------
 

@@ -126,6 +126,8 @@ class TableState:
 class Observed:
     source: Path
     fingerprint: str | None = None
+    shown: str = ""        # the source as changes name it: relative to the plan's root (a saved
+                           # plan's fingerprint must not depend on the folder it was made from)
     tables: list[TableState] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -195,7 +197,7 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
     """Per table: copy, reload or refuse, with counts and every problem found. Pure."""
     d = Diff(problems=list(obs.problems), notes=list(obs.notes))
     if obs.create_source:
-        d.changes.append(Change(Action.CREATE, "source", None, str(obs.source), "created by if_missing"))
+        d.changes.append(Change(Action.CREATE, "source", None, obs.shown or str(obs.source), "created by if_missing"))
         d.after_apply = True
     details = {}
     if obs.after_apply:
@@ -292,7 +294,7 @@ class CopyData(Resource):
     # observe ---------------------------------------------------------------------------------
 
     def observe(self) -> Observed:
-        obs = Observed(self.source_path)
+        obs = Observed(self.source_path, shown=self.source_name)
         if not obs.source.is_file():
             if self.spec.if_missing:
                 obs.create_source = True

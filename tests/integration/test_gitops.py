@@ -123,3 +123,23 @@ def test_a_secret_in_a_variable_file_never_reaches_the_lockfile_or_a_saved_plan(
                repo_copy.run("apply", "--var-file", str(var_file), "-v")[1]]
     for text in outputs + [saved.read_text(), repo_copy.plan.with_suffix(".lock").read_text()]:
         assert secret not in text
+
+
+def test_a_saved_plan_made_from_another_folder_by_a_relative_path_is_not_stale(repo_copy, tmp_path, monkeypatch):
+    """What a saved plan records must not depend on how the plan's path was spelled: plan made
+    from another folder with ../repo/plans/phase1.yaml, applied with the path the saved plan
+    resolves (the source database still to be made by if_missing, named in the changes)."""
+    from orchestrator import saved
+    from orchestrator.executor import Executor
+    from orchestrator.plan import load_plan
+    from tests.conftest import run_cli
+    (repo_copy.root / "deployment_platform.db").unlink(missing_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    plan = os.path.relpath(repo_copy.root / "plans" / "phase1.yaml", elsewhere)
+    code, out = run_cli("plan", plan, *repo_copy.extra, "--out", "s.plan")
+    assert code == 0 and "created by if_missing" in out, out
+    doc = saved.load(elsewhere / "s.plan")
+    fresh = Executor(load_plan(doc["_plan_path"], doc["extra_vars"], doc["_var_files"]), "plan").run()
+    assert saved.differences(doc, fresh) == []
