@@ -223,19 +223,24 @@ def remove_named(client, prefix: str) -> None:
 REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema", ".dockerignore")
 
 
-@pytest.fixture
-def repo_copy(tmp_path, pg_image, docker_client, monkeypatch):
-    """The repository's plans, templates, migrations and example application in a temp dir, and
-    the -e arguments that give the phase-1 plan its own container, volume and port there."""
-    import shutil
-    root = tmp_path / "repo"
+def copy_repo(root: Path) -> Path:
+    """The repository's plans, templates, migrations and example application, copied to ``root``
+    (no lockfile, no secrets file, no caches)."""
     root.mkdir()
     for part in REPO_PARTS:
         src = ROOT / part
         if src.is_dir():
             shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets"))
-        else:
+        elif src.exists():
             shutil.copy(src, root / part)
+    return root
+
+
+@pytest.fixture
+def repo_copy(tmp_path, pg_image, docker_client, monkeypatch):
+    """The repository's plans, templates, migrations and example application in a temp dir, and
+    the -e arguments that give the phase-1 plan its own container, volume and port there."""
+    root = copy_repo(tmp_path / "repo")
     monkeypatch.delenv("AUTODEPLOY_DB_PASSWORD", raising=False)
     name = f"t{SESSION}-{uuid.uuid4().hex[:6]}"
     port = free_port()

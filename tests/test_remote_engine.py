@@ -314,6 +314,23 @@ def with_engine_key(repo_copy, remote_engine, engine_yaml: str) -> None:
     repo_copy.plan.write_text(text)
 
 
+def converge_by_engine_key(env, repo_copy, remote_engine, docker_client) -> None:
+    """The plan (its engine: set) applied, converged, nothing local, then destroyed."""
+    args = ["-e", f"db_bind={remote_engine.address}", "-e", "pg_image=orchestrate-test/postgres:15",
+            "-e", "demo_rows=300"]
+    local_before = session_objects(docker_client)
+    code, out = orchestrate(env, "apply", repo_copy.plan, *args)
+    assert code == 0, out
+    assert f"@{remote_engine.address}:5432/" in env_line(repo_copy.root)
+    assert plan_objects(remote_engine.client(), PLAN1)["containers"] == ["autodeploy_postgres"]
+    code, out = orchestrate(env, "plan", repo_copy.plan, "--detailed-exitcode", *args)
+    assert code == 0, out
+    assert session_objects(docker_client) - local_before == set()
+    code, out = orchestrate(env, "destroy", repo_copy.plan, "--volumes", "--yes", *args)
+    assert code == 0, out
+    assert plan_objects(remote_engine.client(), PLAN1)["volumes"] == []
+
+
 def test_the_plans_engine_key_over_tls(repo_copy, remote_engine, docker_client):
     certs = repo_copy.root / "engine-certs"
     certs.mkdir(mode=0o700)
@@ -328,19 +345,7 @@ engine:
     # no DOCKER_HOST: the plan names the engine (a DOCKER_HOST naming this machine's engine is
     # where images are built and sent from)
     env = {"DOCKER_HOST": "", "DOCKER_TLS_VERIFY": "", "DOCKER_CERT_PATH": ""}
-    args = ["-e", f"db_bind={remote_engine.address}", "-e", "pg_image=orchestrate-test/postgres:15",
-            "-e", "demo_rows=300"]
-    local_before = session_objects(docker_client)
-    code, out = orchestrate(env, "apply", repo_copy.plan, *args)
-    assert code == 0, out
-    assert f"@{remote_engine.address}:5432/" in env_line(repo_copy.root)
-    assert plan_objects(remote_engine.client(), PLAN1)["containers"] == ["autodeploy_postgres"]
-    code, out = orchestrate(env, "plan", repo_copy.plan, "--detailed-exitcode", *args)
-    assert code == 0, out
-    assert session_objects(docker_client) - local_before == set()
-    code, out = orchestrate(env, "destroy", repo_copy.plan, "--volumes", "--yes", *args)
-    assert code == 0, out
-    assert plan_objects(remote_engine.client(), PLAN1)["volumes"] == []
+    converge_by_engine_key(env, repo_copy, remote_engine, docker_client)
 
 
 def test_the_plans_engine_key_over_ssh(repo_copy, remote_engine, docker_client):
@@ -350,19 +355,7 @@ engine:
 """)
     env = {k: v for k, v in remote_engine.ssh_env().items() if k != "DOCKER_HOST"}
     env["DOCKER_HOST"] = ""
-    args = ["-e", f"db_bind={remote_engine.address}", "-e", "pg_image=orchestrate-test/postgres:15",
-            "-e", "demo_rows=300"]
-    local_before = session_objects(docker_client)
-    code, out = orchestrate(env, "apply", repo_copy.plan, *args)
-    assert code == 0, out
-    assert f"@{remote_engine.address}:5432/" in env_line(repo_copy.root)
-    assert plan_objects(remote_engine.client(), PLAN1)["containers"] == ["autodeploy_postgres"]
-    code, out = orchestrate(env, "plan", repo_copy.plan, "--detailed-exitcode", *args)
-    assert code == 0, out
-    assert session_objects(docker_client) - local_before == set()
-    code, out = orchestrate(env, "destroy", repo_copy.plan, "--volumes", "--yes", *args)
-    assert code == 0, out
-    assert plan_objects(remote_engine.client(), PLAN1)["volumes"] == []
+    converge_by_engine_key(env, repo_copy, remote_engine, docker_client)
 
 
 def test_a_ca_bundle_in_the_environment_does_not_replace_the_engines_ca(repo_copy, remote_engine):

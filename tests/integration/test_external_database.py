@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_PARTS, ROOT, TEST_LABEL, run_cli
+from tests.conftest import TEST_LABEL, copy_repo, run_cli
 from tests.managed_pg import make_certificates, managed_postgres
 
 pytestmark = pytest.mark.integration
@@ -60,14 +60,7 @@ PG_IMAGE_FOR_CLIENT = [""]
 @pytest.fixture
 def external(tmp_path, pg_image, docker_client, monkeypatch):
     PG_IMAGE_FOR_CLIENT[0] = pg_image
-    root = tmp_path / "repo"
-    root.mkdir()
-    for part in REPO_PARTS:
-        src = ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets"))
-        elif src.exists():
-            shutil.copy(src, root / part)
+    root = copy_repo(tmp_path / "repo")
     with managed_postgres(docker_client, pg_image, tmp_path, labels={TEST_LABEL[0]: TEST_LABEL[1]},
                           prefix=f"managed-{uuid.uuid4().hex[:6]}") as server:
         yield External(root, server, monkeypatch)
