@@ -229,20 +229,6 @@ def diff_database(obs: Observed, *, spec: DatabaseSpec, target: Target, recorded
     return d
 
 
-def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
-    """PostgreSQL's SCRAM-SHA-256 verifier of ``password`` (what ALTER ROLE ... PASSWORD stores):
-    sent instead of the password, so the password is in no statement the server may log."""
-    import base64
-    import hashlib
-    import hmac
-    salt = salt if salt is not None else os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = lambda b: base64.b64encode(b).decode()
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
-
-
 # --- the step -----------------------------------------------------------------------------------
 
 class Database(Resource):
@@ -445,8 +431,12 @@ class Database(Resource):
         if obs.rotate:
             with self.connect(what="setting the new password", password=self.spec.previous_password,
                               autocommit=True) as conn:
+                # libpq computes the SCRAM-SHA-256 verifier (SASLprep included): the password
+                # itself is in no statement the server may log
+                verifier = conn.pgconn.encrypt_password((self.spec.password or "").encode(),
+                                                        self.target.user.encode(), b"scram-sha-256").decode()
                 conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(self.target.user), sql.Literal(scram_verifier(self.spec.password or ""))))
+                    sql.Identifier(self.target.user), sql.Literal(verifier)))
             self.connect(what="proving the new password").close()
             done.append("set the new password with ALTER ROLE (drop previous_password from the step now)")
         with self.connect(what="setting the database's settings", autocommit=True) as conn:

@@ -243,15 +243,6 @@ def test_refusals(text, key, says):
     assert err.key == f"steps.0.database.{key}" and says in err.message and "\n" not in err.message
 
 
-def test_scram_verifier_is_postgres_format():
-    import base64
-    v = dbmod.scram_verifier("pencil", salt=b"0123456789abcdef")
-    head, keys = v.split("$", 1)[1].split("$")
-    assert v.startswith("SCRAM-SHA-256$4096:") and "pencil" not in v
-    assert base64.b64decode(head.split(":")[1]) == b"0123456789abcdef"
-    assert all(len(base64.b64decode(k)) == 32 for k in keys.split(":"))
-
-
 def test_rotation_is_a_redacted_password_change():
     d = diff_database(obs(rotate=True), spec=spec(), target=T, recorded={})
     (c,) = d.changes
