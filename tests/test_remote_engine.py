@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -418,3 +419,24 @@ def test_phase2_on_a_remote_engine_over_tls(phase2, remote_engine, docker_client
     code, out = orchestrate(env, "destroy", phase2.plan, "--volumes", "--yes", *args)
     assert code == 0, out
     assert plan_objects(remote, PLAN2) == {"containers": [], "volumes": [], "networks": []}
+
+
+def test_an_image_built_on_the_remote_engine_and_its_base_sent_there(tmp_path, remote_engine, docker_client,
+                                                                      python_image):
+    """build_on: engine: the context goes to the remote engine, which builds there; the base image
+    it lacks is sent from this machine first; nothing is built here; the second apply builds and
+    sends nothing."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {python_image}\nRUN echo built-remotely > /built\n")
+    tag = f"orch-remote-build-{uuid.uuid4().hex[:6]}:1"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"name: remote-build\nsteps:\n  - name: app_image\n    image: {{context: ctx, tag: '{tag}', "
+                    f"build_on: engine}}\n")
+    env = remote_engine.tls_env()
+    code, out = orchestrate(env, "apply", plan)
+    assert code == 0 and "built " + tag in out, out
+    remote = remote_engine.client()
+    assert remote.images.get(tag).id and remote.images.get(python_image).id
+    assert not docker_client.images.list(name=tag.split(":")[0])           # built there, not here
+    code, out = orchestrate(env, "apply", plan)
+    assert code == 0 and "Nothing changed" in out, out
