@@ -1,30 +1,40 @@
 """Heavy libraries (docker-py, requests, SQLAlchemy, Alembic, psycopg) loaded on first use, so a
 command that never needs one (``--help``, ``validate``) never pays for importing it.
 
-``lazy("docker")`` returns the module object at once; its code runs when an attribute is first
-read (the standard library's :class:`importlib.util.LazyLoader`). ``tests/unit/test_startup.py``
+``lazy("docker")`` returns a stand-in at once; the first attribute read imports the module with
+:func:`importlib.import_module` (whose import locks make a first use from two threads at once
+safe, which the standard library's ``LazyLoader`` is not before Python 3.12: two threads could
+run a package's ``__init__`` twice and leave two copies of its exception classes) and forwards
+to it. Until then the module is not in ``sys.modules`` at all. ``tests/unit/test_startup.py``
 fails when a light command imports one of them.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from types import ModuleType
+from typing import Any
 
 HEAVY = ("docker", "requests", "sqlalchemy", "alembic", "psycopg", "paramiko", "urllib3")
 
 
-def lazy(name: str) -> ModuleType:
-    """The top-level module ``name``, imported when first used (at once if already imported)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+class _Lazy:
+    __slots__ = ("_name", "_module")
+
+    def __init__(self, name: str):
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        module = self._module
+        if module is None:
+            module = self._module = importlib.import_module(self._name)
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}{' (loaded)' if self._module is not None else ''}>"
+
+
+def lazy(name: str) -> Any:
+    """The module ``name``, imported when one of its attributes is first read."""
+    return _Lazy(name)
