@@ -667,3 +667,79 @@ class Engine:
         return self._stream(f"read the output of {container_id[:12]}", self._call(
             f"read the output of {container_id[:12]}",
             lambda: self.api.logs(container_id, stream=True, follow=True, stdout=True, stderr=True, tail=tail)))
+
+    # -- swarm: services, secrets, configs (issue 14) ------------------------------------------
+    # Service specs are Docker's own API dictionaries (ServiceSpec), built by the service step.
+
+    def swarm_active(self) -> bool:
+        """Whether this engine is a swarm manager (services can be created here)."""
+        info = self._call("read the engine's swarm state", lambda: self.api.info())
+        swarm = info.get("Swarm") or {}
+        return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+
+    def service(self, name_or_id: str) -> dict | None:
+        return self._inspect(f"service {name_or_id}", lambda: self.api.inspect_service(name_or_id))
+
+    def service_tasks(self, service_id: str) -> list[dict]:
+        return self._call(f"list the tasks of service {service_id[:12]}",
+                          lambda: self.api.tasks(filters={"service": service_id}))
+
+    def services_labelled(self, *labels: str) -> list[dict]:
+        return self._call("list services", lambda: self.api.services(filters={"label": list(labels)}))
+
+    def secrets_labelled(self, *labels: str) -> list[dict]:
+        return self._call("list secrets", lambda: self.api.secrets(filters={"label": list(labels)}))
+
+    def configs_labelled(self, *labels: str) -> list[dict]:
+        return self._call("list configs", lambda: self.api.configs(filters={"label": list(labels)}))
+
+    def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> str:
+        """A Swarm secret (immutable); the value goes only to the daemon, never to the log."""
+        self._mutate(f"create secret {name}")
+        return self._call(f"create secret {name}",
+                          lambda: self.api.create_secret(name, data, labels=labels))["ID"]
+
+    def remove_secret(self, name_or_id: str) -> None:
+        self._mutate(f"remove secret {name_or_id}")
+        self._call(f"remove secret {name_or_id}", lambda: self.api.remove_secret(name_or_id))
+
+    def create_config(self, name: str, data: bytes, labels: dict[str, str]) -> str:
+        self._mutate(f"create config {name}")
+        return self._call(f"create config {name}",
+                          lambda: self.api.create_config(name, data, labels=labels))["ID"]
+
+    def remove_config(self, name_or_id: str) -> None:
+        self._mutate(f"remove config {name_or_id}")
+        self._call(f"remove config {name_or_id}", lambda: self.api.remove_config(name_or_id))
+
+    @staticmethod
+    def _service_args(spec: dict) -> dict[str, Any]:
+        return {"task_template": spec["TaskTemplate"], "name": spec["Name"], "labels": spec.get("Labels"),
+                "mode": spec.get("Mode"), "update_config": spec.get("UpdateConfig"),
+                "rollback_config": spec.get("RollbackConfig"), "endpoint_spec": spec.get("EndpointSpec")}
+
+    def create_service(self, spec: dict) -> str:
+        self._mutate(f"create service {spec['Name']}")
+        return self._call(f"create service {spec['Name']}",
+                          lambda: self.api.create_service(**self._service_args(spec)))["ID"]
+
+    def update_service(self, service_id: str, version: int, spec: dict) -> None:
+        """Replace a service's spec (Docker rolls its tasks by the spec's UpdateConfig)."""
+        self._mutate(f"update service {spec['Name']}")
+        self._call(f"update service {spec['Name']}", lambda: self.api.update_service(
+            service_id, version, fetch_current_spec=False, **self._service_args(spec)))
+
+    def remove_service(self, name_or_id: str) -> None:
+        self._mutate(f"remove service {name_or_id}")
+        self._call(f"remove service {name_or_id}", lambda: self.api.remove_service(name_or_id))
+
+    def create_overlay_network(self, name: str, labels: dict[str, str], *, internal: bool = False,
+                               subnet: str | None = None, attachable: bool = True) -> None:
+        """An overlay network (swarm mode); attachable lets plain containers (a migrate job) join it."""
+        self._mutate(f"create network {name}")
+        ipam = None
+        if subnet:
+            from docker.types import IPAMConfig, IPAMPool
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])
+        self._call(f"create network {name}", lambda: self.api.create_network(
+            name, driver="overlay", labels=labels, internal=internal, ipam=ipam, attachable=attachable))

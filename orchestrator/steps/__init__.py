@@ -12,7 +12,8 @@ from .image import ImageStep
 from .migrate import Migrate
 from .network import Network
 from .render import Render
+from .service import Service
 from .verify import Verify
 
 REGISTRY: dict[str, type[Resource]] = {cls.type: cls for cls in (DbContainer, Database, Render, Migrate, CopyData, Verify, Backup,
-                                                             ImageStep, Network, Container)}
+                                                             ImageStep, Network, Container, Service)}

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
+from ..errors import StepFailed
 from ..fields import DockerName, LabelKey, LabelValue, Text
 from ..plan import Strict
 from .base import Resource
@@ -27,6 +28,14 @@ class NetworkSpec(Strict):
     internal: bool = Field(False, description="no route out of the network (containers reach only each other)")
     subnet: Text | None = Field(None, description="address range, e.g. 172.28.0.0/16 (default: Docker picks one)")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    driver: Literal["bridge", "overlay"] = Field("bridge", description="bridge (one engine) or overlay (a swarm's "
+                                                                      "services; needs swarm mode)")
+    attachable: bool | None = Field(None, description="overlay: plain containers (a migrate job) may join it "
+                                                      "(default: true for overlay)")
+
+    @property
+    def is_attachable(self) -> bool:
+        return self.driver == "overlay" and self.attachable is not False
 
     @field_validator("subnet")
     @classmethod
@@ -71,8 +80,10 @@ def diff_network(spec: NetworkSpec, labels: dict[str, str], plan: str, obs: Obse
     if any(have_labels.get(k) != v for k, v in want_labels.items()):
         changes.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(have_labels.items()) if k in want_labels),
                         ", ".join(f"{k}={v}" for k, v in sorted(want_labels.items()))))
-    if net.get("Driver") not in (None, "bridge"):
-        changes.append(("driver", net.get("Driver"), "bridge"))
+    if (net.get("Driver") or "bridge") != spec.driver:
+        changes.append(("driver", net.get("Driver"), spec.driver))
+    if spec.driver == "overlay" and bool(net.get("Attachable")) != spec.is_attachable:
+        changes.append(("attachable", str(bool(net.get("Attachable"))).lower(), str(spec.is_attachable).lower()))
     for name, before, after in changes:
         d.changes.append(Change(Action.RECREATE, name, before, after,
                                 f"Docker cannot change a network in place; containers that must follow "
@@ -103,20 +114,31 @@ class Network(Resource):
     def apply(self, obs: Observed, diff: Diff) -> str:
         eng, spec = self.rc.engine, self.spec
         labels = {**self.labels, **spec.labels}
+        if spec.driver == "overlay" and not eng.swarm_active():
+            raise StepFailed(f"network {spec.name}: driver overlay needs an engine in swarm mode (docker swarm init)")
         if obs.network is None:
-            eng.create_network(spec.name, labels, internal=spec.internal, subnet=spec.subnet)
+            self._create(labels)
             return f"created network {spec.name}"
         for name in obs.attached:
             eng.disconnect(spec.name, name, name)
         eng.remove_network(spec.name)
-        eng.create_network(spec.name, labels, internal=spec.internal, subnet=spec.subnet)
+        self._create(labels)
         for name, aliases in obs.attached.items():
             eng.connect(spec.name, name, name, aliases)
         joined = f"; joined again: {', '.join(sorted(obs.attached))}" if obs.attached else ""
         return f"recreated network {spec.name} ({', '.join(diff.fields(Action.RECREATE))}){joined}"
 
+    def _create(self, labels: dict[str, str]) -> None:
+        spec = self.spec
+        if spec.driver == "overlay":
+            self.rc.engine.create_overlay_network(spec.name, labels, internal=spec.internal, subnet=spec.subnet,
+                                                  attachable=spec.is_attachable)
+        else:
+            self.rc.engine.create_network(spec.name, labels, internal=spec.internal, subnet=spec.subnet)
+
     def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
-        return {"name": self.spec.name, "internal": self.spec.internal, "subnet": self.spec.subnet}
+        return {"name": self.spec.name, "internal": self.spec.internal, "subnet": self.spec.subnet,
+                "driver": self.spec.driver}
 
     def record(self, obs: Observed) -> dict[str, Any]:
         return {"network": self.spec.name, "network_id": (obs.network or {}).get("Id")}

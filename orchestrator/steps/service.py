@@ -1,0 +1,380 @@
+"""The service step: a Docker Swarm service (replicas, rolling updates, secrets and configs as files).
+
+The desired service is built as Docker's own ServiceSpec dictionary (:func:`service_spec`, pure);
+its digest is kept in the ``orchestrate.config-hash`` label, as docker-compose does, so a second
+apply compares one label and changes nothing. A changed spec is one ``update_service`` call: Swarm
+rolls the replicas by the step's ``update`` (start-first by default, health-gated, rolled back on
+failure); apply waits (bounded) for the roll to finish and fails, naming the failing task, when
+Swarm rolled back or paused it.
+
+Swarm secrets and configs are immutable: each is named ``<plan>-<step>-<NAME>-<hash8>`` (hash8 of
+a salted digest of the value), so a changed value is a new object and a rolling update; the ones
+no service of this step uses any more are removed after the roll. Secret values never go to the
+environment or to labels: ``env`` refuses them (use ``secrets:``, mounted at /run/secrets/NAME).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..changes import Action, Change, Diff
+from ..errors import StepFailed
+from ..fields import ContainerPath, DockerName, Duration, EnvName, Image, LabelKey, LabelValue, Text
+from ..plan import Strict
+from ..redact import found as secrets_in
+from .base import Resource
+from .container import EnvText, FileInto, ServiceHealthcheck, Words
+
+HASH_LABEL = "orchestrate.config-hash"
+NS = 1_000_000_000
+ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
+
+
+class ServicePort(Strict):
+    published: int = Field(ge=1, le=65535, description="port on the node")
+    target: int = Field(ge=1, le=65535, description="port in the container")
+    protocol: Literal["tcp", "udp"] = "tcp"
+    mode: Literal["host", "ingress"] = Field("host", description="host: published on the node running the task "
+                                                                 "(works without IPVS); ingress: the routing mesh")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            m = re.fullmatch(r"(\d+):(\d+)(?:/(tcp|udp))?", data)
+            if not m:
+                raise ValueError(f"{data!r}: expected PUBLISHED:TARGET[/tcp|udp] or a mapping")
+            return {"published": int(m[1]), "target": int(m[2]), "protocol": m[3] or "tcp"}
+        return data
+
+
+class UpdatePolicy(Strict):
+    order: Literal["start-first", "stop-first"] = "start-first"
+    failure_action: Literal["rollback", "pause"] = "rollback"
+    parallelism: int = Field(1, ge=0, le=1000)
+    delay: Duration = 0.0
+    monitor: Duration = Field(5.0, description="how long a new task is watched for failure after it starts")
+
+
+class ServiceStepSpec(Strict):
+    image: Image = Field(description="image (a single-node swarm uses local images)")
+    service: DockerName = Field(description="service name (also its DNS name on its networks)")
+    command: Words | None = None
+    env: dict[EnvName, EnvText] = Field(default_factory=dict, description="environment (no secret values)")
+    secrets: dict[DockerName, Text] = Field(default_factory=dict,
+                                            description="Swarm secrets, mounted at /run/secrets/NAME")
+    files: list[FileInto] = Field(default_factory=list, description="files as Swarm configs (e.g. rendered ones)")
+    replicas: int = Field(1, ge=0, le=1000)
+    network: DockerName | None = Field(None, description="overlay network to join")
+    aliases: list[DockerName] = Field(default_factory=list)
+    endpoint_mode: Literal["vip", "dnsrr"] = Field("vip", description="vip needs IPVS; dnsrr: one DNS record "
+                                                                      "per task")
+    ports: list[ServicePort] = Field(default_factory=list)
+    volumes: list[Text] = Field(default_factory=list, description="NAME:/path[:ro] (named volumes)")
+    placement: list[Text] = Field(default_factory=list, description="constraints, e.g. node.role==manager")
+    update: UpdatePolicy = Field(default_factory=UpdatePolicy)
+    healthcheck: ServiceHealthcheck | None = None
+    restart_condition: Literal["any", "on-failure", "none"] = "any"
+    stop_grace: Duration = 30.0
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    wait: Duration = Field(300.0, description="how long to wait for a create or roll to finish")
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+:/[^:]*(:ro|:rw)?", v):
+                raise ValueError(f"{v!r}: expected NAME:/path[:ro] (a named volume)")
+        return value
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.aliases and not self.network:
+            raise ValueError("aliases are names on a network: set network too")
+        if self.update.order == "start-first" and self.ports:
+            raise ValueError("update: order start-first cannot publish host-mode ports (the new task could not "
+                             "bind the port the old one holds): use stop-first, or publish a proxy")
+        return self
+
+
+def object_name(plan: str, step: str, name: str, data: bytes) -> str:
+    """``<plan>-<step>-<name>-<hash8>``: a salted (scrypt) digest, so the name says nothing usable
+    about a secret; the same value always gives the same name."""
+    salt = f"orchestrate/{plan}/{step}/{name}".encode()
+    digest = hashlib.scrypt(data, salt=salt, n=2 ** 12, r=8, p=1, dklen=32)
+    return f"{plan}-{step}-{name}-{hashlib.sha256(digest).hexdigest()[:8]}"[:64]
+
+
+def service_spec(spec: ServiceStepSpec, labels: dict[str, str], secrets: dict[str, str],
+                 configs: list[tuple[FileInto, str]]) -> dict:
+    """Pure: Docker's ServiceSpec for the step (``secrets``: NAME -> Swarm secret name; ``configs``:
+    (file, Swarm config name)), its hash label included. Object IDs are filled in by apply."""
+    hc = None
+    if spec.healthcheck is not None:
+        h = spec.healthcheck
+        hc = {"Test": h.docker_test(), "Interval": int(h.interval * NS), "Timeout": int(h.timeout * NS),
+              "Retries": h.retries, "StartPeriod": int(h.start_period * NS)}
+    mounts = []
+    for v in spec.volumes:
+        parts = v.split(":")
+        mounts.append({"Type": "volume", "Source": parts[0], "Target": parts[1],
+                       "ReadOnly": len(parts) == 3 and parts[2] == "ro"})
+    container: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
+        "Labels": dict(labels),
+        "Mounts": mounts,
+        "StopGracePeriod": int(spec.stop_grace * NS),
+        "Secrets": [{"SecretName": sname, "File": {"Name": name, "UID": "0", "GID": "0", "Mode": 0o444}}
+                    for name, sname in sorted(secrets.items())],
+        "Configs": [{"ConfigName": cname, "File": {"Name": f.dest, "UID": "0", "GID": "0", "Mode": int(f.mode, 8)}}
+                    for f, cname in configs],
+    }
+    if spec.command:
+        container["Args"] = list(spec.command)
+    if hc:
+        container["Healthcheck"] = hc
+    task: dict[str, Any] = {
+        "ContainerSpec": container,
+        "RestartPolicy": {"Condition": spec.restart_condition},
+        "Placement": {"Constraints": list(spec.placement)},
+    }
+    if spec.network:
+        task["Networks"] = [{"Target": spec.network, "Aliases": list(spec.aliases)}]
+    update = {"Parallelism": spec.update.parallelism, "Delay": int(spec.update.delay * NS),
+              "FailureAction": spec.update.failure_action, "Monitor": int(spec.update.monitor * NS),
+              "Order": spec.update.order}
+    out = {
+        "Name": spec.service,
+        "Labels": {**labels, **spec.labels},
+        "TaskTemplate": task,
+        "Mode": {"Replicated": {"Replicas": spec.replicas}},
+        "UpdateConfig": update,
+        "RollbackConfig": {**update, "FailureAction": "pause"},
+        "EndpointSpec": {"Mode": spec.endpoint_mode,
+                         "Ports": [{"Protocol": p.protocol, "TargetPort": p.target, "PublishedPort": p.published,
+                                    "PublishMode": p.mode} for p in spec.ports]},
+    }
+    out["Labels"][HASH_LABEL] = spec_hash(out)
+    return out
+
+
+def spec_hash(spec: dict) -> str:
+    body = {k: v for k, v in spec.items() if k != "Labels"}
+    body["Labels"] = {k: v for k, v in (spec.get("Labels") or {}).items() if k != HASH_LABEL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Observed:
+    service: dict | None = None
+    tasks: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> int:
+        return sum(1 for t in self.tasks if t.get("DesiredState") == "running"
+                   and (t.get("Status") or {}).get("State") == "running")
+
+
+def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
+    """The parts of the spec that differ, as (field, before, after) in words."""
+    out = []
+    wc, hc = want["TaskTemplate"]["ContainerSpec"], (have.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    if (hc.get("Image") or "").split("@")[0] != wc["Image"]:
+        out.append(("image", hc.get("Image"), wc["Image"]))
+    for key, name in (("Env", "env"), ("Args", "command"), ("Mounts", "volumes"), ("Healthcheck", "healthcheck")):
+        if (hc.get(key) or None) != (wc.get(key) or None) and not (key == "Env" and secrets_in(" ".join(wc["Env"]))):
+            out.append((name, hc.get(key), wc.get(key)))
+    names = lambda refs, k: sorted(r.get(k) for r in refs or [])  # noqa: E731
+    if names(hc.get("Secrets"), "SecretName") != names(wc.get("Secrets"), "SecretName"):
+        out.append(("secrets", "(changed)", "(new values)"))
+    if names(hc.get("Configs"), "ConfigName") != names(wc.get("Configs"), "ConfigName"):
+        out.append(("files", names(hc.get("Configs"), "ConfigName"), names(wc.get("Configs"), "ConfigName")))
+    have_replicas = ((have.get("Mode") or {}).get("Replicated") or {}).get("Replicas")
+    if have_replicas != want["Mode"]["Replicated"]["Replicas"]:
+        out.append(("replicas", have_replicas, want["Mode"]["Replicated"]["Replicas"]))
+    if not out:
+        out.append(("settings", (have.get("Labels") or {}).get(HASH_LABEL), want["Labels"][HASH_LABEL]))
+    return out
+
+
+def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
+    """Pure: the desired ServiceSpec vs the observed service."""
+    d = Diff()
+    d.problems.extend(obs.problems)
+    replicas = want["Mode"]["Replicated"]["Replicas"]
+    order = want["UpdateConfig"]["Order"]
+    if obs.service is None:
+        d.changes.append(Change(Action.CREATE, "service", None, want["Name"], f"create ({replicas} replicas)"))
+        return d
+    have = obs.service.get("Spec") or {}
+    labels = have.get("Labels") or {}
+    if labels.get("orchestrate.plan") != plan or labels.get("orchestrate.step") != step:
+        d.problems.append(f"service {want['Name']} exists and was not created by step {step} of plan {plan}: "
+                          f"remove it or choose another name")
+        return d
+    state = (obs.service.get("UpdateStatus") or {}).get("State")
+    if labels.get(HASH_LABEL) == want["Labels"][HASH_LABEL]:
+        if state in ("paused", "rollback_paused"):
+            d.changes.append(Change(Action.UPDATE, "update", state, "completed",
+                                    f"the last roll is {state}: roll {replicas} replicas ({order}) again"))
+        return d
+    only_replicas = all(f == "replicas" for f, _, _ in _update_parts(want, have))
+    for name, before, after in _update_parts(want, have):
+        why = "scale" if only_replicas else f"roll {replicas} replicas ({order})"
+        d.changes.append(Change(Action.UPDATE, name, before, after, why, secret=name in ("env", "secrets")))
+    return d
+
+
+class Service(Resource):
+    """A Docker Swarm service: replicas rolled by Swarm, health-gated, rolled back on failure."""
+    type = "service"
+    Spec = ServiceStepSpec
+    spec: ServiceStepSpec
+
+    def check(self) -> None:
+        for key, value in self.spec.env.items():
+            if secrets_in(value) or "secrets." in value:
+                raise self.rc.plan.smap.error(
+                    self.step.path + ("env", key), "a secret in a service's environment is visible to anyone who "
+                    "can inspect the service", hint=f"use secrets: {{{key.lower()}: ...}} (a file in "
+                    f"/run/secrets/) and, if the image supports it, {key}_FILE=/run/secrets/{key.lower()}")
+
+    def _objects(self) -> tuple[dict[str, tuple[str, bytes]], list[tuple[FileInto, str, bytes]]]:
+        plan, step = self.rc.plan.name, self.step.name
+        secrets = {n: (object_name(plan, step, n, v.encode()), v.encode()) for n, v in self.spec.secrets.items()}
+        configs = []
+        for i, f in enumerate(self.spec.files):
+            data = self.rc.plan.resolve(f.src).read_bytes() if self.rc.plan.resolve(f.src).exists() else b""
+            configs.append((f, object_name(plan, step, f"file{i}", data), data))
+        return secrets, configs
+
+    def desired(self) -> dict:
+        secrets, configs = self._objects()
+        return service_spec(self.spec, self.own_labels, {n: s for n, (s, _) in secrets.items()},
+                            [(f, c) for f, c, _ in configs])
+
+    def observe(self) -> Observed:
+        self.check()
+        eng = self.rc.engine
+        obs = Observed()
+        if not eng.swarm_active():
+            obs.problems.append("this engine is not a swarm manager: run docker swarm init (or point the plan's "
+                                "engine at a manager)")
+            return obs
+        obs.service = eng.service(self.spec.service)
+        if obs.service:
+            obs.tasks = eng.service_tasks(obs.service["ID"])
+        return obs
+
+    def diff(self, obs: Observed) -> Diff:
+        return diff_service(self.desired(), obs, self.rc.plan.name, self.step.name)
+
+    def apply(self, obs: Observed, diff: Diff) -> str:
+        eng = self.rc.engine
+        labels = {**self.labels, **self.spec.labels}
+        secrets, configs = self._objects()
+        have_secrets = {s["Spec"]["Name"]: s["ID"] for s in eng.secrets_labelled(
+            f"orchestrate.plan={self.rc.plan.name}", f"orchestrate.step={self.step.name}")}
+        have_configs = {c["Spec"]["Name"]: c["ID"] for c in eng.configs_labelled(
+            f"orchestrate.plan={self.rc.plan.name}", f"orchestrate.step={self.step.name}")}
+        for _, (sname, data) in secrets.items():
+            if sname not in have_secrets:
+                have_secrets[sname] = eng.create_secret(sname, data, labels)
+        for _, cname, data in configs:
+            if cname not in have_configs:
+                have_configs[cname] = eng.create_config(cname, data, labels)
+        want = self.desired()
+        want["Labels"] = {**labels, **want["Labels"]}
+        want["TaskTemplate"]["ContainerSpec"]["Labels"] = {**labels, **want["TaskTemplate"]["ContainerSpec"]["Labels"]}
+        for ref in want["TaskTemplate"]["ContainerSpec"]["Secrets"]:
+            ref["SecretID"] = have_secrets[ref["SecretName"]]
+        for ref in want["TaskTemplate"]["ContainerSpec"]["Configs"]:
+            ref["ConfigID"] = have_configs[ref["ConfigName"]]
+        replicas, order = self.spec.replicas, self.spec.update.order
+        if obs.service is None:
+            sid = eng.create_service(want)
+            done = f"created service {self.spec.service} ({replicas} replicas)"
+        else:
+            sid = obs.service["ID"]
+            eng.update_service(sid, obs.service["Version"]["Index"], want)
+            done = f"rolled {replicas} replicas of {self.spec.service} ({order})"
+        self._converge(sid, created=obs.service is None)
+        used = {r["SecretName"] for r in want["TaskTemplate"]["ContainerSpec"]["Secrets"]}
+        used_c = {r["ConfigName"] for r in want["TaskTemplate"]["ContainerSpec"]["Configs"]}
+        for name, oid in have_secrets.items():
+            if name not in used:
+                eng.remove_secret(oid)
+        for name, oid in have_configs.items():
+            if name not in used_c:
+                eng.remove_config(oid)
+        return done
+
+    def _converge(self, sid: str, *, created: bool) -> None:
+        """Wait (bounded) until the roll completed and all replicas run (healthy); fail on rollback."""
+        eng, deadline = self.rc.engine, time.monotonic() + self.spec.wait
+        while True:
+            svc = eng.service(sid) or {}
+            state = (svc.get("UpdateStatus") or {}).get("State")
+            tasks = eng.service_tasks(sid)
+            version = (svc.get("Version") or {}).get("Index")
+            running = [t for t in tasks if t.get("DesiredState") == "running"
+                       and (t.get("Status") or {}).get("State") == "running"]
+            if state in ("rollback_completed", "paused", "rollback_paused"):
+                raise StepFailed(f"service {self.spec.service}: the update was {state.replace('_', ' ')}: "
+                                 f"{(svc.get('UpdateStatus') or {}).get('Message', '')}; {self._failure(tasks)}")
+            if state in (None, "completed") and len(running) == self.spec.replicas and \
+                    all(t.get("Spec", {}).get("ContainerSpec", {}).get("Image") ==
+                        svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] for t in running):
+                return
+            if time.monotonic() > deadline:
+                raise StepFailed(f"service {self.spec.service}: {len(running)} of {self.spec.replicas} replicas "
+                                 f"running after {self.spec.wait:g}s (update state {state or 'none'}; version "
+                                 f"{version}); {self._failure(tasks)}")
+            self.rc.progress(f"{self.spec.service}: {len(running)}/{self.spec.replicas} running"
+                             f"{f', update {state}' if state else ''}")
+            time.sleep(1.0)
+
+    @staticmethod
+    def _failure(tasks: list[dict]) -> str:
+        failed = [t for t in tasks if (t.get("Status") or {}).get("State") in ("failed", "rejected")
+                  or (t.get("Status") or {}).get("Err")]
+        if not failed:
+            return "no task failed"
+        t = max(failed, key=lambda t: t.get("UpdatedAt") or "")
+        st = t.get("Status") or {}
+        return f"task {t.get('ID', '')[:12]} {st.get('State')}: {st.get('Err') or st.get('Message')}"
+
+    def summary(self, obs: Observed) -> str:
+        return f"{obs.running}/{self.spec.replicas} replicas running"
+
+    def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
+        return {"service": self.spec.service, "replicas": self.spec.replicas,
+                "ports": [p.published for p in self.spec.ports]}
+
+    def record(self, obs: Observed) -> dict[str, Any]:
+        return {"service": self.spec.service, "service_id": (obs.service or {}).get("ID")}
+
+    def secret_inputs(self) -> dict[str, str]:
+        return {f"secrets.{k}": v for k, v in self.spec.secrets.items()}
+
+    def destroy(self, obs: Observed, *, volumes: bool) -> list[str]:
+        eng, said = self.rc.engine, []
+        if obs.service is not None:
+            eng.remove_service(obs.service["ID"])
+            said.append(f"removed service {self.spec.service}")
+        sel = (f"orchestrate.plan={self.rc.plan.name}", f"orchestrate.step={self.step.name}")
+        if obs.service is not None or not obs.problems:
+            for s in eng.secrets_labelled(*sel):
+                eng.remove_secret(s["ID"])
+            for c in eng.configs_labelled(*sel):
+                eng.remove_config(c["ID"])
+        return said
