@@ -80,6 +80,9 @@ def cmd_plan(args, out: Output) -> int:
 
 
 def cmd_apply(args, out: Output) -> int:
+    if getattr(args, "target", "docker") == "kubernetes":
+        from .kubernetes_apply import cmd_apply as apply_kubernetes
+        return apply_kubernetes(args, out)
     options = {"no_backup": args.no_backup}
     if saved.is_saved(args.plan):
         if args.extra_vars or args.var_files or args.only:
@@ -108,6 +111,11 @@ def cmd_apply(args, out: Output) -> int:
     if result.error:
         raise result.error
     return EXIT_OK
+
+
+def cmd_render(args, out: Output) -> int:
+    from .kubernetes_apply import cmd_render as render_kubernetes
+    return render_kubernetes(args, out)
 
 
 def cmd_rollback(args, out: Output) -> int:
@@ -375,7 +383,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="STEP", help="apply only this step (repeatable)")
     p.add_argument("--no-backup", action="store_true",
                    help="do not take a backup before a destructive change the plan allows")
+    p.add_argument("--target", choices=["docker", "kubernetes"], default="docker",
+                   help="kubernetes: server-side apply the plan's objects to the kubeconfig's cluster")
+    p.add_argument("--namespace", metavar="NAME", help="with --target kubernetes: create and use this namespace")
+    p.add_argument("--kubeconfig", metavar="FILE", help="with --target kubernetes (default: KUBECONFIG)")
     p.set_defaults(func=cmd_apply)
+
+    p = with_plan(sub, "render", "write the plan in another form (no Docker, no cluster)")
+    p.add_argument("--target", choices=["kubernetes"], required=True, help="kubernetes: the plan as objects")
+    p.add_argument("--out", metavar="DIR", help="folder for objects.yaml, secrets.yaml (0600) and NOTES.txt "
+                                                "(default: k8s-<plan name>)")
+    p.add_argument("--namespace", metavar="NAME", help="put every object in this namespace (and create it)")
+    p.add_argument("--no-secrets", action="store_true",
+                   help="write the Secrets with empty values (create them yourself)")
+    p.set_defaults(func=cmd_render)
 
     p = with_plan(sub, "status", "what the lockfile recorded next to what is observed now (read-only)")
     p.add_argument("--json", action="store_true", help="print the status as a JSON document")

@@ -68,6 +68,14 @@ class Lockfile:
     def set_step(self, name: str, entry: dict[str, Any]) -> None:
         self.data["steps"][name] = entry
 
+    # orchestrate apply --target kubernetes: what it applied, by "Kind/namespace/name": kind, name,
+    # namespace, resourceVersion and the digest of the applied object (never a secret value)
+    def kubernetes_objects(self) -> dict[str, dict[str, Any]]:
+        return dict((self.data.get("kubernetes") or {}).get("objects") or {})
+
+    def set_kubernetes_objects(self, objects: dict[str, dict[str, Any]]) -> None:
+        self.data["kubernetes"] = {"objects": objects}
+
     def render(self) -> str:
         return redact(json.dumps(self.data, sort_keys=True, indent=2, default=str)) + "\n"
 

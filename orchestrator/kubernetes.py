@@ -1,0 +1,331 @@
+"""A plan as Kubernetes objects (issue 14): pure data, no cluster, no Docker.
+
+YAML -> validated plan -> each step rendered as ``validate`` renders it (outputs known before
+apply, e.g. an image step's tag in place of its id) -> a list of object dicts in apply order:
+Namespace (optional), Secrets, then per step: db-container -> StatefulSet + Service;
+migrate with ``job:`` -> Job; container -> (ConfigMap for ``files:``) + Deployment + Service.
+Network, image, render, verify and backup steps have no object; copy-data cannot be one (its
+SQLite source is a file on this machine): it is listed in ``notes``.
+
+Secret values appear only in the Secrets' ``data`` (base64); every other object refers to them.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANAGED_BY = "orchestrate"
+NO_SECRET = "(left out: --no-secrets; create this Secret yourself)"
+
+
+def dns_name(*parts: str) -> str:
+    """A DNS-1123 label from parts: lower case, underscores and dots become '-', at most 63."""
+    name = "-".join(p for p in parts if p).lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", name).strip("-")
+    return name[:63].rstrip("-") or "x"
+
+
+def _seconds(value: float) -> int:
+    return max(1, int(round(value)))
+
+
+@dataclass
+class Rendered:
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    secret_values: set[str] = field(default_factory=set)    # for tests and redaction
+
+    def by_kind(self, kind: str) -> list[dict]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+
+class _Builder:
+    def __init__(self, plan, namespace: str | None, secrets: bool):
+        self.plan, self.namespace, self.with_secrets = plan, namespace, secrets
+        self.out = Rendered()
+        self.secrets: list[dict] = []
+        self.workloads: list[dict] = []
+        self.files: dict[Path, str] = {}     # what the plan's render steps write, by path
+
+    # helpers ------------------------------------------------------------------------------------
+    def meta(self, name: str, step: str, extra: dict | None = None) -> dict:
+        m = {"name": name, "labels": self.labels(step)}
+        if self.namespace:
+            m["namespace"] = self.namespace
+        if extra:
+            m.update(extra)
+        return m
+
+    def labels(self, step: str) -> dict:
+        return {"app.kubernetes.io/managed-by": MANAGED_BY,
+                "orchestrate.plan": dns_name(self.plan.name), "orchestrate.step": dns_name(step)}
+
+    def selector(self, step: str) -> dict:
+        return {"orchestrate.plan": dns_name(self.plan.name), "orchestrate.step": dns_name(step)}
+
+    def secret(self, step: str, values: dict[str, str]) -> str:
+        name = dns_name(self.plan.name, step, "env")
+        self.out.secret_values.update(v for v in values.values() if v)
+        obj = {"apiVersion": "v1", "kind": "Secret", "metadata": self.meta(name, step), "type": "Opaque"}
+        if self.with_secrets:
+            obj["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())}
+        else:
+            obj["metadata"]["annotations"] = {"orchestrate/secret": NO_SECRET}
+            obj["data"] = {k: "" for k in sorted(values)}
+        self.secrets.append(obj)
+        return name
+
+    def env(self, step: str, env: dict[str, str], secret_words: set[str]) -> list[dict]:
+        """Plain values as value; a value holding a secret through the step's Secret."""
+        hidden = {k: v for k, v in env.items() if any(w and w in str(v) for w in secret_words)}
+        name = self.secret(step, hidden) if hidden else None
+        out = []
+        for k, v in sorted(env.items()):
+            if k in hidden:
+                out.append({"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}})
+            else:
+                out.append({"name": k, "value": str(v)})
+        return out
+
+    # steps --------------------------------------------------------------------------------------
+    def db_container(self, step, res, secret_words):
+        spec = res.spec
+        name = dns_name(res.service_host)
+        env = {"POSTGRES_USER": spec.user, "POSTGRES_PASSWORD": spec.password, "POSTGRES_DB": spec.db,
+               "PGDATA": spec.data_dir.rstrip("/") + "/pgdata", **spec.env}
+        hc = spec.healthcheck
+        test = hc.test or ["pg_isready", "-h", "127.0.0.1", "-U", spec.user, "-d", spec.db]
+        test = ["sh", "-c", test] if isinstance(test, str) else list(test)
+        probe = {"exec": {"command": test}, "periodSeconds": _seconds(hc.interval),
+                 "timeoutSeconds": _seconds(hc.timeout), "failureThreshold": hc.retries}
+        args = []
+        for key, value in sorted(spec.settings.items()):
+            args += ["-c", f"{key}={value}"]
+        volume = dns_name(spec.volume)
+        container = {"name": "postgres", "image": spec.image, "env": self.env(step.name, env, secret_words),
+                     "ports": [{"name": "postgres", "containerPort": 5432}],
+                     "volumeMounts": [{"name": volume, "mountPath": spec.data_dir}],
+                     "readinessProbe": probe, "livenessProbe": {**probe, "failureThreshold": max(hc.retries, 3),
+                                                                  "initialDelaySeconds": 30}}
+        if args:
+            container["args"] = args
+        sel = self.selector(step.name)
+        self.workloads.append({
+            "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, step.name),
+            "spec": {"clusterIP": "None", "selector": sel,
+                     "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432}]}})
+        self.workloads.append({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": self.meta(name, step.name),
+            "spec": {"serviceName": name, "replicas": 1, "selector": {"matchLabels": sel},
+                     "template": {"metadata": {"labels": self.labels(step.name)},
+                                  "spec": {"containers": [container]}},
+                     "volumeClaimTemplates": [{
+                         "metadata": {"name": volume, "labels": self.labels(step.name)},
+                         "spec": {"accessModes": ["ReadWriteOnce"],
+                                  "resources": {"requests": {"storage": "1Gi"}}}}]}})
+
+    def migrate(self, step, res, secret_words, db_url: str | None):
+        job = res.spec.job
+        if job is None:
+            self.out.notes.append(f"{step.name}: migrate without job: runs Alembic on this machine; not an object "
+                                  f"(give it job: to run it in the cluster)")
+            return
+        url = job.url or res.spec.url or db_url
+        env = {**job.env, **({"DATABASE_URL": url} if url else {})}
+        secret_words = secret_words | ({url} if url else set())
+        self.workloads.append({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": self.meta(dns_name(self.plan.name, step.name), step.name),
+            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": _seconds(job.timeout),
+                     "template": {"metadata": {"labels": self.labels(step.name)},
+                                  "spec": {"restartPolicy": "Never", "containers": [{
+                                      "name": "migrate", "image": job.image,
+                                      "command": ["alembic", "-c", job.alembic_ini, "upgrade", res.spec.target],
+                                      "env": self.env(step.name, env, secret_words)}]}}}})
+
+    def container(self, step, res, secret_words):
+        spec = res.spec
+        name = dns_name(res.aliases[0] if res.aliases else spec.container)
+        c: dict[str, Any] = {"name": dns_name(step.name), "image": spec.image}
+        if spec.entrypoint:
+            c["command"] = list(spec.entrypoint) if isinstance(spec.entrypoint, list) else ["sh", "-c", spec.entrypoint]
+        if spec.command:
+            c["args"] = list(spec.command) if isinstance(spec.command, list) else ["sh", "-c", spec.command]
+        if spec.env:
+            c["env"] = self.env(step.name, dict(spec.env), secret_words)
+        ports = sorted({p.container_port for p in spec.ports}
+                       | ({spec.healthcheck.http.port} if spec.healthcheck and spec.healthcheck.http else set()))
+        if ports:
+            c["ports"] = [{"containerPort": p} for p in ports]
+        hc = spec.healthcheck
+        if hc is not None and (hc.http or hc.test):
+            if hc.http:
+                action = {"httpGet": {"path": hc.http.path, "port": hc.http.port}}
+            else:
+                test = hc.test
+                action = {"exec": {"command": ["sh", "-c", test] if isinstance(test, str) else list(test)}}
+            probe = {**action, "periodSeconds": _seconds(hc.interval), "timeoutSeconds": _seconds(hc.timeout),
+                     "failureThreshold": hc.retries}
+            c["readinessProbe"] = probe
+            c["livenessProbe"] = {**probe, "initialDelaySeconds": _seconds(max(hc.start_period, 10))}
+        resources = {}
+        if spec.memory:
+            resources["memory"] = str(int(spec.memory))
+        if spec.cpus:
+            resources["cpu"] = f"{spec.cpus:g}"
+        if resources:
+            c["resources"] = {"limits": resources}
+        if spec.read_only:
+            c["securityContext"] = {"readOnlyRootFilesystem": True}
+        volumes, mounts = [], []
+        for i, path in enumerate(sorted(spec.tmpfs)):
+            volumes.append({"name": f"tmp{i}", "emptyDir": {"medium": "Memory"}})
+            mounts.append({"name": f"tmp{i}", "mountPath": path})
+        if spec.volumes:
+            self.out.notes.append(f"{step.name}: volumes/bind mounts are not rendered; add PersistentVolumeClaims")
+        if spec.files:
+            cm = dns_name(self.plan.name, step.name, "files")
+            data, items = {}, []
+            for i, f in enumerate(spec.files):
+                key = f"f{i}-" + dns_name(Path(f.dest).name)
+                where = Path(self.plan.resolve(f.src))
+                text = self.files.get(where)
+                if text is None:
+                    try:
+                        text = where.read_text(encoding="utf-8")
+                    except OSError:
+                        text = ""
+                        self.out.notes.append(f"{step.name}: {f.src} does not exist and no render step writes it; "
+                                              f"its ConfigMap entry is empty")
+                if any(w in text for w in secret_words):
+                    text = ""
+                    self.out.notes.append(f"{step.name}: {f.src} holds a secret; not put in a ConfigMap (left "
+                                          f"empty: make it a Secret yourself)")
+                if "127.0.0.11" in text:
+                    self.out.notes.append(f"{step.name}: {f.src} names Docker's DNS resolver (127.0.0.11); in a "
+                                          f"cluster nginx must use the cluster's DNS (kube-dns) instead: change "
+                                          f"the template before applying")
+                data[key] = text
+                mounts.append({"name": "files", "mountPath": f.dest, "subPath": key, "readOnly": True})
+                items.append({"key": key, "path": key, "mode": int(f.mode, 8)})
+            volumes.append({"name": "files", "configMap": {"name": cm, "items": items}})
+            self.workloads.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": self.meta(cm, step.name),
+                                   "data": data})
+        if mounts:
+            c["volumeMounts"] = mounts
+        pod: dict[str, Any] = {"containers": [c]}
+        if volumes:
+            pod["volumes"] = volumes
+        sel = self.selector(step.name)
+        self.workloads.append({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": self.meta(name, step.name),
+            "spec": {"replicas": 1, "selector": {"matchLabels": sel},
+                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                     "template": {"metadata": {"labels": self.labels(step.name)}, "spec": pod}}})
+        if ports:
+            self.workloads.append({
+                "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, step.name),
+                "spec": {"selector": sel, "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in ports]}})
+
+
+def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool = True,
+                   secret_words: set[str] | None = None) -> Rendered:
+    """``steps``: (step, resource) pairs as ``executor.validate`` returns them; ``secret_words``:
+    the plan's secret values (an env value holding one goes through a Secret)."""
+    b = _Builder(plan, namespace, secrets)
+    secret_words = set(secret_words or ())
+    for _step, res in steps:
+        secret_words |= {v for v in res.secret_inputs().values() if v}
+    db_url = None
+    for step, res in steps:
+        if step.type == "db-container":
+            b.db_container(step, res, secret_words)
+            db_url = res.outputs(None)["internal_url"]
+            secret_words.add(db_url)
+        elif step.type == "migrate":
+            b.migrate(step, res, secret_words, db_url)
+        elif step.type == "container":
+            b.container(step, res, secret_words)
+        elif step.type == "copy-data":
+            b.out.notes.append(
+                f"{step.name}: copy-data reads a file on this machine ({res.spec.source}); it is not an object. "
+                f"Forward the database (kubectl port-forward svc/<db service> 5432:5432) and run "
+                f"orchestrate apply --only {step.name} with the plan's url pointing at 127.0.0.1:5432")
+        elif step.type == "render":
+            for state in res._render_all()[0]:
+                b.files[Path(state.path)] = state.want
+        elif step.type in ("network", "image", "verify", "backup"):
+            continue
+        else:
+            b.out.notes.append(f"{step.name}: {step.type} steps have no Kubernetes form; left out")
+    ns = []
+    if namespace:
+        ns = [{"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": namespace, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}}}]
+    b.out.objects = ns + b.secrets + b.workloads
+    return b.out
+
+
+def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, secrets=True) -> tuple[Any, Rendered]:
+    """Load the plan and render it as objects (no Docker), each step rendered as ``validate``
+    does. ``secrets``: the real values (a secret to generate is generated into the plan's secrets
+    file, the one a Docker apply uses); otherwise placeholders and empty Secrets."""
+    from .errors import OrchestrateError
+    from .executor import rendered_steps
+    from .lockfile import Lockfile
+    from .plan import build_context, load_plan, set_outputs
+    from .secrets import PENDING, SecretStore, secrets_path
+    from .steps.base import RunContext
+    plan = load_plan(plan_path, overrides, var_files)
+    store = SecretStore(secrets_path(plan.path))
+    ctx = build_context(plan, store, generate=secrets)
+    rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
+    steps = []
+    for step, res in rendered_steps(plan, ctx, rc):
+        if res is None:
+            continue
+        res.check() if step.type == "render" else None     # its templates exist and render
+        set_outputs(ctx, step, res.outputs(None))
+        steps.append((step, res))
+    words = {v for v in (ctx.as_dict().get("secrets") or {}).values() if isinstance(v, str) and v}
+    if secrets and any(PENDING in w for w in words):
+        raise OrchestrateError("a secret of the plan has no value yet", hint="use --no-secrets")
+    if secrets:
+        store.save()
+    return plan, render_objects(plan, steps, namespace=namespace, secrets=secrets, secret_words=words)
+
+
+def to_yaml(objects: list[dict]) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+    return "".join("---\n" + yaml.dump(o, Dumper=Dumper, sort_keys=False, default_flow_style=False)
+                   for o in objects)
+
+
+def write(rendered: Rendered, out_dir: Path) -> list[Path]:
+    """objects.yaml: every object but the Secrets; secrets.yaml (0600): the Secrets; NOTES.txt."""
+    import os
+    out_dir.mkdir(parents=True, exist_ok=True)
+    secrets = [o for o in rendered.objects if o["kind"] == "Secret"]
+    others = [o for o in rendered.objects if o["kind"] != "Secret"]
+    written = []
+    p = out_dir / "objects.yaml"
+    p.write_text(to_yaml(others), encoding="utf-8")
+    written.append(p)
+    if secrets:
+        p = out_dir / "secrets.yaml"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(to_yaml(secrets))
+        written.append(p)
+    if rendered.notes:
+        p = out_dir / "NOTES.txt"
+        p.write_text("".join(f"- {n}\n" for n in rendered.notes), encoding="utf-8")
+        written.append(p)
+    return written

@@ -1,0 +1,238 @@
+"""orchestrate render/apply --target kubernetes: the objects of ``orchestrator.kubernetes`` applied
+with the official client (server-side apply, field manager ``orchestrate``), in order, each waited
+on (StatefulSet ready, Job Complete, Deployment Available), recorded in the lockfile."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import OrchestrateError
+from .kubernetes import load_rendered, to_yaml, write
+from .lockfile import ApplyLock, Lockfile, digest
+
+FIELD_MANAGER = "orchestrate"
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+PLURALS = {"Namespace": ("namespaces", False), "Secret": ("secrets", True), "ConfigMap": ("configmaps", True),
+           "Service": ("services", True), "StatefulSet": ("statefulsets", True),
+           "Deployment": ("deployments", True), "Job": ("jobs", True)}
+
+
+def object_path(obj: dict, namespace: str) -> str:
+    plural, namespaced = PLURALS[obj["kind"]]
+    api = obj["apiVersion"]
+    base = f"/api/{api}" if "/" not in api else f"/apis/{api}"
+    if namespaced:
+        base += f"/namespaces/{obj['metadata'].get('namespace') or namespace}"
+    return f"{base}/{plural}/{obj['metadata']['name']}"
+
+
+def key_of(obj: dict, namespace: str) -> str:
+    ns = obj["metadata"].get("namespace") or namespace if PLURALS[obj["kind"]][1] else ""
+    return f"{obj['kind']}/{ns}/{obj['metadata']['name']}"
+
+
+class Cluster:
+    """The API server of the kubeconfig's current context (KUBECONFIG or ~/.kube/config)."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None):
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise OrchestrateError("the kubernetes package is not installed",
+                                   hint="pip install 'orchestrate[kubernetes]'") from None
+        cfg = client.Configuration()
+        try:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+            _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        except Exception as exc:   # the client's own errors name the file and the context
+            raise OrchestrateError(f"no usable kubeconfig: {exc}",
+                                   hint="set KUBECONFIG to the cluster's kubeconfig file") from None
+        self.namespace = (active.get("context") or {}).get("namespace") or "default"
+        self.api = client.ApiClient(cfg)
+        self.server = cfg.host
+
+    def request(self, method: str, path: str, *, query: list | None = None, body: Any = None,
+                content_type: str | None = None) -> tuple[int, dict | None]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        m, url, hdrs, data, _ = self.api.param_serialize(method, path, query_params=query or [],
+                                                         header_params=headers, body=body,
+                                                         auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(m, url, hdrs, data)
+            resp.read()
+        except Exception as exc:
+            raise OrchestrateError(f"{method} {path}: the API server at {self.server} did not answer: {exc}") from None
+        text = resp.data.decode("utf-8", "replace") if resp.data else ""
+        try:
+            doc = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            doc = {"message": text[:200]}
+        return resp.status, doc
+
+    def get(self, path: str) -> dict | None:
+        status, doc = self.request("GET", path)
+        if status == 404:
+            return None
+        if status >= 300:
+            raise OrchestrateError(f"GET {path}: {status} {(doc or {}).get('message', '')}")
+        return doc
+
+    def apply(self, obj: dict, path: str, *, dry_run: bool = False) -> dict:
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")] + ([("dryRun", "All")] if dry_run else [])
+        status, doc = self.request("PATCH", path, query=query, body=to_yaml([obj])[4:],
+                                   content_type=APPLY_CONTENT_TYPE)
+        if status >= 300:
+            raise OrchestrateError(f"{obj['kind']}/{obj['metadata']['name']}: the server refused it: {status} "
+                                   f"{(doc or {}).get('message', '')}")
+        return doc or {}
+
+    def delete(self, path: str) -> None:
+        status, doc = self.request("DELETE", path, query=[("propagationPolicy", "Background")])
+        if status >= 300 and status != 404:
+            raise OrchestrateError(f"DELETE {path}: {status} {(doc or {}).get('message', '')}")
+
+
+def _condition(live: dict, kind: str) -> dict | None:
+    for c in (live.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return c
+    return None
+
+
+def _last_condition(live: dict | None) -> str:
+    conds = ((live or {}).get("status") or {}).get("conditions") or []
+    if not conds:
+        return "no condition reported"
+    c = conds[-1]
+    return f"{c.get('type')}={c.get('status')}" + (f" ({c.get('reason')}: {c.get('message', '')})"
+                                                   if c.get("reason") else "")
+
+
+def ready(obj: dict, live: dict) -> bool:
+    """Whether ``live`` (the object as read back) is ready; a failed Job raises."""
+    kind, status = obj["kind"], live.get("status") or {}
+    generation = (live.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    current = generation is None or observed is None or observed >= generation
+    if kind == "StatefulSet":
+        want = (live.get("spec") or {}).get("replicas", 1)
+        return current and status.get("readyReplicas", 0) == want
+    if kind == "Deployment":
+        want = (live.get("spec") or {}).get("replicas", 1)
+        avail = _condition(live, "Available")
+        return current and bool(avail and avail.get("status") == "True") and status.get("updatedReplicas", 0) == want
+    if kind == "Job":
+        failed = _condition(live, "Failed")
+        if failed and failed.get("status") == "True":
+            raise OrchestrateError(f"Job/{obj['metadata']['name']} failed: {failed.get('reason', '?')}: "
+                                   f"{failed.get('message', '')}".rstrip(": "),
+                                   hint=f"kubectl logs job/{obj['metadata']['name']}")
+        done = _condition(live, "Complete")
+        return bool(done and done.get("status") == "True")
+    return True
+
+
+def wait_ready(cluster: Cluster, obj: dict, path: str, *, timeout: float, poll: float) -> dict:
+    deadline = time.monotonic() + timeout
+    live = None
+    while True:
+        live = cluster.get(path)
+        if live is not None and ready(obj, live):
+            return live
+        if time.monotonic() >= deadline:
+            raise OrchestrateError(f"{obj['kind']}/{obj['metadata']['name']} not ready after {timeout:g}s; "
+                                   f"last condition: {_last_condition(live)}",
+                                   hint=f"kubectl describe {obj['kind'].lower()}/{obj['metadata']['name']}")
+        time.sleep(poll)
+
+
+def fingerprint(obj: dict, prev: dict) -> tuple[dict, bool]:
+    """What the lockfile records of ``obj`` and whether it is what ``prev`` recorded. A Secret's
+    values only as a salted hash (the secrets module's), its other fields as a digest."""
+    from .secrets import hash_matches, stable_hash
+    if obj["kind"] != "Secret":
+        want = digest(obj)
+        return {"hash": want}, prev.get("hash") == want
+    values = json.dumps(obj.get("data") or {}, sort_keys=True)
+    shape = digest({k: v for k, v in obj.items() if k != "data"} | {"keys": sorted(obj.get("data") or {})})
+    same = prev.get("hash") == shape and hash_matches(values, prev.get("data_hash"))
+    return {"hash": shape, "data_hash": stable_hash(values, prev.get("data_hash"))}, same
+
+
+def apply_objects(plan, objects: list[dict], out, *, cluster: Cluster, timeout: float = 600.0,
+                  poll: float = 2.0) -> dict[str, str]:
+    """Apply in order; skip an object whose applied digest is the recorded one and that exists."""
+    lock = Lockfile.load(plan.lock_path)
+    recorded = lock.kubernetes_objects()
+    ns = next((o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"), None) or cluster.namespace
+    results, entries = {}, {}
+    try:
+        for obj in objects:
+            key, path = key_of(obj, ns), object_path(obj, ns)
+            live = cluster.get(path)
+            prev = recorded.get(key) or {}
+            hashes, same = fingerprint(obj, prev)
+            if live is not None and same:
+                results[key] = "no change"
+            else:
+                if obj["kind"] == "Job" and live is not None:   # a Job's template is immutable: run it anew
+                    cluster.delete(path)
+                    _wait_gone(cluster, path, timeout=timeout, poll=poll)
+                cluster.apply(obj, path)
+                results[key] = "applied"
+            out.print(f"{key}: {results[key]}", always=True)
+            live = wait_ready(cluster, obj, path, timeout=timeout, poll=poll)
+            entries[key] = {"kind": obj["kind"], "name": obj["metadata"]["name"],
+                            "namespace": key.split("/")[1] or None,
+                            "resourceVersion": (live.get("metadata") or {}).get("resourceVersion"), **hashes}
+    finally:    # what was applied and became ready is recorded, even when a later object failed
+        lock.set_kubernetes_objects({**recorded, **entries})
+        lock.save()
+    return results
+
+
+def _wait_gone(cluster: Cluster, path: str, *, timeout: float, poll: float) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.get(path) is not None:
+        if time.monotonic() >= deadline:
+            raise OrchestrateError(f"{path}: still there {timeout:g}s after it was deleted")
+        time.sleep(poll)
+
+
+def _overrides(args) -> dict:
+    from .cli import _overrides as parse
+    return parse(args.extra_vars)
+
+
+def cmd_render(args, out) -> int:
+    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
+                                   namespace=args.namespace, secrets=not args.no_secrets)
+    out_dir = Path(args.out or f"k8s-{plan.name}")
+    for path in write(rendered, out_dir):
+        out.print(f"wrote {path}" + (" (0600: holds the secret values)" if path.name == "secrets.yaml" else ""),
+                  always=True)
+    out.print(f"{len(rendered.objects)} object(s): "
+              + ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in rendered.objects), always=True)
+    for note in rendered.notes:
+        out.print(f"note: {note}", always=True)
+    return 0
+
+
+def cmd_apply(args, out) -> int:
+    if getattr(args, "only", None):
+        raise OrchestrateError("--only does not go with --target kubernetes (every object is applied)")
+    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
+                                   namespace=getattr(args, "namespace", None))
+    cluster = Cluster(getattr(args, "kubeconfig", None))
+    with ApplyLock(plan.path):
+        results = apply_objects(plan, rendered.objects, out, cluster=cluster,
+                                timeout=getattr(args, "k8s_timeout", 600.0), poll=getattr(args, "k8s_poll", 2.0))
+    changed = sum(1 for r in results.values() if r != "no change")
+    out.print(f"Kubernetes: {changed} applied, {len(results) - changed} unchanged ({cluster.server})", always=True)
+    for note in rendered.notes:
+        out.print(f"note: {note}", always=True)
+    return 0

@@ -1,0 +1,240 @@
+"""orchestrate apply --target kubernetes against a fake API server (http.server on 127.0.0.1) that
+records every request, answers server-side apply PATCHes and GETs, and reports an object ready
+only after a few reads; and, when KUBECONFIG names a real cluster, against that cluster."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+
+from ..conftest import copy_repo
+
+pytest.importorskip("kubernetes")
+
+PASSWORD = "k8s-Apply-pw-93ab"
+READY_AFTER = 2      # GETs of an object before its status says ready
+
+
+class FakeApi:
+    def __init__(self, fail_jobs=()):
+        self.requests: list[dict] = []
+        self.objects: dict[str, dict] = {}
+        self.reads: dict[str, int] = {}
+        self.fail_jobs = set(fail_jobs)
+        self.version = 100
+        self.lock = threading.Lock()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _answer(self, status, doc):
+                body = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._answer(*api.handle(self, "GET"))
+
+            def do_PATCH(self):
+                self._answer(*api.handle(self, "PATCH"))
+
+            def do_DELETE(self):
+                self._answer(*api.handle(self, "DELETE"))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def handle(self, h, method):
+        parts = urlsplit(h.path)
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0)).decode() if method == "PATCH" else ""
+        with self.lock:
+            self.requests.append({"method": method, "path": parts.path, "query": parse_qs(parts.query),
+                                  "content_type": h.headers.get("Content-Type"), "body": body})
+            path = parts.path
+            if method == "PATCH":
+                obj = yaml.safe_load(body)
+                old = self.objects.get(path)
+                self.version += 1
+                gen = (old or {}).get("metadata", {}).get("generation", 0) + 1
+                obj["metadata"].update(resourceVersion=str(self.version), generation=gen)
+                obj["status"] = {}
+                self.objects[path] = obj
+                self.reads[path] = 0
+                return (200 if old else 201), obj
+            if method == "DELETE":
+                self.objects.pop(path, None)
+                return 200, {"kind": "Status", "status": "Success"}
+            obj = self.objects.get(path)
+            if obj is None:
+                return 404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "message": "not found"}
+            self.reads[path] += 1
+            if self.reads[path] >= READY_AFTER:
+                obj["status"] = self.ready_status(obj)
+            return 200, obj
+
+    def ready_status(self, obj):
+        gen = obj["metadata"]["generation"]
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if kind == "StatefulSet":
+            return {"observedGeneration": gen, "replicas": 1, "readyReplicas": 1}
+        if kind == "Deployment":
+            return {"observedGeneration": gen, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1,
+                    "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}
+        if kind == "Job":
+            if name in self.fail_jobs:
+                return {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                     "message": "Job has reached the specified backoff limit"}]}
+            return {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        return {}
+
+    def patches(self):
+        return [r for r in self.requests if r["method"] == "PATCH"]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def kubeconfig(path, server):
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "orch"}}]}))
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_DB_PASSWORD", PASSWORD)
+    monkeypatch.setenv("AUTODEPLOY_PGADMIN_PASSWORD", "pgadmin-pw-unused")
+    return copy_repo(tmp_path / "repo")
+
+
+def run_apply(repo, config, *extra):
+    buf = io.StringIO()
+    code = main(["apply", "--target", "kubernetes", str(repo / "plans" / "phase2.yaml"), "--kubeconfig", str(config),
+                 "-e", "pg_image=orchestrate-test/postgres:15", "-e", "nginx_image=orchestrate-test/nginx:1.22",
+                 *extra], stdout=buf)
+    return code, buf.getvalue()
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    import orchestrator.kubernetes_apply as ka
+    real = ka.wait_ready
+    monkeypatch.setattr(ka, "wait_ready", lambda c, o, p, timeout, poll: real(c, o, p, timeout=5, poll=0.01))
+    monkeypatch.setattr(ka, "_wait_gone", lambda c, p, timeout, poll: None)
+
+
+def test_apply_sends_server_side_apply_in_order_and_waits(repo, tmp_path, fast):
+    api = FakeApi()
+    try:
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url))
+        assert code == 0, text
+        assert PASSWORD not in text
+        patches = api.patches()
+        kinds = [yaml.safe_load(p["body"])["kind"] + "/" + yaml.safe_load(p["body"])["metadata"]["name"]
+                 for p in patches]
+        assert kinds == ["Secret/autodeploy-phase2-postgres-env", "Secret/autodeploy-phase2-schema-env",
+                         "Secret/autodeploy-phase2-app-env", "Service/postgres", "StatefulSet/postgres",
+                         "Job/autodeploy-phase2-schema", "Deployment/app", "Service/app",
+                         "ConfigMap/autodeploy-phase2-proxy-files", "Deployment/proxy", "Service/proxy"]
+        for p in patches:
+            assert p["content_type"] == "application/apply-patch+yaml"
+            assert p["query"]["fieldManager"] == ["orchestrate"] and p["query"]["force"] == ["true"]
+        assert patches[4]["path"] == "/apis/apps/v1/namespaces/orch/statefulsets/postgres"
+        assert patches[5]["path"] == "/apis/batch/v1/namespaces/orch/jobs/autodeploy-phase2-schema"
+        # each workload was read back until its status said ready, before the next object was applied
+        seq = [(r["method"], r["path"]) for r in api.requests]
+        sts = "/apis/apps/v1/namespaces/orch/statefulsets/postgres"
+        first_job_patch = seq.index(("PATCH", "/apis/batch/v1/namespaces/orch/jobs/autodeploy-phase2-schema"))
+        assert seq[:first_job_patch].count(("GET", sts)) >= 1 + READY_AFTER
+        assert api.reads["/apis/apps/v1/namespaces/orch/deployments/app"] >= READY_AFTER
+        lock = json.loads((repo / "plans" / "phase2.lock").read_text())
+        objs = lock["kubernetes"]["objects"]
+        assert objs["StatefulSet/orch/postgres"]["resourceVersion"] and objs["Job/orch/autodeploy-phase2-schema"]["hash"]
+        assert PASSWORD not in json.dumps(lock)
+        assert base64.b64encode(PASSWORD.encode()).decode() not in json.dumps(lock)
+        assert objs["Secret/orch/autodeploy-phase2-postgres-env"]["data_hash"]   # salted, the values' only trace
+        # the second apply: every object exists with the recorded digest: no request changes anything
+        n = len(patches)
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url))
+        assert code == 0, text
+        assert len(api.patches()) == n and not [r for r in api.requests if r["method"] == "DELETE"]
+        assert "11 unchanged" in text and text.count("no change") == 11
+        # a changed image: the Deployment is applied again, the rest is unchanged
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url), "-e", "nginx_image=nginx:1.27")
+        assert code == 0, text
+        assert [yaml.safe_load(p["body"])["metadata"]["name"] for p in api.patches()[n:]] == ["proxy"]
+    finally:
+        api.close()
+
+
+def test_a_failed_job_fails_the_apply_with_its_reason(repo, tmp_path, fast):
+    api = FakeApi(fail_jobs={"autodeploy-phase2-schema"})
+    try:
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url))
+        assert code == 1
+        assert "Job/autodeploy-phase2-schema failed: BackoffLimitExceeded" in text
+        names = [yaml.safe_load(p["body"])["metadata"]["name"] for p in api.patches()]
+        assert names[-1] == "autodeploy-phase2-schema"      # nothing after the failed Job was applied
+        lock = json.loads((repo / "plans" / "phase2.lock").read_text())
+        assert "Job/orch/autodeploy-phase2-schema" not in lock["kubernetes"]["objects"]
+        assert "StatefulSet/orch/postgres" in lock["kubernetes"]["objects"]
+    finally:
+        api.close()
+
+
+def test_a_timeout_names_the_object_and_its_last_condition(repo, tmp_path, monkeypatch):
+    import orchestrator.kubernetes_apply as ka
+    real = ka.wait_ready
+    monkeypatch.setattr(ka, "wait_ready", lambda c, o, p, timeout, poll: real(c, o, p, timeout=0.2, poll=0.01))
+    api = FakeApi()
+    api.ready_status = lambda obj: {"conditions": [{"type": "Progressing", "status": "True", "reason": "Waiting",
+                                                    "message": "0 of 1 ready"}]}
+    try:
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url))
+        assert code == 1
+        assert "StatefulSet/postgres not ready after 0.2s; last condition: Progressing=True (Waiting: 0 of 1 ready)" in text
+    finally:
+        api.close()
+
+
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="KUBECONFIG is not set: no real cluster to apply to")
+def test_against_a_real_cluster(repo):
+    """The same plan on the cluster KUBECONFIG names, in a namespace of its own; the images must be
+    pullable there (KUBE_TEST_APP_IMAGE: the application's image in a registry the cluster reads)."""
+    import uuid
+    ns = f"orchestrate-test-{uuid.uuid4().hex[:6]}"
+    extra = ["--namespace", ns]
+    if os.environ.get("KUBE_TEST_APP_IMAGE"):
+        extra += ["-e", f"app_tag={os.environ['KUBE_TEST_APP_IMAGE']}"]
+    code, text = run_apply(repo, os.environ["KUBECONFIG"], *extra)
+    try:
+        assert code == 0, text
+        code, text = run_apply(repo, os.environ["KUBECONFIG"], *extra)
+        assert code == 0 and "applied" not in text.replace("0 applied", ""), text
+    finally:
+        from kubernetes import client, config
+        config.load_kube_config()
+        client.CoreV1Api().delete_namespace(ns)

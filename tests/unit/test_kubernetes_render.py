@@ -1,0 +1,116 @@
+"""orchestrate render --target kubernetes: the phase-2 plan as objects, validated offline against
+the API schema of Kubernetes 1.30 (kubernetes-validate ships the schemas); no secret outside the
+Secrets' data, none in stdout."""
+from __future__ import annotations
+
+import base64
+import io
+import stat
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.kubernetes import dns_name, load_rendered
+
+from ..conftest import copy_repo
+
+kv = pytest.importorskip("kubernetes_validate")
+
+K8S_VERSION = "1.30"
+PASSWORD = "k8s-Test-pw-7c1e"
+VARS = {"pg_image": "orchestrate-test/postgres:15", "app_base_image": "orchestrate-test/python:3.11",
+        "nginx_image": "orchestrate-test/nginx:1.22"}
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_DB_PASSWORD", PASSWORD)
+    monkeypatch.setenv("AUTODEPLOY_PGADMIN_PASSWORD", "pgadmin-pw-unused")
+    return copy_repo(tmp_path / "repo")
+
+
+def _render(repo, **kw):
+    return load_rendered(repo / "plans" / "phase2.yaml", VARS, **kw)
+
+
+def test_every_object_validates_offline_against_the_api_schema(repo):
+    _, r = _render(repo, namespace="autodeploy")
+    kinds = [o["kind"] for o in r.objects]
+    assert kinds[0] == "Namespace"
+    assert {"Secret", "Service", "StatefulSet", "Job", "Deployment", "ConfigMap"} <= set(kinds)
+    for obj in r.objects:
+        kv.validate(obj, K8S_VERSION, strict=True)      # raises on any schema error or unknown field
+    # apply order: Secrets, then the database before the migration Job, the Job before the app
+    order = [f"{o['kind']}/{o['metadata']['name']}" for o in r.objects]
+    assert order.index("StatefulSet/postgres") < order.index("Job/autodeploy-phase2-schema") \
+        < order.index("Deployment/app") < order.index("Deployment/proxy")
+    assert max(i for i, k in enumerate(kinds) if k == "Secret") < kinds.index("StatefulSet")
+
+
+def test_names_labels_probes_and_shape(repo):
+    _, r = _render(repo)
+    for obj in r.objects:
+        name = obj["metadata"]["name"]
+        assert name == dns_name(name) and "_" not in name
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "orchestrate"
+        assert obj["metadata"]["labels"]["orchestrate.plan"] == "autodeploy-phase2"
+    sts = r.by_kind("StatefulSet")[0]
+    assert sts["spec"]["replicas"] == 1 and sts["spec"]["serviceName"] == "postgres"
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "postgres-data"
+    pg = sts["spec"]["template"]["spec"]["containers"][0]
+    assert pg["args"] == ["-c", "max_connections=200", "-c", "shared_buffers=256MB"]
+    assert pg["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+    assert {s["metadata"]["name"] for s in r.by_kind("Service")} == {"postgres", "app", "proxy"}
+    job = r.by_kind("Job")[0]
+    assert job["spec"]["backoffLimit"] == 0
+    jc = job["spec"]["template"]["spec"]["containers"][0]
+    assert jc["image"] == "autodeploy-app:latest"         # the image step's tag: its id is known after apply
+    assert jc["command"] == ["alembic", "-c", "alembic.ini", "upgrade", "head"]
+    deps = {d["metadata"]["name"]: d for d in r.by_kind("Deployment")}
+    app = deps["app"]["spec"]
+    assert app["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    c = app["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "autodeploy-phase2-app-env"
+    proxy = deps["proxy"]["spec"]["template"]["spec"]
+    mount = proxy["containers"][0]["volumeMounts"][0]
+    assert mount["mountPath"] == "/etc/nginx/conf.d/default.conf" and mount["subPath"]
+    cm = r.by_kind("ConfigMap")[0]
+    assert "proxy_pass" in cm["data"][mount["subPath"]]     # what the plan's render step writes
+    assert any("copy-data" in n and "port-forward" in n for n in r.notes)
+
+
+def test_secret_values_only_in_the_secrets_data(repo):
+    _, r = _render(repo)
+    secrets = r.by_kind("Secret")
+    decoded = {k: base64.b64decode(v).decode() for s in secrets for k, v in s["data"].items()}
+    assert decoded["POSTGRES_PASSWORD"] == PASSWORD and PASSWORD in decoded["DATABASE_URL"]
+    others = yaml.safe_dump([o for o in r.objects if o["kind"] != "Secret"])
+    assert PASSWORD not in others
+    for s in secrets:
+        assert PASSWORD not in yaml.safe_dump({k: v for k, v in s.items() if k != "data"})
+
+
+def test_render_command_writes_files_and_prints_no_secret(repo, tmp_path):
+    out_dir = tmp_path / "k8s"
+    buf = io.StringIO()
+    args = ["render", "--target", "kubernetes", str(repo / "plans" / "phase2.yaml"), "--out", str(out_dir)]
+    for k, v in VARS.items():
+        args += ["-e", f"{k}={v}"]
+    assert main(args, stdout=buf) == 0
+    text = buf.getvalue()
+    assert PASSWORD not in text and "objects.yaml" in text and "secrets.yaml" in text
+    assert stat.S_IMODE((out_dir / "secrets.yaml").stat().st_mode) == 0o600
+    assert PASSWORD not in (out_dir / "objects.yaml").read_text()
+    docs = list(yaml.safe_load_all((out_dir / "objects.yaml").read_text()))
+    for doc in docs + list(yaml.safe_load_all((out_dir / "secrets.yaml").read_text())):
+        kv.validate(doc, K8S_VERSION, strict=True)
+    # --no-secrets: the Secrets are there, empty, and no value is written anywhere
+    out2 = tmp_path / "k8s2"
+    args[args.index(str(out_dir))] = str(out2)
+    assert main(args + ["--no-secrets"], stdout=io.StringIO()) == 0
+    assert all(PASSWORD not in p.read_text() for p in out2.iterdir())
+    assert "data:" in (out2 / "secrets.yaml").read_text()
