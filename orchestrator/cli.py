@@ -61,6 +61,9 @@ def cmd_validate(args, out: Output) -> int:
 
 
 def cmd_plan(args, out: Output) -> int:
+    if getattr(args, "target", "docker") == "kubernetes":
+        from .kubernetes_apply import cmd_plan as plan_kubernetes
+        return plan_kubernetes(args, out)
     plan, _ = _load(args, out)
     result = Executor(plan, "plan", log=out.debug, progress=out.progress,
                       options={"sql": args.sql, "preview": args.preview}).run()
@@ -377,6 +380,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true",
                    help="run pending migrations into a throwaway database and check the copy against that "
                         "schema (removed afterwards)")
+    p.add_argument("--target", choices=["docker", "kubernetes"], default="docker",
+                   help="kubernetes: which objects apply --target kubernetes would change (server-side dry run)")
+    p.add_argument("--namespace", metavar="NAME", help="with --target kubernetes: the namespace apply would use")
+    p.add_argument("--kubeconfig", metavar="FILE", help="with --target kubernetes (default: KUBECONFIG)")
     p.set_defaults(func=cmd_plan)
 
     p = with_plan(sub, "apply", "make the real state match the plan, changing only what differs")

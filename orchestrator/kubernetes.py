@@ -268,7 +268,8 @@ def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool =
     return b.out
 
 
-def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, secrets=True) -> tuple[Any, Rendered]:
+def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, secrets=True,
+                  generate: bool | None = None) -> tuple[Any, Rendered]:
     """Load the plan and render it as objects (no Docker), each step rendered as ``validate``
     does. ``secrets``: the real values (a secret to generate is generated into the plan's secrets
     file, the one a Docker apply uses); otherwise placeholders and empty Secrets."""
@@ -280,7 +281,8 @@ def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, 
     from .steps.base import RunContext
     plan = load_plan(plan_path, overrides, var_files)
     store = SecretStore(secrets_path(plan.path))
-    ctx = build_context(plan, store, generate=secrets)
+    generate = secrets if generate is None else generate     # plan: never writes the secrets file
+    ctx = build_context(plan, store, generate=generate)
     rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
     steps = []
     for step, res in rendered_steps(plan, ctx, rc):
@@ -290,9 +292,9 @@ def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, 
         set_outputs(ctx, step, res.outputs(None))
         steps.append((step, res))
     words = {v for v in (ctx.as_dict().get("secrets") or {}).values() if isinstance(v, str) and v}
-    if secrets and any(PENDING in w for w in words):
+    if secrets and generate and any(PENDING in w for w in words):
         raise OrchestrateError("a secret of the plan has no value yet", hint="use --no-secrets")
-    if secrets:
+    if generate:
         store.save()
     return plan, render_objects(plan, steps, namespace=namespace, secrets=secrets, secret_words=words)
 

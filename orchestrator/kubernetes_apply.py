@@ -236,3 +236,38 @@ def cmd_apply(args, out) -> int:
     for note in rendered.notes:
         out.print(f"note: {note}", always=True)
     return 0
+
+
+def plan_objects(plan, objects: list[dict], *, cluster: Cluster) -> dict[str, str]:
+    """What apply would do to each object, read-only: create (absent), update (its digest is not
+    the recorded one; the server checks it by a server-side apply with dryRun=All) or no change."""
+    recorded = Lockfile.load(plan.lock_path).kubernetes_objects()
+    ns = next((o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"), None) or cluster.namespace
+    results = {}
+    for obj in objects:
+        key, path = key_of(obj, ns), object_path(obj, ns)
+        live = cluster.get(path)
+        _, same = fingerprint(obj, recorded.get(key) or {})
+        if live is not None and same:
+            results[key] = "no change"
+            continue
+        if live is not None or cluster.get(object_path({"apiVersion": "v1", "kind": "Namespace",
+                                                        "metadata": {"name": ns}}, ns)) is not None:
+            cluster.apply(obj, path, dry_run=True)    # the server's own admission and validation
+        results[key] = "create" if live is None else ("replace (a Job runs again)" if obj["kind"] == "Job"
+                                                      else "update")
+    return results
+
+
+def cmd_plan(args, out) -> int:
+    if getattr(args, "json", False) or getattr(args, "out", None) or args.sql or args.preview:
+        raise OrchestrateError("--json, --out, --sql and --preview do not go with --target kubernetes")
+    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
+                                   namespace=getattr(args, "namespace", None), generate=False)
+    cluster = Cluster(getattr(args, "kubeconfig", None))
+    results = plan_objects(plan, rendered.objects, cluster=cluster)
+    for key, what in results.items():
+        out.print(f"{key}: {what}", always=True)
+    changed = sum(1 for r in results.values() if r != "no change")
+    out.print(f"Kubernetes: {changed} to apply, {len(results) - changed} unchanged ({cluster.server})", always=True)
+    return 2 if changed and args.detailed_exitcode else 0
