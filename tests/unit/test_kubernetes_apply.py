@@ -218,6 +218,19 @@ def test_plan_shows_what_apply_would_change_and_changes_nothing(repo, tmp_path, 
         api.close()
 
 
+def test_namespace_is_created_first_and_holds_every_object(repo, tmp_path, fast):
+    api = FakeApi()
+    try:
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url), "--namespace", "autodeploy")
+        assert code == 0, text
+        paths = [p["path"] for p in api.patches()]
+        assert paths[0] == "/api/v1/namespaces/autodeploy"
+        assert all(p.startswith(("/api/v1/namespaces/autodeploy/", "/apis/apps/v1/namespaces/autodeploy/",
+                                 "/apis/batch/v1/namespaces/autodeploy/")) for p in paths[1:])
+    finally:
+        api.close()
+
+
 def test_a_failed_job_fails_the_apply_with_its_reason(repo, tmp_path, fast):
     api = FakeApi(fail_jobs={"autodeploy-phase2-schema"})
     try:
