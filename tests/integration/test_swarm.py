@@ -1,0 +1,131 @@
+"""The service step on a single-node swarm the module creates (docker swarm init on 127.0.0.1) and
+leaves (swarm leave --force, docker_gwbridge removed) whatever happens: an overlay network, a
+service of 2 replicas (dnsrr: this kernel has no IPVS) serving a Swarm secret as a file, a second
+apply that changes nothing, a changed setting rolled start-first, and a release whose health
+check fails rolled back by Swarm with apply exiting 1."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import TEST_LABEL, run_cli
+
+pytestmark = pytest.mark.integration
+
+PLAN = """\
+name: {name}
+vars:
+  version: "1"
+  health_path: /greeting
+secrets:
+  greeting: {{env: SWARM_TEST_GREETING}}
+steps:
+  - name: net
+    network: {{name: {name}-net, driver: overlay}}
+  - name: web
+    service:
+      image: {image}
+      service: {name}-web
+      command: "python3 -m http.server 8080 --directory /run/secrets"
+      env: {{VERSION: "{{{{ vars.version }}}}"}}
+      secrets: {{greeting: "{{{{ secrets.greeting }}}}"}}
+      replicas: 2
+      network: "{{{{ steps.net.name }}}}"
+      endpoint_mode: dnsrr
+      update: {{order: start-first, failure_action: rollback, monitor: 3s}}
+      healthcheck: {{http: {{path: "{{{{ vars.health_path }}}}", port: 8080}}, interval: 1s, timeout: 3s, retries: 2}}
+      wait: 120s
+"""
+
+
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+def _remove_labelled() -> None:
+    sel = f"label={TEST_LABEL[0]}={TEST_LABEL[1]}"
+    for kind in ("service", "secret", "config"):
+        ids = _docker(kind, "ls", "-q", "--filter", sel, check=False).stdout.split()
+        if ids:
+            _docker(kind, "rm", *ids, check=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _docker("ps", "-aq", "--filter", sel, check=False).stdout.strip():
+        time.sleep(1)     # the services' tasks going away
+    ids = _docker("network", "ls", "-q", "--filter", sel, check=False).stdout.split()
+    if ids:
+        _docker("network", "rm", *ids, check=False)
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client):
+    state = docker_client.info().get("Swarm", {}).get("LocalNodeState")
+    if state != "inactive":
+        pytest.fail(f"the engine is already in swarm mode ({state}): these tests create and leave their own "
+                    f"single-node swarm and will not touch one they did not make")
+    _docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield
+    finally:
+        try:
+            _remove_labelled()
+        finally:
+            _docker("swarm", "leave", "--force", check=False)
+            _docker("network", "rm", "docker_gwbridge", check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(swarm, python_image, tmp_path_factory):
+    name = f"sw{uuid.uuid4().hex[:6]}"
+    plan = tmp_path_factory.mktemp("swarm") / "plan.yaml"
+    plan.write_text(PLAN.format(name=name, image=python_image))
+    return name, plan
+
+
+def _web(docker_client, name: str) -> dict:
+    return docker_client.api.inspect_service(f"{name}-web")
+
+
+def test_create_then_a_second_apply_is_a_no_op(stack, docker_client, mutations, monkeypatch):
+    name, plan = stack
+    monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
+    code, out = run_cli("apply", str(plan))
+    assert code == 0, out
+    tasks = docker_client.api.tasks(filters={"service": f"{name}-web", "desired-state": "running"})
+    assert len([t for t in tasks if t["Status"]["State"] == "running"]) == 2
+    spec = _web(docker_client, name)["Spec"]
+    assert "hello-swarm" not in str(spec) and spec["EndpointSpec"]["Mode"] == "dnsrr"
+    net = docker_client.api.inspect_network(f"{name}-net")
+    assert net["Driver"] == "overlay" and net["Attachable"]
+    mutations.calls.clear()
+    code, out = run_cli("apply", str(plan))
+    assert code == 0, out
+    assert mutations.calls == [], mutations.calls
+
+
+def test_a_changed_setting_rolls_the_replicas(stack, docker_client, monkeypatch):
+    name, plan = stack
+    monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
+    code, out = run_cli("plan", str(plan), "-e", "version=2")
+    assert "roll 2 replicas (start-first)" in out, out
+    code, out = run_cli("apply", str(plan), "-e", "version=2")
+    assert code == 0, out
+    svc = _web(docker_client, name)
+    assert "VERSION=2" in svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert svc["UpdateStatus"]["State"] == "completed"
+
+
+def test_a_failing_release_is_rolled_back_and_apply_exits_1(stack, docker_client, monkeypatch):
+    name, plan = stack
+    monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
+    code, out = run_cli("apply", str(plan), "-e", "version=2", "-e", "health_path=/missing")
+    assert code == 1, out
+    assert "rollback" in out, out
+    svc = _web(docker_client, name)
+    assert "VERSION=2" in svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert svc["UpdateStatus"]["State"] == "rollback_completed"
+    health = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"][-1]
+    assert "/greeting" in health
