@@ -1,0 +1,115 @@
+"""verify's fast path against a real server: a correct copy of every type the copy converts
+checksums equal (SQLite's canonical text = the server's), and each kind of damage is still found
+and named: a changed value of every converted type, a deleted row, an extra row, a sequence behind."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+
+from orchestrator.copying.mapping import TablePlan, map_tables
+from orchestrator.copying.reflect import reflect_source, reflect_target
+from orchestrator.copying.verify import fast_source_checksum, fast_target_checksum, source_checksum
+from tests.integration.test_copy_data import plan_file, rows, server  # noqa: F401  (server: the module's container)
+
+pytestmark = pytest.mark.integration
+
+DDL = """CREATE TABLE t (id serial PRIMARY KEY, flag boolean, name varchar(40), note text, at timestamptz,
+    naive timestamp, day date, clock time, amount numeric(10,2), big numeric, ratio float8, single float4,
+    small int2, large int8, doc jsonb, j json, raw bytea, u uuid)"""
+COLS = "id, flag, name, note, at, naive, day, clock, amount, big, ratio, single, small, large, doc, j, raw, u"
+SOURCE_ROWS = [
+    (1, 1, "alpha", "line\nwith tab\t", "2024-03-01 08:00:00", "2024-03-01 08:00:00.123456", "2024-03-01",
+     "08:30:00", "12.345", "1e3", 0.1, 1.5, 7, 2**40, '{"b": 1, "a": [1, 2.50, "é"]}', '{"x":  1}', b"\x00\xff",
+     "12345678-1234-5678-1234-567812345678"),
+    (2, 0, "béta", "", "2024-03-01T08:00:00+02:00", "2024-03-01T09:15:00", "2024-03-02", "23:59:59.5", 3, "-0.001",
+     1e300, "-Infinity", -3, -1, "null", "[]", "text as bytes", "{12345678-1234-5678-1234-567812345679}"),
+    (3, "yes", 42, None, "2024-03-01 08:00:00.5", "2024-07-01 12:00:00", "2024-02-29", None, "-0.005", "NaN", "NaN", 0,
+     0, "9", "[]", "1", b"", None),
+    (4, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None),
+]
+DAMAGE = {
+    "flag": "UPDATE t SET flag = NOT flag WHERE id = 1",
+    "name": "UPDATE t SET name = 'alphA' WHERE id = 1",
+    "note": "UPDATE t SET note = 'line' WHERE id = 1",
+    "at": "UPDATE t SET at = at + interval '1 microsecond' WHERE id = 1",
+    "naive": "UPDATE t SET naive = naive - interval '1 hour' WHERE id = 1",
+    "day": "UPDATE t SET day = day + 1 WHERE id = 1",
+    "clock": "UPDATE t SET clock = '08:30:01' WHERE id = 1",
+    "amount": "UPDATE t SET amount = 12.36 WHERE id = 1",
+    "big": "UPDATE t SET big = 1001 WHERE id = 1",
+    "ratio": "UPDATE t SET ratio = 0.1000000000000001 WHERE id = 1",
+    "single": "UPDATE t SET single = 1.25 WHERE id = 1",
+    "small": "UPDATE t SET small = 8 WHERE id = 1",
+    "large": "UPDATE t SET large = large + 1 WHERE id = 1",
+    "doc": """UPDATE t SET doc = '{"b": 1, "a": [1, 2.50, "e"]}' WHERE id = 1""",
+    "j": """UPDATE t SET j = '{"x": 1}' WHERE id = 1""",
+    "raw": "UPDATE t SET raw = '\\x00fe' WHERE id = 1",
+    "u": "UPDATE t SET u = '12345678-1234-5678-1234-567812345670' WHERE id = 1",
+    "null": "UPDATE t SET note = NULL WHERE id = 1",
+}
+
+
+def _copied(server, tmp_path, timezone="UTC"):  # noqa: F811
+    source = tmp_path / "types.db"
+    with sqlite3.connect(source) as src:
+        src.execute(f"CREATE TABLE t ({COLS}, PRIMARY KEY (id))")
+        src.executemany(f"INSERT INTO t VALUES ({', '.join('?' * 18)})", SOURCE_ROWS)
+    url = server.url(server.create())
+    rows(url, DDL)
+    plan = plan_file(tmp_path, source, url, timezone=timezone)
+    plan.write(verify=True, timezone=timezone)
+    code, out = plan.run("apply")
+    assert code == 0 and "verified 1 table(s)" in out, out
+    return source, url, plan
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
+def test_a_correct_copy_of_every_type_checksums_equal_on_the_fast_path(server, tmp_path, timezone):  # noqa: F811
+    source, url, plan = _copied(server, tmp_path, timezone)
+    src = sqlite3.connect(source)
+    with psycopg.connect(url) as pg:
+        pg.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'")
+        (p,), problems, _ = map_tables(reflect_source(src), reflect_target(pg), tables=[], exclude=[], rename={},
+                                       columns={}, drop_columns={})
+        tz = ZoneInfo(timezone)
+        differ = []
+        for pair in p.columns:        # column by column, so a mismatch names its type
+            one = TablePlan(p.source, p.target, [pair], p.source_pk, p.table)
+            fast = fast_source_checksum(src, one, tz=tz, server_version=pg.info.server_version)
+            if not (fast == source_checksum(src, one, tz=tz) == fast_target_checksum(pg, one)):
+                differ.append(pair[1].type)
+        assert differ == []
+        assert fast_source_checksum(src, p, tz=tz, server_version=pg.info.server_version) == fast_target_checksum(pg, p)
+    code, out = plan.run("verify")
+    assert code == 0 and "Verified: nothing differs." in out, out
+
+
+@pytest.mark.parametrize("what", sorted(DAMAGE))
+def test_a_changed_value_of_every_type_is_found_and_named(server, tmp_path, what):  # noqa: F811
+    _, url, plan = _copied(server, tmp_path)
+    rows(url, DAMAGE[what])
+    _failed(plan, "1 row(s) differ (1 changed); first differing key range: id=1")
+
+
+@pytest.mark.parametrize("damage,detail", [
+    ("DELETE FROM t WHERE id = 2", "1 row(s) differ (1 missing in the target); first differing key range: id=2"),
+    ("INSERT INTO t (id, name) VALUES (9, 'extra')", "1 row(s) differ (1 not in the source); first differing key range: id=9"),
+    ("SELECT setval('t_id_seq', 2)", "sequences: t.id: public.t_id_seq would hand out 3, but the highest id is 4"),
+], ids=["deleted-row", "extra-row", "sequence-behind"])
+def test_deleted_extra_rows_and_a_sequence_behind_are_found_and_named(server, tmp_path, damage, detail):  # noqa: F811
+    _, url, plan = _copied(server, tmp_path)
+    rows(url, damage)
+    _failed(plan, detail)
+
+
+def _failed(plan, detail):
+    code, out = plan.run("verify")
+    assert code == 1 and detail in out and "Verification FAILED" in out, out
+    code, out = plan.run("verify", "--json")
+    step = next(s for s in json.loads(out)["steps"] if s["type"] == "verify")
+    assert step["details"]["ok"] is False and any(detail in p for p in step["problems"]), step
