@@ -33,6 +33,7 @@ from .base import Resource
 from .container import EnvText, FileInto, ServiceHealthcheck, Words
 
 HASH_LABEL = "orchestrate.config-hash"
+TASK_LABEL = "orchestrate.task-hash"      # on the tasks' containers: which release a task runs
 NS = 1_000_000_000
 ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
@@ -148,6 +149,7 @@ def service_spec(spec: ServiceStepSpec, labels: dict[str, str], secrets: dict[st
     }
     if spec.network:
         task["Networks"] = [{"Target": spec.network, "Aliases": list(spec.aliases)}]
+    container["Labels"][TASK_LABEL] = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()[:16]
     update = {"Parallelism": spec.update.parallelism, "Delay": int(spec.update.delay * NS),
               "FailureAction": spec.update.failure_action, "Monitor": int(spec.update.monitor * NS),
               "Order": spec.update.order}
@@ -307,7 +309,8 @@ class Service(Resource):
             sid = obs.service["ID"]
             eng.update_service(sid, obs.service["Version"]["Index"], want)
             done = f"rolled {replicas} replicas of {self.spec.service} ({order})"
-        self._converge(sid, created=obs.service is None)
+        self._converge(sid, want["TaskTemplate"]["ContainerSpec"]["Labels"][TASK_LABEL],
+                       before=(obs.service or {}).get("UpdateStatus"))
         used = {r["SecretName"] for r in want["TaskTemplate"]["ContainerSpec"]["Secrets"]}
         used_c = {r["ConfigName"] for r in want["TaskTemplate"]["ContainerSpec"]["Configs"]}
         for name, oid in have_secrets.items():
@@ -318,12 +321,15 @@ class Service(Resource):
                 eng.remove_config(oid)
         return done
 
-    def _converge(self, sid: str, *, created: bool) -> None:
-        """Wait (bounded) until the roll completed and all replicas run (healthy); fail on rollback."""
+    def _converge(self, sid: str, task_hash: str, *, before: dict | None) -> None:
+        """Wait (bounded) until the roll completed and all replicas of this release run (healthy:
+        Swarm marks a task running only once its health check passed); fail on a rollback or a
+        pause (not the one of an earlier run, ``before``)."""
         eng, deadline = self.rc.engine, time.monotonic() + self.spec.wait
         while True:
             svc = eng.service(sid) or {}
-            state = (svc.get("UpdateStatus") or {}).get("State")
+            status = svc.get("UpdateStatus")
+            state = status.get("State") if status and status != before else None
             tasks = eng.service_tasks(sid)
             version = (svc.get("Version") or {}).get("Index")
             running = [t for t in tasks if t.get("DesiredState") == "running"
@@ -331,9 +337,9 @@ class Service(Resource):
             if state in ("rollback_completed", "paused", "rollback_paused"):
                 raise StepFailed(f"service {self.spec.service}: the update was {state.replace('_', ' ')}: "
                                  f"{(svc.get('UpdateStatus') or {}).get('Message', '')}; {self._failure(tasks)}")
-            if state in (None, "completed") and len(running) == self.spec.replicas and \
-                    all(t.get("Spec", {}).get("ContainerSpec", {}).get("Image") ==
-                        svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] for t in running):
+            current = [t for t in running
+                       if ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(TASK_LABEL) == task_hash]
+            if state in (None, "completed") and len(current) == len(running) == self.spec.replicas:
                 return
             if time.monotonic() > deadline:
                 raise StepFailed(f"service {self.spec.service}: {len(running)} of {self.spec.replicas} replicas "

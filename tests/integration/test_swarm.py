@@ -6,15 +6,20 @@ check fails rolled back by Swarm with apply exiting 1."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_LABEL, run_cli
+from tests.conftest import TEST_LABEL, free_port, run_cli
+from tests.integration.test_zero_downtime import Load
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 PLAN = """\
 name: {name}
@@ -38,6 +43,16 @@ steps:
       endpoint_mode: dnsrr
       update: {{order: start-first, failure_action: rollback, monitor: 3s}}
       healthcheck: {{http: {{path: "{{{{ vars.health_path }}}}", port: 8080}}, interval: 1s, timeout: 3s, retries: 2}}
+      wait: 120s
+  - name: proxy
+    service:
+      image: {nginx}
+      service: {name}-proxy
+      files: [{{src: nginx.conf, dest: /etc/nginx/conf.d/default.conf}}]
+      network: "{{{{ steps.net.name }}}}"
+      ports: ["{port}:80"]
+      update: {{order: stop-first}}
+      healthcheck: {{http: {{path: /nginx-health, port: 80}}, interval: 1s, timeout: 3s, retries: 3}}
       wait: 120s
 """
 
@@ -78,11 +93,15 @@ def swarm(docker_client):
 
 
 @pytest.fixture(scope="module")
-def stack(swarm, python_image, tmp_path_factory):
-    name = f"sw{uuid.uuid4().hex[:6]}"
-    plan = tmp_path_factory.mktemp("swarm") / "plan.yaml"
-    plan.write_text(PLAN.format(name=name, image=python_image))
-    return name, plan
+def stack(swarm, python_image, nginx_image, tmp_path_factory):
+    name, port = f"sw{uuid.uuid4().hex[:6]}", free_port()
+    root = tmp_path_factory.mktemp("swarm")
+    conf = (ROOT / "templates" / "nginx.conf.j2").read_text()
+    conf = conf.replace("{{ upstream.host }}", f"{name}-web").replace("{{ upstream.port }}", "8080")
+    (root / "nginx.conf").write_text(re.sub(r"\{%-? if tls %\}.*?\{%-? endif %\}", "", conf, flags=re.S))
+    plan = root / "plan.yaml"
+    plan.write_text(PLAN.format(name=name, image=python_image, nginx=nginx_image, port=port))
+    return name, plan, port
 
 
 def _web(docker_client, name: str) -> dict:
@@ -90,12 +109,14 @@ def _web(docker_client, name: str) -> dict:
 
 
 def test_create_then_a_second_apply_is_a_no_op(stack, docker_client, mutations, monkeypatch):
-    name, plan = stack
+    name, plan, port = stack
     monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
     code, out = run_cli("apply", str(plan))
     assert code == 0, out
     tasks = docker_client.api.tasks(filters={"service": f"{name}-web", "desired-state": "running"})
     assert len([t for t in tasks if t["Status"]["State"] == "running"]) == 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/greeting", timeout=10) as response:
+        assert response.read() == b"hello-swarm"     # the secret, as a file, through nginx
     spec = _web(docker_client, name)["Spec"]
     assert "hello-swarm" not in str(spec) and spec["EndpointSpec"]["Mode"] == "dnsrr"
     net = docker_client.api.inspect_network(f"{name}-net")
@@ -107,19 +128,21 @@ def test_create_then_a_second_apply_is_a_no_op(stack, docker_client, mutations, 
 
 
 def test_a_changed_setting_rolls_the_replicas(stack, docker_client, monkeypatch):
-    name, plan = stack
+    name, plan, port = stack
     monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
     code, out = run_cli("plan", str(plan), "-e", "version=2")
     assert "roll 2 replicas (start-first)" in out, out
-    code, out = run_cli("apply", str(plan), "-e", "version=2")
+    with Load(f"http://127.0.0.1:{port}/greeting", limit=5000) as load:
+        code, out = run_cli("apply", str(plan), "-e", "version=2")
     assert code == 0, out
+    assert load.sent > 20 and load.failed == 0, load.errors
     svc = _web(docker_client, name)
     assert "VERSION=2" in svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     assert svc["UpdateStatus"]["State"] == "completed"
 
 
 def test_a_failing_release_is_rolled_back_and_apply_exits_1(stack, docker_client, monkeypatch):
-    name, plan = stack
+    name, plan, port = stack
     monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
     code, out = run_cli("apply", str(plan), "-e", "version=2", "-e", "health_path=/missing")
     assert code == 1, out
