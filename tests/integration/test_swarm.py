@@ -26,11 +26,25 @@ name: {name}
 vars:
   version: "1"
   health_path: /greeting
+  max_conn: "50"
 secrets:
   greeting: {{env: SWARM_TEST_GREETING}}
 steps:
   - name: net
     network: {{name: {name}-net, driver: overlay}}
+  - name: db
+    service:
+      image: {pg}
+      service: {name}-db
+      command: ["postgres", "-c", "max_connections={{{{ vars.max_conn }}}}"]
+      env: {{POSTGRES_USER: app, POSTGRES_DB: app, POSTGRES_PASSWORD_FILE: /run/secrets/db_password}}
+      secrets: {{db_password: "{{{{ secrets.greeting }}}}"}}
+      network: "{{{{ steps.net.name }}}}"
+      volumes: ["{name}-pgdata:/var/lib/postgresql/data"]
+      placement: ["node.role==manager"]
+      update: {{order: stop-first}}
+      healthcheck: {{test: "pg_isready -U app -d app", interval: 1s, timeout: 3s, retries: 30}}
+      wait: 120s
   - name: web
     service:
       image: {image}
@@ -93,15 +107,17 @@ def swarm(docker_client):
 
 
 @pytest.fixture(scope="module")
-def stack(swarm, python_image, nginx_image, tmp_path_factory):
+def stack(swarm, python_image, nginx_image, pg_image, tmp_path_factory):
     name, port = f"sw{uuid.uuid4().hex[:6]}", free_port()
     root = tmp_path_factory.mktemp("swarm")
     conf = (ROOT / "templates" / "nginx.conf.j2").read_text()
     conf = conf.replace("{{ upstream.host }}", f"{name}-web").replace("{{ upstream.port }}", "8080")
     (root / "nginx.conf").write_text(re.sub(r"\{%-? if tls %\}.*?\{%-? endif %\}", "", conf, flags=re.S))
     plan = root / "plan.yaml"
-    plan.write_text(PLAN.format(name=name, image=python_image, nginx=nginx_image, port=port))
-    return name, plan, port
+    plan.write_text(PLAN.format(name=name, image=python_image, nginx=nginx_image, port=port, pg=pg_image))
+    yield name, plan, port
+    _remove_labelled()
+    _docker("volume", "rm", f"{name}-pgdata", check=False)      # made by Swarm for the db service
 
 
 def _web(docker_client, name: str) -> dict:
@@ -152,3 +168,20 @@ def test_a_failing_release_is_rolled_back_and_apply_exits_1(stack, docker_client
     assert svc["UpdateStatus"]["State"] == "rollback_completed"
     health = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"][-1]
     assert "/greeting" in health
+
+
+def _psql(docker_client, name: str, sql: str) -> str:
+    task = [t for t in docker_client.api.tasks(filters={"service": f"{name}-db", "desired-state": "running"})
+            if t["Status"]["State"] == "running"][0]
+    cid = task["Status"]["ContainerStatus"]["ContainerID"]
+    return _docker("exec", cid, "psql", "-U", "app", "-d", "app", "-At", "-c", sql).stdout.strip()
+
+
+def test_the_database_service_keeps_its_data_across_a_settings_update(stack, docker_client, monkeypatch):
+    name, plan, port = stack
+    monkeypatch.setenv("SWARM_TEST_GREETING", "hello-swarm")
+    _psql(docker_client, name, "CREATE TABLE IF NOT EXISTS kept (v text); INSERT INTO kept VALUES ('row')")
+    code, out = run_cli("apply", str(plan), "-e", "version=2", "-e", "max_conn=60")
+    assert code == 0, out
+    assert _psql(docker_client, name, "SHOW max_connections") == "60"
+    assert _psql(docker_client, name, "SELECT v FROM kept") == "row"
