@@ -16,6 +16,19 @@ REPO_PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples")
 LABEL = "orchestrate.bench=phase1"
 
 
+def copy_repo(root: Path, parts: tuple[str, ...] = REPO_PARTS) -> Path:
+    """The repository's ``parts`` copied to ``root`` (no lockfile, secrets file or caches)."""
+    root.mkdir()
+    for part in parts:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets",
+                                                                            ".*.lck"))
+        elif src.exists():
+            shutil.copy(src, root / part)
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,14 +54,8 @@ class Phase1Copy:
     def prepare(self) -> dict[str, int]:
         """Copy the repository and write the SQLite source at the requested size."""
         from examples.autodeploy import make_sqlite
-        self.root.mkdir(parents=True)
-        for part in REPO_PARTS:
-            src = REPO / part
-            if src.is_dir():
-                shutil.copytree(src, self.root / part,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets", ".*.lck"))
-            else:
-                shutil.copy(src, self.root / part)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        copy_repo(self.root)
         for leftover in ("deployment_platform.db", ".env", "docker-compose.yml"):
             (self.root / leftover).unlink(missing_ok=True)
         return make_sqlite.write(self.root / "deployment_platform.db", self.rows)

@@ -33,22 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from phase1_env import copy_repo  # benchmarks/ is this script's folder, first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema", ".dockerignore")
 HEAVY = ("docker", "requests", "sqlalchemy", "alembic", "psycopg", "paramiko", "urllib3")
 TARGETS = {"orchestrate --help": 0.10, "orchestrate validate (converged)": 0.15,
            "orchestrate validate (fresh)": 0.15}
-
-
-def copy_repo(root: Path) -> Path:
-    root.mkdir()
-    for part in PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.lock", "*.secrets"))
-        elif src.exists():
-            shutil.copy(src, root / part)
-    return root
 
 
 def orchestrate_cmd() -> list[str]:
@@ -113,8 +104,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     try:
-        fresh = copy_repo(work / "fresh")
-        converged = copy_repo(work / "converged")
+        fresh = copy_repo(work / "fresh", PARTS)
+        converged = copy_repo(work / "converged", PARTS)
         made = converged_lockfile(converged / "plans" / "phase1.yaml")
         commands: dict[str, tuple[list[str], Path, dict[str, str]]] = {
             "python -c pass": ([sys.executable, "-c", "pass"], work, env),
