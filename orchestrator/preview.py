@@ -87,19 +87,14 @@ def preview_schema(rc: RunContext, step, url: str) -> Iterator[tuple[str, str]]:
         raise StepFailed("preview: the target database does not answer and no db-container step comes before "
                          "this one to make a throwaway server from",
                          hint="start the database, then plan --preview again")
-    if db.type == "database":     # an external server: a throwaway of its client image (its major version)
-        image, user, database, data_dir = (db.client_image(), db.target.user, db.target.database,
-                                           "/var/lib/postgresql/data")
-        if image is None:
-            try:
-                image = f"postgres:{db.server_major()}"
-            except OrchestrateError:
-                raise StepFailed("preview: the external database does not answer, and without its major version "
-                                 "(recorded by an apply) no throwaway server can be chosen",
-                                 hint=f"set client_image: in step {db.step.name}, or make the database "
-                                      f"reachable") from None
-    else:
-        image, user, database, data_dir = db.spec.image, db.spec.user, db.spec.db, db.spec.data_dir
+    user, database = db.login
+    try:
+        image, data_dir = db.throwaway_server()
+    except OrchestrateError:    # an external database that does not answer, its major not recorded
+        raise StepFailed("preview: the external database does not answer, and without its major version "
+                         "(recorded by an apply) no throwaway server can be chosen",
+                         hint=f"set client_image: in step {db.step.name}, or make the database "
+                              f"reachable") from None
     from .docker_engine import Engine
     from .throwaway import throwaway_postgres
     engine = Engine(read_only=False, log=rc.log, target=rc.target)

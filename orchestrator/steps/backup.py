@@ -211,13 +211,6 @@ class Backup(Resource):
             raise self.rc.plan.smap.error(self.step.path, "a backup needs a db-container or database step before it")
         return db
 
-    @staticmethod
-    def _who(db) -> tuple[str, str]:
-        """(role, database) that pg_dump and pg_restore connect as and to."""
-        if db.type == "database":
-            return db.target.user, db.target.database
-        return db.spec.user, db.spec.db
-
     @contextlib.contextmanager
     def _client(self, db, *, failure=StepFailed):
         """Where pg_dump and pg_restore run: inside the database's container (its version is the
@@ -307,7 +300,7 @@ class Backup(Resource):
         import psycopg
         db = self._db()
         out = db.outputs()
-        user, dbname = self._who(db)
+        user, dbname = db.login
         if db.type == "db-container":
             info = self.rc.engine.container(db.spec.container)
             if info is None or info["State"].get("Status") != "running":
@@ -458,7 +451,7 @@ class Backup(Resource):
         import psycopg
         path = self.check_file(record)
         db = self._db()
-        user, dbname = self._who(db)
+        user, dbname = db.login
         with self._client(db, failure=OrchestrateError) as client:
             self.rc.progress(f"restoring {record['name']} into {dbname}")
             if db.type == "db-container":   # a kill leaves the copy in its container: the next run removes it
@@ -486,13 +479,10 @@ class Backup(Resource):
         from .database import ExecClient
         path = self.check_file(record)
         db = self._db()
-        user, dbname = self._who(db)
-        if db.type == "database":    # a throwaway server of the external one's major version
-            image, data_dir = db.client_image() or f"postgres:{db.server_major()}", "/var/lib/postgresql/data"
-            if self.rc.engine.image(image) is None:
-                self.rc.engine.pull(image)
-        else:
-            image, data_dir = db.spec.image, db.spec.data_dir
+        user, dbname = db.login
+        image, data_dir = db.throwaway_server()
+        if self.rc.engine.image(image) is None:     # an external database's client image
+            self.rc.engine.pull(image)
         with throwaway_postgres(self.rc.engine, plan=self.rc.plan.name, purpose="drill", image=image,
                                 user=user, database=dbname, data_dir=data_dir,
                                 labels={**self.labels, "orchestrate.drill": "yes"},

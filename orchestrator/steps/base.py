@@ -66,10 +66,8 @@ class RunContext:
     def read_only(self) -> bool:
         return self.mode in ("validate", "plan", "status", "verify")
 
-    def earlier(self, step: StepDecl, type_: str | tuple[str, ...]):
-        """The resource of the nearest earlier step of type ``type_`` (or of one of these types;
-        None if there is none)."""
-        types = (type_,) if isinstance(type_, str) else type_
+    def earlier(self, step: StepDecl, *types: str):
+        """The resource of the nearest earlier step of one of these types (None if there is none)."""
         for earlier in reversed(self.plan.steps[:step.index]):
             if earlier.type in types and earlier.name in self.resources:
                 return self.resources[earlier.name]
@@ -78,7 +76,7 @@ class RunContext:
     def earlier_database(self, step: StepDecl):
         """The step that provides the database to ``step``: the nearest earlier db-container
         (PostgreSQL in Docker) or database (an external one) step; None if there is none."""
-        return self.earlier(step, DB_STEPS)
+        return self.earlier(step, *DB_STEPS)
 
     def pending_before(self, step: StepDecl, *types: str) -> list[str]:
         """Read-only runs: the earlier steps (of these types) with changes pending, whose result
@@ -87,9 +85,8 @@ class RunContext:
             return []
         return [s.name for s in self.plan.steps[:step.index] if s.name in self.changed and s.type in types]
 
-    def earlier_outputs(self, step: StepDecl, type_: str | tuple[str, ...]) -> tuple[str, dict] | None:
-        """Name and outputs of the nearest earlier step of type ``type_`` (or of one of these types)."""
-        types = (type_,) if isinstance(type_, str) else type_
+    def earlier_outputs(self, step: StepDecl, *types: str) -> tuple[str, dict] | None:
+        """Name and outputs of the nearest earlier step of one of these types."""
         for earlier in reversed(self.plan.steps[:step.index]):
             if earlier.type in types and self.context and earlier.name in self.context.steps:
                 return earlier.name, self.context.steps[earlier.name]
@@ -137,7 +134,7 @@ class Resource:
         """``explicit``, or the url of the nearest earlier db-container or database step."""
         if explicit:
             return explicit
-        found = self.rc.earlier_outputs(self.step, DB_STEPS)
+        found = self.rc.earlier_outputs(self.step, *DB_STEPS)
         if not found:
             raise self.rc.plan.smap.error(
                 self.step.path + ("url",), "no url given and no db-container step before this one, nor a database "

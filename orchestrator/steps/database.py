@@ -300,6 +300,16 @@ class Database(Resource):
             raise self.rc.plan.smap.error(self._key("sslcert" if self.spec.sslcert is None else "sslkey"),
                                           "sslcert and sslkey go together")
 
+    @property
+    def login(self) -> tuple[str, str]:
+        """(role, database) that clients such as pg_dump connect as and to."""
+        return self.target.user, self.target.database
+
+    def throwaway_server(self) -> tuple[str, str]:
+        """(image, data directory) of a throwaway server for this database (a drill, a preview):
+        the client image, of the server's major version (asked when none is recorded)."""
+        return self.client_image() or f"postgres:{self.server_major()}", "/var/lib/postgresql/data"
+
     def secret_inputs(self) -> dict[str, str]:
         return {k: v for k in ("password", "previous_password") if (v := getattr(self.spec, k)) is not None}
 

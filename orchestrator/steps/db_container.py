@@ -335,6 +335,16 @@ class DbContainer(Resource):
         network (``postgres``), else the container's name."""
         return (self.aliases or [self.spec.container])[0]
 
+    @property
+    def login(self) -> tuple[str, str]:
+        """(role, database) that clients such as pg_dump connect as and to."""
+        return self.spec.user, self.spec.db
+
+    def throwaway_server(self) -> tuple[str, str]:
+        """(image, data directory) of a throwaway server for this database (a drill, a preview):
+        the container's own image."""
+        return self.spec.image, self.spec.data_dir
+
     def secret_inputs(self) -> dict[str, str]:
         return {"password": self.spec.password}
 
