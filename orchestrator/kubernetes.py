@@ -28,6 +28,17 @@ def dns_name(*parts: str) -> str:
     return name[:63].rstrip("-") or "x"
 
 
+def _exec(test: str | list[str]) -> dict:
+    """A probe's action running ``test`` (a string through the shell, as Docker's CMD-SHELL)."""
+    return {"exec": {"command": ["sh", "-c", test] if isinstance(test, str) else list(test)}}
+
+
+def _probe(hc, action: dict) -> dict:
+    """A readiness probe: ``action`` on the health check's interval, timeout and retries."""
+    return {**action, "periodSeconds": _seconds(hc.interval), "timeoutSeconds": _seconds(hc.timeout),
+            "failureThreshold": hc.retries}
+
+
 def _seconds(value: float) -> int:
     return max(1, int(round(value)))
 
@@ -98,9 +109,7 @@ class _Builder:
                "PGDATA": spec.data_dir.rstrip("/") + "/pgdata", **spec.env}
         hc = spec.healthcheck
         test = hc.test or ["pg_isready", "-h", "127.0.0.1", "-U", spec.user, "-d", spec.db]
-        test = ["sh", "-c", test] if isinstance(test, str) else list(test)
-        probe = {"exec": {"command": test}, "periodSeconds": _seconds(hc.interval),
-                 "timeoutSeconds": _seconds(hc.timeout), "failureThreshold": hc.retries}
+        probe = _probe(hc, _exec(test))
         args = []
         for key, value in sorted(spec.settings.items()):
             args += ["-c", f"{key}={value}"]
@@ -161,13 +170,8 @@ class _Builder:
             c["ports"] = [{"containerPort": p} for p in ports]
         hc = spec.healthcheck
         if hc is not None and (hc.http or hc.test):
-            if hc.http:
-                action = {"httpGet": {"path": hc.http.path, "port": hc.http.port}}
-            else:
-                test = hc.test
-                action = {"exec": {"command": ["sh", "-c", test] if isinstance(test, str) else list(test)}}
-            probe = {**action, "periodSeconds": _seconds(hc.interval), "timeoutSeconds": _seconds(hc.timeout),
-                     "failureThreshold": hc.retries}
+            action = {"httpGet": {"path": hc.http.path, "port": hc.http.port}} if hc.http else _exec(hc.test)
+            probe = _probe(hc, action)
             c["readinessProbe"] = probe
             c["livenessProbe"] = {**probe, "initialDelaySeconds": _seconds(max(hc.start_period, 10))}
         resources = {}
