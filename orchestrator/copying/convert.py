@@ -296,9 +296,16 @@ def row_hash_sql(cols: list[TargetColumn], idents: list[str], server_version: in
     return f"hashtextextended(ROW({', '.join(idents)})::text, 0)"
 
 
-def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "") -> str:
-    """count(*) and the sum of the first 64 bits of md5 over each row's canonical text."""
-    row = " || chr(31) || ".join(canonical_sql(c, i) for c, i in zip(cols, idents))
+def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "", *,
+                 exact: bool = False) -> str:
+    """count(*) and the sum of the first 64 bits of md5 over each row's canonical text. ``exact``:
+    every canonical text exactly :func:`canonical`'s, NULL included (without it a NULL boolean
+    reads 'f', kept so for the checksums the copy records)."""
+    def one(c: TargetColumn, i: str) -> str:
+        if exact and c.kind == "bool":
+            return f"coalesce(CASE WHEN {i} THEN 't' WHEN NOT {i} THEN 'f' END, '{NULL}')"
+        return canonical_sql(c, i)
+    row = " || chr(31) || ".join(one(c, i) for c, i in zip(cols, idents))
     return (f"SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0) "
             f"FROM {table}{where}")
 
@@ -396,14 +403,3 @@ def row_hash(texts: list[str]) -> int:
     """First 64 bits of md5 of the row's canonical text, as PostgreSQL's ::bit(64)::bigint."""
     return int.from_bytes(hashlib.md5(SEP.join(texts).encode()).digest()[:8], "big", signed=True)
 
-
-def exact_checksum_sql(cols: list[TargetColumn], idents: list[str], table: str) -> str:
-    """:func:`checksum_sql` with every canonical text exactly :func:`canonical`'s, NULL included
-    (there a NULL boolean reads 'f'; kept as it is for the checksums the copy records)."""
-    def one(c: TargetColumn, i: str) -> str:
-        if c.kind == "bool":
-            return f"coalesce(CASE WHEN {i} THEN 't' WHEN NOT {i} THEN 'f' END, '{NULL}')"
-        return canonical_sql(c, i)
-    row = " || chr(31) || ".join(one(c, i) for c, i in zip(cols, idents))
-    return (f"SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0) "
-            f"FROM {table}")

@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 from zoneinfo import ZoneInfo
 
-from .convert import NULL, TargetColumn, canonical, checksum_sql, exact_checksum_sql, make_converter, row_hash
+from .convert import NULL, TargetColumn, canonical, checksum_sql, make_converter, row_hash
 from .mapping import TablePlan
 from .reflect import quote_sqlite
 
@@ -30,10 +30,11 @@ def source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, stri
     return count, total
 
 
-def target_checksum(pg, p: TablePlan) -> tuple[int, int]:
+def target_checksum(pg, p: TablePlan, *, exact: bool = False) -> tuple[int, int]:
     from psycopg import sql
     idents = [sql.Identifier(c.name).as_string(pg) for c in p.target_columns]
-    count, total = pg.execute(checksum_sql(p.target_columns, idents, sql.Identifier(p.target).as_string(pg))).fetchone()
+    count, total = pg.execute(checksum_sql(p.target_columns, idents, sql.Identifier(p.target).as_string(pg),
+                                           exact=exact)).fetchone()
     return int(count), int(total)
 
 
@@ -107,7 +108,4 @@ def fast_source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo,
 def fast_target_checksum(pg, p: TablePlan) -> tuple[int, int]:
     """The target's side of :func:`fast_source_checksum`, computed in the server (run with the
     copy's stable output settings: TimeZone UTC, extra_float_digits 3, ISO dates)."""
-    from psycopg import sql
-    idents = [sql.Identifier(c.name).as_string(pg) for c in p.target_columns]
-    count, total = pg.execute(exact_checksum_sql(p.target_columns, idents, sql.Identifier(p.target).as_string(pg))).fetchone()
-    return int(count), int(total)
+    return target_checksum(pg, p, exact=True)
