@@ -19,7 +19,6 @@ Beyond what Compose does, the step knows it holds data:
 from __future__ import annotations
 
 import re
-import ipaddress
 import struct
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -317,13 +316,17 @@ class DbContainer(Resource):
                                "interval": f"{hc.interval:g}s", "timeout": f"{hc.timeout:g}s",
                                "retries": hc.retries, "start_period": f"{hc.start_period:g}s"},
                "env": dict(spec.env)}
-        published = [p for p in spec.ports if p.container_port == 5432 and p.proto == "tcp"]
-        if published:
-            p = published[0]
+        p = self._published
+        if p is not None:
             address = self.rc.target.address
             out["host"], out["port"] = p.client_host(address), p.host_port
             out["url"] = f"postgresql+psycopg://{user}:{pw}@{p.client_netloc(address)}/{db}"
         return out
+
+    @property
+    def _published(self):
+        """The port PostgreSQL is published on (None: it is not)."""
+        return next((p for p in self.spec.ports if p.container_port == 5432 and p.proto == "tcp"), None)
 
     @property
     def aliases(self) -> list[str]:
@@ -400,8 +403,8 @@ class DbContainer(Resource):
         return version, system_id
 
     def _password_works(self) -> bool | None:
-        out = self._static_outputs()
-        if out["host"] is None or (self.rc.engine.remote and ipaddress.ip_address(out["host"]).is_loopback):
+        out, published = self._static_outputs(), self._published
+        if published is None or (self.rc.engine.remote and published.loopback):   # nothing here reaches it
             return None
         import psycopg
         try:
