@@ -197,6 +197,16 @@ class _Env(ImmutableSandboxedEnvironment):
 
 
 _env = _Env(undefined=_PlanUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+def _urlpart(value: Any) -> str:
+    """A value as one part of a URL (a user, a password): every reserved character encoded, ``/``
+    included (Jinja's ``urlencode`` leaves ``/`` as it is, which breaks a password in a URL)."""
+    from urllib.parse import quote
+    return quote(str(value), safe="")
+
+
+_env.filters["urlpart"] = _urlpart
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.S)
 
 

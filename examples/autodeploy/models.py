@@ -16,6 +16,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 DATABASE_URL = os.getenv("DATABASE_URL", "sqlite:///./deployment_platform.db")
+if os.getenv("DATABASE_URL_FILE"):      # a secret given as a file (a Swarm or Kubernetes secret)
+    with open(os.environ["DATABASE_URL_FILE"], encoding="utf-8") as _url_file:
+        DATABASE_URL = _url_file.read().strip()
 
 
 class Base(DeclarativeBase):

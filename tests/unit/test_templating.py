@@ -15,6 +15,7 @@ CTX = {"vars": Scope("vars", {"port": 5432, "name": "db", "items": "a-var", "opt
     ("{{ vars.items }}", "a-var"),                    # a variable, not dict.items
     ("{{ steps.pg.url }}", "postgresql://x"),
     ("{{ vars.name | upper }}", "DB"),
+    ("{{ 'p/w:@?#% ' | urlpart }}", "p%2Fw%3A%40%3F%23%25%20"),   # a password as a URL part, / included
 ])
 def test_render(text, value):
     assert render_string(text, CTX) == value
