@@ -130,6 +130,16 @@ class Resource:
         variable must not see a change)."""
         return {**extra_labels(), **self.own_labels}
 
+    def destroy_volume(self, name: str, *, ours: bool, volumes: bool) -> str:
+        """Destroy's one rule for a data volume: removed only when asked (``--volumes``) and made by
+        this plan; what was done, in words."""
+        if volumes and ours:
+            self.rc.engine.remove_volume(name)
+            return f"removed volume {name} and the data in it"
+        if volumes:
+            return f"kept volume {name}: it was not created by this plan"
+        return f"kept volume {name} (the data is preserved; --volumes removes it)"
+
     def database_url(self, explicit: str | None) -> str:
         """``explicit``, or the url of the nearest earlier db-container or database step."""
         if explicit:

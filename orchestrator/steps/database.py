@@ -155,6 +155,7 @@ class Observed:
     settings: dict[str, str] = field(default_factory=dict)     # ALTER DATABASE ... SET, as the server has them
     contexts: dict[str, str | None] = field(default_factory=dict)   # pg_settings.context of wanted settings
     rotate: bool = False                  # the role still has previous_password: apply sets password
+    pending: list[str] = field(default_factory=list)   # plan: earlier steps that start the server, not yet applied
 
     @property
     def major(self) -> int:
@@ -170,6 +171,11 @@ def _setting_text(value) -> str:
 def diff_database(obs: Observed, *, spec: DatabaseSpec, target: Target, recorded: dict) -> Diff:
     """What the plan asks of the server vs what it is. Pure."""
     d = Diff()
+    if obs.pending:
+        d.changes.append(Change(Action.UPDATE, "server", None, "(known after apply)",
+                                f"started by step {', '.join(obs.pending)}: checked when apply reaches this step"))
+        d.after_apply = True
+        return d
     if obs.rotate:
         d.changes.append(Change(Action.UPDATE, "password", REDACTED, REDACTED,
                                 "the role still has previous_password: apply sets password with ALTER ROLE over the "
@@ -389,6 +395,9 @@ class Database(Resource):
         except OrchestrateError:
             if self.rc.mode == "destroy":     # nothing of it is removed: an unreachable server stops nothing
                 return Observed()
+            # plan: a server an earlier step (a service, a container) is about to start is not up yet
+            if pending := self.rc.pending_before(self.step, "service", "container", "db-container"):
+                return Observed(pending=pending)
             raise
 
     def _read(self, conn) -> Observed:
@@ -429,6 +438,8 @@ class Database(Resource):
         return d
 
     def summary(self, obs: Observed) -> str:
+        if obs.pending:
+            return f"PostgreSQL at {self.target.netloc}: started by step {', '.join(obs.pending)} (known after apply)"
         who = "owner" if obs.owner else "superuser" if obs.superuser else "not the owner"
         return (f"PostgreSQL {obs.version.split()[0] if obs.version else '?'} at {self.target.netloc}, "
                 f"{obs.tls or 'NOT encrypted'}, role {self.target.user} ({who})")

@@ -578,13 +578,7 @@ class DbContainer(Resource):
             said.append(f"kept container {spec.container}: it was not created by this plan")
         if obs.volume is not None:
             ours = (obs.volume.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
-            if volumes and ours:
-                eng.remove_volume(spec.volume)
-                said.append(f"removed volume {spec.volume} and the data in it")
-            elif volumes:
-                said.append(f"kept volume {spec.volume}: it was not created by this plan")
-            else:
-                said.append(f"kept volume {spec.volume} (the data is preserved; --volumes removes it)")
+            said.append(self.destroy_volume(spec.volume, ours=ours, volumes=volumes))
         if spec.network and obs.network is not None:
             labels = obs.network.get("Labels") or {}
             # made by this step (a network step's network is that step's to remove)

@@ -34,6 +34,8 @@ from .container import EnvText, FileInto, ServiceHealthcheck, Words
 
 HASH_LABEL = "orchestrate.config-hash"
 TASK_LABEL = "orchestrate.task-hash"      # on the tasks' containers: which release a task runs
+IMAGE_LABEL = "orchestrate.image-id"      # on the tasks: the engine's id of the image (a tag built again rolls)
+SWARM_SERVICE_LABEL = "com.docker.swarm.service.id"    # Docker's, on a service's task containers
 NS = 1_000_000_000
 ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
@@ -114,9 +116,11 @@ def object_name(plan: str, step: str, name: str, data: bytes) -> str:
 
 
 def service_spec(spec: ServiceStepSpec, labels: dict[str, str], secrets: dict[str, str],
-                 configs: list[tuple[FileInto, str]]) -> dict:
+                 configs: list[tuple[FileInto, str]], image_id: str | None = None) -> dict:
     """Pure: Docker's ServiceSpec for the step (``secrets``: NAME -> Swarm secret name; ``configs``:
-    (file, Swarm config name)), its hash label included. Object IDs are filled in by apply."""
+    (file, Swarm config name); ``image_id``: the engine's id of the image, when it has it, so the
+    same tag built again is a new release), its hash label included. Object IDs are filled in by
+    apply. Named volumes Swarm creates carry ``labels``, so destroy knows them as the plan's."""
     hc = None
     if spec.healthcheck is not None:
         h = spec.healthcheck
@@ -126,7 +130,7 @@ def service_spec(spec: ServiceStepSpec, labels: dict[str, str], secrets: dict[st
     for v in spec.volumes:
         parts = v.split(":")
         mounts.append({"Type": "volume", "Source": parts[0], "Target": parts[1],
-                       "ReadOnly": len(parts) == 3 and parts[2] == "ro"})
+                       "ReadOnly": len(parts) == 3 and parts[2] == "ro", "VolumeOptions": {"Labels": dict(labels)}})
     container: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
@@ -138,6 +142,8 @@ def service_spec(spec: ServiceStepSpec, labels: dict[str, str], secrets: dict[st
         "Configs": [{"ConfigName": cname, "File": {"Name": f.dest, "UID": "0", "GID": "0", "Mode": int(f.mode, 8)}}
                     for f, cname in configs],
     }
+    if image_id:
+        container["Labels"][IMAGE_LABEL] = image_id
     if spec.command:
         container["Args"] = list(spec.command)
     if hc:
@@ -179,6 +185,8 @@ class Observed:
     service: dict | None = None
     tasks: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    image_pending: list[str] = field(default_factory=list)   # earlier image steps building this tag (plan)
+    files_pending: list[str] = field(default_factory=list)   # earlier render steps writing its files (plan)
 
     @property
     def running(self) -> int:
@@ -192,6 +200,10 @@ def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
     wc, hc = want["TaskTemplate"]["ContainerSpec"], (have.get("TaskTemplate") or {}).get("ContainerSpec") or {}
     if (hc.get("Image") or "").split("@")[0] != wc["Image"]:
         out.append(("image", hc.get("Image"), wc["Image"]))
+    elif (hc.get("Labels") or {}).get(IMAGE_LABEL) != wc["Labels"].get(IMAGE_LABEL):
+        short = lambda i: (i or "").removeprefix("sha256:")[:12] or None  # noqa: E731
+        out.append(("image", short((hc.get("Labels") or {}).get(IMAGE_LABEL)),
+                    f"{wc['Image']} ({short(wc['Labels'].get(IMAGE_LABEL))}, built again)"))
     for key, name in (("Env", "env"), ("Args", "command"), ("Mounts", "volumes"), ("Healthcheck", "healthcheck")):
         if (hc.get(key) or None) != (wc.get(key) or None) and not (key == "Env" and secrets_in(" ".join(wc["Env"]))):
             out.append((name, hc.get(key), wc.get(key)))
@@ -214,6 +226,7 @@ def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
     d.problems.extend(obs.problems)
     replicas = want["Mode"]["Replicated"]["Replicas"]
     order = want["UpdateConfig"]["Order"]
+    d.after_apply = bool(obs.image_pending or obs.files_pending)
     if obs.service is None:
         d.changes.append(Change(Action.CREATE, "service", None, want["Name"], f"create ({replicas} replicas)"))
         return d
@@ -224,15 +237,22 @@ def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
                           f"remove it or choose another name")
         return d
     state = (obs.service.get("UpdateStatus") or {}).get("State")
-    if labels.get(HASH_LABEL) == want["Labels"][HASH_LABEL]:
+    parts = [] if labels.get(HASH_LABEL) == want["Labels"][HASH_LABEL] else _update_parts(want, have)
+    roll = f"roll {replicas} replicas ({order})"
+    for name, pending in (("image", obs.image_pending), ("files", obs.files_pending)):
+        if pending and not any(f == name for f, _, _ in parts):
+            made = "built again" if name == "image" else "rendered again"
+            parts.append((name, None, "(known after apply)", f"{made} by step {', '.join(pending)}; {roll} if it "
+                                                              f"changes"))
+    if not parts:
         if state in ("paused", "rollback_paused"):
             d.changes.append(Change(Action.UPDATE, "update", state, "completed",
-                                    f"the last roll is {state}: roll {replicas} replicas ({order}) again"))
+                                    f"the last roll is {state}: {roll} again"))
         return d
-    only_replicas = all(f == "replicas" for f, _, _ in _update_parts(want, have))
-    for name, before, after in _update_parts(want, have):
-        why = "scale" if only_replicas else f"roll {replicas} replicas ({order})"
-        d.changes.append(Change(Action.UPDATE, name, before, after, why, secret=name in ("env", "secrets")))
+    only_replicas = all(part[0] == "replicas" for part in parts)
+    for name, before, after, *why in parts:
+        d.changes.append(Change(Action.UPDATE, name, before, after, why[0] if why else "scale" if only_replicas
+                                else roll, secret=name in ("env", "secrets")))
     return d
 
 
@@ -261,8 +281,9 @@ class Service(Resource):
 
     def desired(self) -> dict:
         secrets, configs = self._objects()
+        image_id = (self.rc.engine.image(self.spec.image) or {}).get("Id")
         return service_spec(self.spec, self.own_labels, {n: s for n, (s, _) in secrets.items()},
-                            [(f, c) for f, c, _ in configs])
+                            [(f, c) for f, c, _ in configs], image_id)
 
     def observe(self) -> Observed:
         self.check()
@@ -275,6 +296,14 @@ class Service(Resource):
         obs.service = eng.service(self.spec.service)
         if obs.service:
             obs.tasks = eng.service_tasks(obs.service["ID"])
+        rc = self.rc
+        obs.image_pending = [s for s in rc.pending_before(self.step, "image")
+                             if getattr(rc.resources.get(s), "spec", None) is not None
+                             and rc.resources[s].spec.tag == self.spec.image]
+        ours = {rc.plan.resolve(f.src) for f in self.spec.files}
+        obs.files_pending = [name for name in rc.pending_before(self.step, "render")
+                             if any(rc.plan.resolve(f.dest) in ours
+                                    for f in getattr(getattr(rc.resources.get(name), "spec", None), "files", []))]
         return obs
 
     def diff(self, obs: Observed) -> Diff:
@@ -377,6 +406,21 @@ class Service(Resource):
         if obs.service is not None:
             eng.remove_service(obs.service["ID"])
             said.append(f"removed service {self.spec.service}")
+            # its tasks' containers still hold the network and the volumes for a moment
+            sel, deadline = f"{SWARM_SERVICE_LABEL}={obs.service['ID']}", time.monotonic() + self.spec.stop_grace + 30
+            while (left := eng.containers_labelled(sel)) and time.monotonic() < deadline:
+                self.rc.progress(f"{self.spec.service}: {len(left)} task container(s) stopping")
+                time.sleep(0.5)
+            if left:
+                said.append(f"{len(left)} task container(s) of {self.spec.service} still stopping: run destroy again "
+                            f"to remove what they hold")
+                return said
+        for v in self.spec.volumes:
+            name = v.split(":")[0]
+            volume = eng.volume(name)
+            if volume is not None:
+                ours = (volume.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
+                said.append(self.destroy_volume(name, ours=ours, volumes=volumes))
         sel = (f"orchestrate.plan={self.rc.plan.name}", f"orchestrate.step={self.step.name}")
         if obs.service is not None or not obs.problems:
             for s in eng.secrets_labelled(*sel):

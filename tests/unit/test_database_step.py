@@ -65,6 +65,12 @@ def test_an_owner_over_verified_tls_is_no_change():
     assert not d.changes and not d.problems and not d.warnings
 
 
+def test_a_server_an_earlier_pending_step_starts_is_known_after_apply():
+    d = diff_database(Observed(pending=["pg"]), spec=spec(), target=T, recorded={})
+    assert d.after_apply and [c.after for c in d.changes] == ["(known after apply)"]
+    assert "started by step pg" in d.changes[0].reason and not d.problems and not d.warnings
+
+
 def test_without_tls_or_without_verification_warns():
     d = diff_database(obs(tls=None), spec=spec(sslmode="prefer"), target=T, recorded={})
     assert "not encrypted" in d.warnings[0]

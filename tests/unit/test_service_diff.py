@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from orchestrator.changes import Action
 from orchestrator.steps.network import NetworkSpec, Observed as NetObserved, diff_network
-from orchestrator.steps.service import (HASH_LABEL, Observed, ServiceStepSpec, diff_service, object_name,
+from orchestrator.steps.service import (HASH_LABEL, TASK_LABEL, Observed, ServiceStepSpec, diff_service, object_name,
                                         service_spec)
 
 OWN = {"orchestrate.plan": "p", "orchestrate.step": "app"}
@@ -43,6 +43,31 @@ def test_new_image_rolls_the_replicas_start_first():
     d = diff_service(want(image="app:2"), observed(want()), "p", "app")
     assert d.action is Action.UPDATE and [c.field for c in d.changes] == ["image"]
     assert d.changes[0].reason == "roll 3 replicas (start-first)"
+
+
+def test_the_same_tag_built_again_rolls_the_replicas():
+    spec = ServiceStepSpec(**BASE)
+    old = service_spec(spec, OWN, {}, [], "sha256:" + "a" * 64)
+    new = service_spec(spec, OWN, {}, [], "sha256:" + "b" * 64)
+    assert new["Labels"][HASH_LABEL] != old["Labels"][HASH_LABEL]
+    assert new["TaskTemplate"]["ContainerSpec"]["Labels"][TASK_LABEL] != \
+        old["TaskTemplate"]["ContainerSpec"]["Labels"][TASK_LABEL]       # the new tasks are told apart
+    d = diff_service(new, observed(old), "p", "app")
+    assert [(c.field, c.before) for c in d.changes] == [("image", "a" * 12)] and "built again" in d.changes[0].after
+    assert d.changes[0].reason == "roll 3 replicas (start-first)"
+
+
+@pytest.mark.parametrize("pending", ["image_pending", "files_pending"])
+def test_an_image_or_file_an_earlier_step_makes_is_known_after_apply(pending):
+    obs = observed(want())
+    setattr(obs, pending, ["build"])
+    d = diff_service(want(), obs, "p", "app")
+    assert d.after_apply and d.action is Action.UPDATE
+    assert d.changes[0].after == "(known after apply)" and "by step build" in d.changes[0].reason
+    absent = Observed(**{pending: ["build"]})
+    d = diff_service(want(), absent, "p", "app")
+    assert d.after_apply and d.action is Action.CREATE
+    assert not diff_service(want(), observed(want()), "p", "app").after_apply
 
 
 def test_replicas_only_scales():
@@ -81,7 +106,7 @@ def test_spec_carries_docker_fields():
     cs = s["TaskTemplate"]["ContainerSpec"]
     assert cs["Secrets"][0]["File"]["Name"] == "db_password" and "s3cret" not in str(s)
     assert cs["Mounts"] == [{"Type": "volume", "Source": "pgdata", "Target": "/var/lib/postgresql/data",
-                             "ReadOnly": False}]
+                             "ReadOnly": False, "VolumeOptions": {"Labels": OWN}}]   # destroy knows it as ours
     assert s["TaskTemplate"]["Placement"] == {"Constraints": ["node.role==manager"]}
     assert len(s["Labels"][HASH_LABEL]) == 16
 
