@@ -509,7 +509,8 @@ class Database(Resource):
             return conn.info.server_version // 10000
 
     def destroy(self, obs: Observed, *, volumes: bool) -> list[str]:
-        return [f"kept database {self.target.database} at {self.target.netloc}: it is not run by orchestrate"]
+        return [f"kept database {self.target.database} at {self.target.netloc}: this step only connects to it (a "
+                f"server that a step of this plan runs is that step's to remove)"]
 
 
 # --- PostgreSQL client tools for the backup step ------------------------------------------------

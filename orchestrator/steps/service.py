@@ -194,6 +194,14 @@ class Observed:
                    and (t.get("Status") or {}).get("State") == "running")
 
 
+def _replicas(n: int) -> str:
+    return f"{n} replica{'' if n == 1 else 's'}"
+
+
+def _short(image_id: str | None) -> str | None:
+    return (image_id or "").removeprefix("sha256:")[:12] or None
+
+
 def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
     """The parts of the spec that differ, as (field, before, after) in words."""
     out = []
@@ -201,9 +209,8 @@ def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
     if (hc.get("Image") or "").split("@")[0] != wc["Image"]:
         out.append(("image", hc.get("Image"), wc["Image"]))
     elif (hc.get("Labels") or {}).get(IMAGE_LABEL) != wc["Labels"].get(IMAGE_LABEL):
-        short = lambda i: (i or "").removeprefix("sha256:")[:12] or None  # noqa: E731
-        out.append(("image", short((hc.get("Labels") or {}).get(IMAGE_LABEL)),
-                    f"{wc['Image']} ({short(wc['Labels'].get(IMAGE_LABEL))}, built again)"))
+        out.append(("image", _short((hc.get("Labels") or {}).get(IMAGE_LABEL)),
+                    f"{wc['Image']} ({_short(wc['Labels'].get(IMAGE_LABEL))}, built again)"))
     for key, name in (("Env", "env"), ("Args", "command"), ("Mounts", "volumes"), ("Healthcheck", "healthcheck")):
         if (hc.get(key) or None) != (wc.get(key) or None) and not (key == "Env" and secrets_in(" ".join(wc["Env"]))):
             out.append((name, hc.get(key), wc.get(key)))
@@ -228,7 +235,7 @@ def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
     order = want["UpdateConfig"]["Order"]
     d.after_apply = bool(obs.image_pending or obs.files_pending)
     if obs.service is None:
-        d.changes.append(Change(Action.CREATE, "service", None, want["Name"], f"create ({replicas} replicas)"))
+        d.changes.append(Change(Action.CREATE, "service", None, want["Name"], f"create ({_replicas(replicas)})"))
         return d
     have = obs.service.get("Spec") or {}
     labels = have.get("Labels") or {}
@@ -238,12 +245,13 @@ def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
         return d
     state = (obs.service.get("UpdateStatus") or {}).get("State")
     parts = [] if labels.get(HASH_LABEL) == want["Labels"][HASH_LABEL] else _update_parts(want, have)
-    roll = f"roll {replicas} replicas ({order})"
-    for name, pending in (("image", obs.image_pending), ("files", obs.files_pending)):
-        if pending and not any(f == name for f, _, _ in parts):
+    roll = f"roll {_replicas(replicas)} ({order})"
+    image_id = ((have.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(IMAGE_LABEL)
+    for name, pending, before in (("image", obs.image_pending, _short(image_id)), ("files", obs.files_pending, None)):
+        if pending and not any(part[0] == name for part in parts):
             made = "built again" if name == "image" else "rendered again"
-            parts.append((name, None, "(known after apply)", f"{made} by step {', '.join(pending)}; {roll} if it "
-                                                              f"changes"))
+            parts.append((name, before, "(known after apply)", f"{made} by step {', '.join(pending)}; {roll} if it "
+                                                               f"changes"))
     if not parts:
         if state in ("paused", "rollback_paused"):
             d.changes.append(Change(Action.UPDATE, "update", state, "completed",
@@ -333,11 +341,11 @@ class Service(Resource):
         replicas, order = self.spec.replicas, self.spec.update.order
         if obs.service is None:
             sid = eng.create_service(want)
-            done = f"created service {self.spec.service} ({replicas} replicas)"
+            done = f"created service {self.spec.service} ({_replicas(replicas)})"
         else:
             sid = obs.service["ID"]
             eng.update_service(sid, obs.service["Version"]["Index"], want)
-            done = f"rolled {replicas} replicas of {self.spec.service} ({order})"
+            done = f"rolled {_replicas(replicas)} of {self.spec.service} ({order})"
         self._converge(sid, want["TaskTemplate"]["ContainerSpec"]["Labels"][TASK_LABEL],
                        before=(obs.service or {}).get("UpdateStatus"))
         used = {r["SecretName"] for r in want["TaskTemplate"]["ContainerSpec"]["Secrets"]}
@@ -363,7 +371,12 @@ class Service(Resource):
             version = (svc.get("Version") or {}).get("Index")
             running = [t for t in tasks if t.get("DesiredState") == "running"
                        and (t.get("Status") or {}).get("State") == "running"]
-            if state in ("rollback_completed", "paused", "rollback_paused"):
+            if state == "rollback_completed":
+                raise StepFailed(f"service {self.spec.service}: the new release did not become healthy and Swarm "
+                                 f"rolled it back (rollback completed): the previous release still serves; "
+                                 f"{self._failure(tasks)}", hint=f"docker service ps --no-trunc {self.spec.service} "
+                                 f"shows each task; fix the release and apply again")
+            if state in ("paused", "rollback_paused"):
                 raise StepFailed(f"service {self.spec.service}: the update was {state.replace('_', ' ')}: "
                                  f"{(svc.get('UpdateStatus') or {}).get('Message', '')}; {self._failure(tasks)}")
             current = [t for t in running
@@ -383,7 +396,7 @@ class Service(Resource):
         failed = [t for t in tasks if (t.get("Status") or {}).get("State") in ("failed", "rejected")
                   or (t.get("Status") or {}).get("Err")]
         if not failed:
-            return "no task failed"
+            return "no task reported an error"
         t = max(failed, key=lambda t: t.get("UpdatedAt") or "")
         st = t.get("Status") or {}
         return f"task {t.get('ID', '')[:12]} {st.get('State')}: {st.get('Err') or st.get('Message')}"
