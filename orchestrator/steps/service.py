@@ -334,6 +334,8 @@ class Service(Resource):
         want = self.desired()
         want["Labels"] = {**labels, **want["Labels"]}
         want["TaskTemplate"]["ContainerSpec"]["Labels"] = {**labels, **want["TaskTemplate"]["ContainerSpec"]["Labels"]}
+        for mount in want["TaskTemplate"]["ContainerSpec"]["Mounts"]:      # the volumes Swarm makes
+            mount["VolumeOptions"]["Labels"] = {**labels, **mount["VolumeOptions"]["Labels"]}
         for ref in want["TaskTemplate"]["ContainerSpec"]["Secrets"]:
             ref["SecretID"] = have_secrets[ref["SecretName"]]
         for ref in want["TaskTemplate"]["ContainerSpec"]["Configs"]:

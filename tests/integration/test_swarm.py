@@ -2,18 +2,24 @@
 leaves (swarm leave --force, docker_gwbridge removed) whatever happens: an overlay network, a
 service of 2 replicas (dnsrr: this kernel has no IPVS) serving a Swarm secret as a file, a second
 apply that changes nothing, a changed setting rolled start-first, and a release whose health
-check fails rolled back by Swarm with apply exiting 1."""
+check fails rolled back by Swarm with apply exiting 1. Then plans/phase2-swarm.yaml, the phase-2
+stack as services, as a user runs it."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import sqlite3
 import subprocess
 import time
 import urllib.request
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from tests.conftest import TEST_LABEL, free_port, run_cli
 from tests.integration.test_zero_downtime import Load
@@ -185,3 +191,98 @@ def test_the_database_service_keeps_its_data_across_a_settings_update(stack, doc
     assert code == 0, out
     assert _psql(docker_client, name, "SHOW max_connections") == "60"
     assert _psql(docker_client, name, "SELECT v FROM kept") == "row"
+
+
+# --- plans/phase2-swarm.yaml as a user runs it, in a copy of the repository -----------------------
+
+@pytest.fixture
+def swarm_stack(swarm, tmp_path, pg_image, python_image, nginx_image, app_wheels, docker_client, monkeypatch):
+    """The repository copied (the app's wheels in it), and a var file giving this test's names."""
+    from tests.conftest import copy_repo
+    root = copy_repo(tmp_path / "repo")
+    shutil.copytree(app_wheels, root / "examples/autodeploy/wheels", dirs_exist_ok=True)
+    monkeypatch.delenv("AUTODEPLOY_DB_PASSWORD", raising=False)
+    name = f"sw{uuid.uuid4().hex[:6]}"
+    names = {"network": f"{name}-net", "db_service": f"{name}-db", "app_service": f"{name}-app",
+             "proxy_service": f"{name}-nginx", "volume_name": f"{name}-pgdata", "app_tag": f"{name}-app:test"}
+    ports = {"db_port": free_port(), "http_port": free_port()}
+    values = {**names, **ports, "pg_image": pg_image, "app_base_image": python_image, "nginx_image": nginx_image,
+              "demo_rows": 300}
+    (tmp_path / "vars.yaml").write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    stack = SimpleNamespace(root=root, plan=root / "plans" / "phase2-swarm.yaml", vars=tmp_path / "vars.yaml",
+                            url=f"http://127.0.0.1:{ports['http_port']}", **names)
+    yield stack
+    _remove_labelled()
+    _docker("volume", "rm", stack.volume_name, check=False)
+    _docker("image", "rm", "-f", stack.app_tag, check=False)
+
+
+def _cli(stack, *argv: str) -> tuple[int, str]:
+    return run_cli(*argv[:1], stack.plan, "--var-file", stack.vars, *argv[1:])
+
+
+def _running(docker_client, service: str) -> list[dict]:
+    return [t for t in docker_client.api.tasks(filters={"service": service, "desired-state": "running"})
+            if t["Status"]["State"] == "running"]
+
+
+def test_the_phase2_stack_as_swarm_services(swarm_stack, docker_client, mutations):
+    s = swarm_stack
+    code, out = _cli(s, "plan")          # nothing exists yet: the database is known after apply
+    assert code == 0 and "known after apply" in out, out
+    code, out = _cli(s, "apply")
+    assert code == 0, out
+    assert len(_running(docker_client, s.app_service)) == 3
+    with urllib.request.urlopen(f"{s.url}/tenants", timeout=10) as response:
+        tenants = json.loads(response.read())
+    with sqlite3.connect(s.root / "deployment_platform.db") as conn:
+        assert len(tenants) == conn.execute("SELECT count(*) FROM tenants").fetchone()[0] > 0
+    # the password is a Swarm secret (a file): in no spec, no output, no lockfile
+    password = yaml.safe_load((s.root / "plans" / "phase2-swarm.secrets").read_text())["db_password"]
+    specs = str([docker_client.api.inspect_service(n)["Spec"] for n in (s.db_service, s.app_service)])
+    lock = (s.root / "plans" / "phase2-swarm.lock").read_text()
+    assert password not in specs and password not in out and password not in lock
+    assert "/run/secrets/" in specs
+
+    mutations.calls.clear()              # converged: no mutating call, nothing planned
+    code, out = _cli(s, "apply")
+    assert code == 0 and mutations.calls == [], (out, mutations.calls)
+    assert _cli(s, "plan", "--detailed-exitcode")[0] == 0
+
+    # a source change: the image is built again and the 3 replicas roll, no request failing
+    app = s.root / "examples/autodeploy/app/__init__.py"
+    good = app.read_text()
+    app.write_text(good + "\n# a change\n")
+    code, out = _cli(s, "plan", "--detailed-exitcode")
+    assert code == 2 and "roll 3 replicas (start-first)" in out, out
+    before = {t["ID"] for t in _running(docker_client, s.app_service)}
+    with Load(f"{s.url}/tenants", limit=20_000) as load:
+        code, out = _cli(s, "apply")
+    assert code == 0 and "rolled 3 replicas" in out, out
+    assert load.sent > 20 and load.failed == 0, load.errors
+    after = _running(docker_client, s.app_service)
+    assert len(after) == 3 and not before & {t["ID"] for t in after}
+
+    # a release whose health check fails: Swarm rolls it back, apply exits 1, the old one serves
+    app.write_text(good.replace('return jsonify(status="ok", database="ok")', 'return jsonify(status="broken"), 500'))
+    code, out = _cli(s, "apply")
+    assert code == 1 and "rolled it back" in out, out
+    assert docker_client.api.inspect_service(s.app_service)["UpdateStatus"]["State"] == "rollback_completed"
+    with urllib.request.urlopen(f"{s.url}/health", timeout=10) as response:
+        assert json.loads(response.read())["status"] == "ok"
+    app.write_text(good)
+
+    # the database service keeps its data across an update of its settings (stop-first)
+    code, out = _cli(s, "apply", "-e", "db_max_connections=150")
+    assert code == 0 and "rolled 1 replica of" in out, out
+    db = _running(docker_client, s.db_service)[0]["Status"]["ContainerStatus"]["ContainerID"]
+    shown = _docker("exec", db, "psql", "-U", "dbadmin", "-d", "autodeploy", "-At", "-c",
+                    "SHOW max_connections; SELECT count(*) FROM tenants").stdout.split()
+    assert shown == ["150", str(len(tenants))]
+
+    # destroy keeps the data volume (made by Swarm, labelled as the plan's)
+    code, out = _cli(s, "destroy", "-e", "db_max_connections=150")
+    assert code == 0 and f"kept volume {s.volume_name}" in out, out
+    volume = docker_client.api.inspect_volume(s.volume_name)
+    assert volume["Labels"]["orchestrate.plan"] == "autodeploy-swarm"
+    assert not docker_client.api.services(filters={"name": s.app_service})
