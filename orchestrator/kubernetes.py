@@ -207,7 +207,7 @@ class _Builder:
                     text = ""
                     self.out.notes.append(f"{step.name}: {f.src} holds a secret; not put in a ConfigMap (left "
                                           f"empty: make it a Secret yourself)")
-                if "127.0.0.11" in text:
+                if re.search(r"resolver\s+127\.0\.0\.11", text):
                     self.out.notes.append(f"{step.name}: {f.src} names Docker's DNS resolver (127.0.0.11); in a "
                                           f"cluster nginx must use the cluster's DNS (kube-dns) instead: change "
                                           f"the template before applying")
@@ -287,7 +287,8 @@ def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, 
     store = SecretStore(secrets_path(plan.path))
     generate = secrets if generate is None else generate     # plan: never writes the secrets file
     ctx = build_context(plan, store, generate=generate)
-    rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx)
+    rc = RunContext(plan=plan, mode="validate", lock=Lockfile(plan.lock_path), context=ctx,
+                    options={"target": "kubernetes"})      # templates write the cluster's form
     steps = []
     for step, res in rendered_steps(plan, ctx, rc):
         if res is None:

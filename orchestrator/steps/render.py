@@ -269,8 +269,11 @@ class Render(Resource):
         return base.overlay(loader=jinja2.FileSystemLoader(str(root)))
 
     def _contexts(self) -> tuple[dict, dict, str]:
-        """The template context, the same with every secret as TOKEN, and the secrets in it."""
-        context = {**(self.rc.context.as_dict() if self.rc.context else {}), **self.spec.vars}
+        """The template context, the same with every secret as TOKEN, and the secrets in it.
+        ``target`` says where the files go: ``docker`` (an engine) or ``kubernetes`` (render
+        --target kubernetes), for what differs between them (nginx's resolver)."""
+        context = {"target": self.rc.options.get("target", "docker"),
+                   **(self.rc.context.as_dict() if self.rc.context else {}), **self.spec.vars}
         found: set[str] = set()
         masked = _masked(context, found)
         return context, masked, "\0".join(sorted(found))

@@ -79,7 +79,9 @@ def test_names_labels_probes_and_shape(repo):
     mount = proxy["containers"][0]["volumeMounts"][0]
     assert mount["mountPath"] == "/etc/nginx/conf.d/default.conf" and mount["subPath"]
     cm = r.by_kind("ConfigMap")[0]
-    assert "proxy_pass" in cm["data"][mount["subPath"]]     # what the plan's render step writes
+    conf = cm["data"][mount["subPath"]]                     # what the plan's render step writes, for a cluster:
+    assert "proxy_pass http://app:8000;" in conf and "resolver 127.0.0.11" not in conf   # the Service by name
+    assert not any("127.0.0.11" in n for n in r.notes)
     assert any("copy-data" in n and "port-forward" in n for n in r.notes)
 
 
