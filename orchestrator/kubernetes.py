@@ -2,8 +2,11 @@
 
 YAML -> validated plan -> each step rendered as ``validate`` renders it (outputs known before
 apply, e.g. an image step's tag in place of its id) -> a list of object dicts in apply order:
-Namespace (optional), Secrets, then per step: db-container -> StatefulSet + Service;
-migrate with ``job:`` -> Job; container -> (ConfigMap for ``files:``) + Deployment + Service.
+Namespace (optional), Secrets, then per step: db-container -> StatefulSet + Service (or, with the
+plan's ``kubernetes: {postgres: cloudnativepg}``, a CloudNativePG Cluster + a Service for its
+primary); migrate with ``job:`` -> Job; container -> (ConfigMap for ``files:``) + Deployment +
+Service; ``kubernetes.ingress`` -> an Ingress to one container step's Service, the steps it
+replaces (nginx) left out.
 Network, image, render, verify and backup steps have no object; copy-data cannot be one (its
 SQLite source is a file on this machine): it is listed in ``notes``.
 
@@ -26,6 +29,13 @@ def dns_name(*parts: str) -> str:
     name = "-".join(p for p in parts if p).lower()
     name = re.sub(r"[^a-z0-9-]+", "-", name).strip("-")
     return name[:63].rstrip("-") or "x"
+
+
+def _setting(value) -> str:
+    """A PostgreSQL setting as CloudNativePG's parameters take it (strings)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _exec(test: str | list[str]) -> dict:
@@ -60,6 +70,8 @@ class _Builder:
         self.secrets: list[dict] = []
         self.workloads: list[dict] = []
         self.files: dict[Path, str] = {}     # what the plan's render steps write, by path
+        self.services: dict[str, tuple[str, list[int]]] = {}   # container step -> its Service and ports
+        self.options = plan.doc.kubernetes
 
     # helpers ------------------------------------------------------------------------------------
     def meta(self, name: str, step: str, extra: dict | None = None) -> dict:
@@ -77,10 +89,10 @@ class _Builder:
     def selector(self, step: str) -> dict:
         return {"orchestrate.plan": dns_name(self.plan.name), "orchestrate.step": dns_name(step)}
 
-    def secret(self, step: str, values: dict[str, str]) -> str:
-        name = dns_name(self.plan.name, step, "env")
+    def secret(self, step: str, values: dict[str, str], *, suffix: str = "env", type_: str = "Opaque") -> str:
+        name = dns_name(self.plan.name, step, suffix)
         self.out.secret_values.update(v for v in values.values() if v)
-        obj = {"apiVersion": "v1", "kind": "Secret", "metadata": self.meta(name, step), "type": "Opaque"}
+        obj = {"apiVersion": "v1", "kind": "Secret", "metadata": self.meta(name, step), "type": type_}
         if self.with_secrets:
             obj["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())}
         else:
@@ -103,6 +115,8 @@ class _Builder:
 
     # steps --------------------------------------------------------------------------------------
     def db_container(self, step, res, secret_words):
+        if self.options.postgres == "cloudnativepg":
+            return self.cloudnativepg(step, res)
         spec = res.spec
         name = dns_name(res.service_host)
         env = {"POSTGRES_USER": spec.user, "POSTGRES_PASSWORD": spec.password, "POSTGRES_DB": spec.db,
@@ -134,7 +148,63 @@ class _Builder:
                      "volumeClaimTemplates": [{
                          "metadata": {"name": volume, "labels": self.labels(step.name)},
                          "spec": {"accessModes": ["ReadWriteOnce"],
-                                  "resources": {"requests": {"storage": "1Gi"}}}}]}})
+                                  "resources": {"requests": {"storage": self.options.storage}}}}]}})
+
+    def cloudnativepg(self, step, res):
+        """The database as a CloudNativePG ``Cluster`` (the operator runs PostgreSQL, its volume and
+        its services ``<name>-rw``/``-ro``/``-r``); the role's password in a basic-auth Secret; and a
+        Service of the step's own name for the primary, so the URLs later steps were given still
+        answer."""
+        spec = res.spec
+        name = dns_name(res.service_host)
+        auth = self.secret(step.name, {"username": spec.user, "password": spec.password}, suffix="app",
+                           type_="kubernetes.io/basic-auth")
+        cluster: dict[str, Any] = {
+            "instances": 1,
+            "storage": {"size": self.options.storage},
+            "bootstrap": {"initdb": {"database": spec.db, "owner": spec.user, "secret": {"name": auth}}},
+        }
+        if self.options.cloudnativepg_image:
+            cluster["imageName"] = self.options.cloudnativepg_image
+        if spec.settings:
+            cluster["postgresql"] = {"parameters": {k: _setting(v) for k, v in sorted(spec.settings.items())}}
+        self.workloads.append({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+                               "metadata": self.meta(name, step.name), "spec": cluster})
+        # the primary under the name the plan's URLs use (the operator's own is <name>-rw)
+        self.workloads.append({
+            "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, step.name),
+            "spec": {"selector": {"cnpg.io/cluster": name, "cnpg.io/instanceRole": "primary"},
+                     "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432}]}})
+        self.out.notes.append(f"{step.name}: a CloudNativePG Cluster {name} (the operator must be installed: "
+                              f"https://cloudnative-pg.io); Service {name} is its primary, as {name}-rw is")
+
+    def ingress(self, plan, steps_by_name: dict) -> None:
+        """An Ingress routing to the Service of ``kubernetes.ingress.step``."""
+        ing = self.options.ingress
+        where = ("kubernetes", "ingress")
+        decl = steps_by_name.get(ing.step)
+        if decl is None or decl.type != "container":
+            raise plan.smap.error(where + ("step",), f"{ing.step!r} is not a container step of this plan",
+                                  hint="name the step of the application the Ingress routes to")
+        if ing.step not in self.services:
+            raise plan.smap.error(where + ("step",), f"step {ing.step!r} is not rendered (when: false?)")
+        service, ports = self.services[ing.step]
+        port = ing.port or (ports[0] if ports else None)
+        if port is None or (ports and port not in ports):
+            raise plan.smap.error(where + ("port",), f"step {ing.step} has no port {port or ''} to route to".rstrip(),
+                                  hint=f"give one of its ports: {', '.join(map(str, ports))}" if ports else
+                                  "give the step a health check on its HTTP port, or a ports: entry")
+        rule: dict[str, Any] = {"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+            "service": {"name": service, "port": {"number": port}}}}]}}
+        if ing.host:
+            rule["host"] = ing.host
+        body: dict[str, Any] = {"rules": [rule]}
+        if ing.class_name:
+            body["ingressClassName"] = ing.class_name
+        if ing.tls_secret:
+            body["tls"] = [{"secretName": ing.tls_secret, **({"hosts": [ing.host]} if ing.host else {})}]
+        self.workloads.append({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                               "metadata": self.meta(dns_name(self.plan.name), ing.step), "spec": body})
 
     def migrate(self, step, res, secret_words, db_url: str | None):
         job = res.spec.job
@@ -229,6 +299,7 @@ class _Builder:
                      "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                      "template": {"metadata": {"labels": self.labels(step.name)}, "spec": pod}}})
         if ports:
+            self.services[step.name] = (name, ports)
             self.workloads.append({
                 "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, step.name),
                 "spec": {"selector": sel, "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in ports]}})
@@ -240,6 +311,12 @@ def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool =
     the plan's secret values (an env value holding one goes through a Secret)."""
     b = _Builder(plan, namespace, secrets)
     secret_words = set(secret_words or ())
+    ingress = plan.doc.kubernetes.ingress
+    by_name = {s.name: s for s in plan.steps}
+    for i, name in enumerate(ingress.replaces if ingress else []):
+        if name not in by_name or by_name[name].type != "container":
+            raise plan.smap.error(("kubernetes", "ingress", "replaces", i), f"{name!r} is not a container step of "
+                                  f"this plan", hint="list the container steps the Ingress replaces (nginx)")
     for _step, res in steps:
         secret_words |= {v for v in res.secret_inputs().values() if v}
     db_url = None
@@ -250,6 +327,8 @@ def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool =
             secret_words.add(db_url)
         elif step.type == "migrate":
             b.migrate(step, res, secret_words, db_url)
+        elif step.type == "container" and ingress and step.name in ingress.replaces:
+            b.out.notes.append(f"{step.name}: left out: the Ingress replaces it (kubernetes.ingress.replaces)")
         elif step.type == "container":
             b.container(step, res, secret_words)
         elif step.type == "copy-data":
@@ -264,6 +343,8 @@ def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool =
             continue
         else:
             b.out.notes.append(f"{step.name}: {step.type} steps have no Kubernetes form; left out")
+    if ingress:
+        b.ingress(plan, by_name)
     ns = []
     if namespace:
         ns = [{"apiVersion": "v1", "kind": "Namespace",

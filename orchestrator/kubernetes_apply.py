@@ -1,6 +1,7 @@
 """orchestrate render/apply --target kubernetes: the objects of ``orchestrator.kubernetes`` applied
 with the official client (server-side apply, field manager ``orchestrate``), in order, each waited
-on (StatefulSet ready, Job Complete, Deployment Available), recorded in the lockfile."""
+on (StatefulSet ready, Job Complete, Deployment Available, a CloudNativePG Cluster Ready), recorded
+in the lockfile."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ FIELD_MANAGER = "orchestrate"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 PLURALS = {"Namespace": ("namespaces", False), "Secret": ("secrets", True), "ConfigMap": ("configmaps", True),
            "Service": ("services", True), "StatefulSet": ("statefulsets", True),
-           "Deployment": ("deployments", True), "Job": ("jobs", True)}
+           "Deployment": ("deployments", True), "Job": ("jobs", True), "Ingress": ("ingresses", True),
+           "Cluster": ("clusters", True)}     # Cluster: CloudNativePG's (postgresql.cnpg.io/v1)
 
 
 def object_path(obj: dict, namespace: str) -> str:
@@ -86,8 +88,12 @@ class Cluster:
         status, doc = self.request("PATCH", path, query=query, body=to_yaml([obj])[4:],
                                    content_type=APPLY_CONTENT_TYPE)
         if status >= 300:
+            crd = status == 404 and obj["apiVersion"].startswith("postgresql.cnpg.io/")
             raise OrchestrateError(f"{obj['kind']}/{obj['metadata']['name']}: the server refused it: {status} "
-                                   f"{(doc or {}).get('message', '')}")
+                                   f"{(doc or {}).get('message', '')}",
+                                   hint=f"the cluster does not know {obj['apiVersion']} {obj['kind']}: install the "
+                                        f"CloudNativePG operator (https://cloudnative-pg.io), or drop the plan's "
+                                        f"kubernetes.postgres" if crd else None)
         return doc or {}
 
     def delete(self, path: str) -> None:
@@ -133,6 +139,9 @@ def ready(obj: dict, live: dict) -> bool:
                                    hint=f"kubectl logs job/{obj['metadata']['name']}")
         done = _condition(live, "Complete")
         return bool(done and done.get("status") == "True")
+    if kind == "Cluster":           # CloudNativePG: Ready once its instances run and the primary answers
+        cond = _condition(live, "Ready")
+        return bool(cond and cond.get("status") == "True")
     return True
 
 

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -75,6 +75,30 @@ class EngineSpec(Strict):
                                                               "published ports at (default: the host of host)")
 
 
+class KubernetesIngress(Strict):
+    """An Ingress in front of one container step's Service (the cluster's ingress controller then
+    does what an nginx container does on Docker)."""
+    step: fields.NonEmptyText = Field(description="the container step whose Service the Ingress routes to")
+    port: int | None = Field(None, ge=1, le=65535, description="the Service's port (default: the step's first)")
+    host: fields.Text | None = Field(None, description="the host name it answers for (default: any)")
+    class_name: fields.Text | None = Field(None, description="ingressClassName (default: the cluster's default class)")
+    tls_secret: fields.Text | None = Field(None, description="a kubernetes.io/tls Secret for HTTPS on host")
+    replaces: list[fields.NonEmptyText] = Field(default_factory=list, description="container steps left out of the "
+                                                "cluster (the nginx in front, which the Ingress replaces)")
+
+
+class KubernetesOptions(Strict):
+    """How ``--target kubernetes`` writes the plan (Docker runs ignore it)."""
+    postgres: Literal["statefulset", "cloudnativepg"] = Field(
+        "statefulset", description="a db-container as a StatefulSet with a PersistentVolumeClaim, or as a "
+                                   "CloudNativePG Cluster (the operator must be installed in the cluster)")
+    cloudnativepg_image: fields.Image | None = Field(None, description="the Cluster's imageName (a CloudNativePG "
+                                                     "operand image; default: the operator's)")
+    storage: str = Field("1Gi", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
+                                 description="the database's volume size (a Kubernetes quantity)")
+    ingress: KubernetesIngress | None = None
+
+
 class PlanDocument(Strict):
     """The top level of a plan file."""
     name: str = Field(pattern=NAME_RE, max_length=MAX_NAME, description="the plan's name; labels everything it creates")
@@ -86,6 +110,8 @@ class PlanDocument(Strict):
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     engine: EngineSpec | None = Field(None, description="the Docker Engine the plan runs on (default: "
                                                         "DOCKER_HOST, else this machine's)")
+    kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions,
+                                          description="how render/apply --target kubernetes write the plan")
     steps: list[dict[str, Any]] = Field(min_length=1)
 
 

@@ -8,7 +8,6 @@ stack as services, as a user runs it."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -116,9 +115,10 @@ def swarm(docker_client):
 def stack(swarm, python_image, nginx_image, pg_image, tmp_path_factory):
     name, port = f"sw{uuid.uuid4().hex[:6]}", free_port()
     root = tmp_path_factory.mktemp("swarm")
-    conf = (ROOT / "templates" / "nginx.conf.j2").read_text()
-    conf = conf.replace("{{ upstream.host }}", f"{name}-web").replace("{{ upstream.port }}", "8080")
-    (root / "nginx.conf").write_text(re.sub(r"\{%-? if tls %\}.*?\{%-? endif %\}", "", conf, flags=re.S))
+    from orchestrator.templating import environment
+    conf = environment().from_string((ROOT / "templates" / "nginx.conf.j2").read_text())
+    (root / "nginx.conf").write_text(conf.render(upstream={"host": f"{name}-web", "port": 8080}, tls=False,
+                                                 target="docker"))
     plan = root / "plan.yaml"
     plan.write_text(PLAN.format(name=name, image=python_image, nginx=nginx_image, port=port, pg=pg_image))
     yield name, plan, port

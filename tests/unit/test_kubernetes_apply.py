@@ -106,6 +106,9 @@ class FakeApi:
                 return {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                                                      "message": "Job has reached the specified backoff limit"}]}
             return {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        if kind == "Cluster":          # CloudNativePG's
+            return {"instances": 1, "readyInstances": 1, "phase": "Cluster in healthy state",
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "ClusterIsReady"}]}
         return {}
 
     def patches(self):
@@ -257,6 +260,31 @@ def test_a_timeout_names_the_object_and_its_last_condition(repo, tmp_path, monke
         code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url))
         assert code == 1
         assert "StatefulSet/postgres not ready after 0.2s; last condition: Progressing=True (Waiting: 0 of 1 ready)" in text
+    finally:
+        api.close()
+
+
+def test_a_cloudnativepg_cluster_is_applied_and_waited_on_then_the_ingress(repo, tmp_path, fast):
+    from .test_kubernetes_render import _with_options
+    _with_options(repo, "kubernetes:\n  postgres: cloudnativepg\n  ingress: {step: app, host: autodeploy.example.com, "
+                        "replaces: [proxy]}\n")
+    api = FakeApi()
+    try:
+        code, text = run_apply(repo, kubeconfig(tmp_path / "kubeconfig", api.url))
+        assert code == 0, text
+        kinds = [yaml.safe_load(p["body"])["kind"] + "/" + yaml.safe_load(p["body"])["metadata"]["name"]
+                 for p in api.patches()]
+        assert kinds == ["Secret/autodeploy-phase2-postgres-app", "Secret/autodeploy-phase2-schema-env",
+                         "Secret/autodeploy-phase2-app-env", "Cluster/postgres", "Service/postgres",
+                         "Job/autodeploy-phase2-schema", "Deployment/app", "Service/app", "Ingress/autodeploy-phase2"]
+        cluster = "/apis/postgresql.cnpg.io/v1/namespaces/orch/clusters/postgres"
+        ingress = "/apis/networking.k8s.io/v1/namespaces/orch/ingresses/autodeploy-phase2"
+        assert cluster in [p["path"] for p in api.patches()] and ingress in [p["path"] for p in api.patches()]
+        # the Cluster was read back until Ready before the migrate Job was applied
+        seq = [(r["method"], r["path"]) for r in api.requests]
+        job = seq.index(("PATCH", "/apis/batch/v1/namespaces/orch/jobs/autodeploy-phase2-schema"))
+        assert seq[:job].count(("GET", cluster)) >= 1 + READY_AFTER
+        assert PASSWORD not in text
     finally:
         api.close()
 

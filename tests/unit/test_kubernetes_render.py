@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import stat
 
 import pytest
@@ -116,3 +117,73 @@ def test_render_command_writes_files_and_prints_no_secret(repo, tmp_path):
     assert main(args + ["--no-secrets"], stdout=io.StringIO()) == 0
     assert all(PASSWORD not in p.read_text() for p in out2.iterdir())
     assert "data:" in (out2 / "secrets.yaml").read_text()
+
+
+# --- the plan's kubernetes: options -----------------------------------------------------------------
+
+OPTIONS = """\
+kubernetes:
+  postgres: cloudnativepg
+  storage: 5Gi
+  ingress: {step: app, host: autodeploy.example.com, class_name: nginx, tls_secret: autodeploy-tls,
+            replaces: [proxy]}
+"""
+
+
+def _with_options(repo, options: str = OPTIONS):
+    """The phase-2 plan with its kubernetes: section replaced by ``options``."""
+    plan = repo / "plans" / "phase2.yaml"
+    text = re.sub(r"\nkubernetes:.*?\nsteps:\n", f"\n{options}\nsteps:\n", plan.read_text(), count=1, flags=re.S)
+    assert options in text
+    plan.write_text(text)
+    return plan
+
+
+def test_cloudnativepg_cluster_and_an_ingress_when_the_plan_says_so(repo):
+    _with_options(repo)
+    _, r = _render(repo)
+    kinds = [o["kind"] for o in r.objects]
+    assert "StatefulSet" not in kinds and kinds.count("Cluster") == 1 and kinds.count("Ingress") == 1
+    cluster = r.by_kind("Cluster")[0]
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["metadata"]["name"] == "postgres"
+    init = cluster["spec"]["bootstrap"]["initdb"]
+    assert (init["database"], init["owner"]) == ("autodeploy", "dbadmin")
+    assert cluster["spec"]["storage"] == {"size": "5Gi"} and cluster["spec"]["instances"] == 1
+    assert cluster["spec"]["postgresql"]["parameters"] == {"max_connections": "200", "shared_buffers": "256MB"}
+    auth = next(s for s in r.by_kind("Secret") if s["metadata"]["name"] == init["secret"]["name"])
+    assert auth["type"] == "kubernetes.io/basic-auth"
+    assert base64.b64decode(auth["data"]["password"]).decode() == PASSWORD
+    assert base64.b64decode(auth["data"]["username"]).decode() == "dbadmin"
+    # the URLs the app and the migrate job were given name "postgres": a Service for the primary
+    svc = next(o for o in r.by_kind("Service") if o["metadata"]["name"] == "postgres")
+    assert svc["spec"]["selector"] == {"cnpg.io/cluster": "postgres", "cnpg.io/instanceRole": "primary"}
+    # the Ingress routes to the app's Service; the nginx it replaces is left out
+    ing = r.by_kind("Ingress")[0]["spec"]
+    assert ing["ingressClassName"] == "nginx" and ing["tls"] == [{"secretName": "autodeploy-tls",
+                                                                  "hosts": ["autodeploy.example.com"]}]
+    path = ing["rules"][0]["http"]["paths"][0]
+    assert ing["rules"][0]["host"] == "autodeploy.example.com"
+    assert path["backend"]["service"] == {"name": "app", "port": {"number": 8000}}
+    assert "proxy" not in {o["metadata"]["labels"].get("orchestrate.step") for o in r.objects}
+    assert PASSWORD not in yaml.safe_dump([o for o in r.objects if o["kind"] != "Secret"])
+    for obj in r.objects:            # the built-in kinds against the API schema; the Cluster is a CRD
+        if obj["kind"] != "Cluster":
+            kv.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("options,key,says", [
+    ("kubernetes: {ingress: {step: nope}}", "kubernetes.ingress.step", "'nope' is not a container step"),
+    ("kubernetes: {ingress: {step: app, port: 9999}}", "kubernetes.ingress.port", "has no port 9999"),
+    ("kubernetes: {ingress: {step: app, replaces: [schema]}}", "kubernetes.ingress.replaces[0]",
+     "'schema' is not a container step"),
+    ("kubernetes: {postgres: crunchy}", "kubernetes.postgres", "statefulset"),
+    ("kubernetes: {storage: lots}", "kubernetes.storage", "must match"),
+])
+def test_bad_kubernetes_options_name_the_key(repo, options, key, says):
+    from orchestrator.errors import OrchestrateError
+    plan = _with_options(repo, options)
+    with pytest.raises(OrchestrateError) as exc:
+        _render(repo)
+    text = str(exc.value) + " " + (getattr(exc.value, "hint", "") or "")
+    assert key in text and says in text, text
+    assert str(plan) in text or "phase2.yaml" in text
