@@ -28,8 +28,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..changes import Action, Change, Diff
-from ..copying.convert import row_hash_sql
-from ..copying.reflect import reflect_target
 from ..errors import OrchestrateError, StepFailed
 from ..fields import Duration, RelPath
 from ..lockfile import Lockfile
@@ -512,6 +510,9 @@ def table_fingerprints(conn, content: bool = True) -> tuple[dict[str, int], dict
     """Row count and (``content``) a fingerprint of the content of every table of the current
     schema."""
     from psycopg import sql
+
+    from ..copying.convert import row_hash_sql
+    from ..copying.reflect import reflect_target
     counts, prints = {}, {}
     for name, table in sorted(reflect_target(conn).items()):
         if not content:

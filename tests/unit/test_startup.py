@@ -148,3 +148,19 @@ def test_the_probe_sees_a_heavy_import(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(result), ",".join(HEAVY), "--help"],
                    cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert "docker.api" in json.loads(result.read_text())["loaded"]
+
+
+def test_validate_imports_only_the_step_types_the_plan_uses(tmp_path):
+    """A step type's module (its pydantic models) loads when a plan uses the type."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(SMALL_PLAN)
+    probe = PROBE.replace('if n.split(".")[0] in heavy and', 'if (n.split(".")[0] in heavy or '
+                          'n.startswith("orchestrator.steps.")) and')
+    result = tmp_path / "probe.json"
+    subprocess.run([sys.executable, "-c", probe, str(result), ",".join(HEAVY), "validate", str(plan)],
+                   cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    data = json.loads(result.read_text())
+    steps = {n for n in data["loaded"] if n.startswith("orchestrator.steps.")}
+    assert data["rc"] in (0, None)
+    # db-container, with what every step shares (base) and what the executor asks of backups
+    assert steps == {"orchestrator.steps.base", "orchestrator.steps.db_container", "orchestrator.steps.backup"}, steps
