@@ -164,3 +164,25 @@ def test_validate_imports_only_the_step_types_the_plan_uses(tmp_path):
     assert data["rc"] in (0, None)
     # db-container, with what every step shares (base) and what the executor asks of backups
     assert steps == {"orchestrator.steps.base", "orchestrator.steps.db_container", "orchestrator.steps.backup"}, steps
+
+
+def test_docker_loads_without_paramiko_for_a_local_engine_and_ssh_still_works_after():
+    """docker-py imports paramiko (its ssh:// adapter) as it loads; only an ssh:// engine needs it.
+    A local engine first, an ssh:// one later in the same process: the adapter is there then."""
+    code = """
+import sys
+from orchestrator.docker_engine import _load_docker
+_load_docker(False)
+assert "docker" in sys.modules and "paramiko" not in sys.modules, "paramiko loaded"
+from docker.api import client
+assert not hasattr(client, "SSHHTTPAdapter")
+_load_docker(True)
+assert "paramiko" in sys.modules and client.SSHHTTPAdapter.__name__ == "SSHHTTPAdapter"
+import docker
+api = docker.APIClient(base_url="ssh://nobody@127.0.0.1:1", use_ssh_client=True, version="1.41")
+assert type(api._custom_adapter).__name__ == "SSHHTTPAdapter"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
