@@ -556,10 +556,14 @@ class Engine:
         self._mutate(f"stop container {name}")
         self._call(f"stop container {name}", lambda: self.api.stop(container_id, timeout=timeout))
 
-    def remove_container(self, container_id: str, name: str) -> None:
+    def remove_container(self, container_id: str, name: str, *, throwaway: bool = False) -> None:
+        """Remove a container. Its anonymous volumes (an image's VOLUME that nothing was mounted
+        on) go with it only for a ``throwaway`` one of ours (a job, a client, a drill server): a
+        service container's may hold data, and are kept."""
         self._mutate(f"remove container {name}")
         try:
-            self._call(f"remove container {name}", lambda: self.api.remove_container(container_id, force=True, v=False))
+            self._call(f"remove container {name}",
+                       lambda: self.api.remove_container(container_id, force=True, v=throwaway))
         except docker.errors.NotFound:
             pass
 

@@ -151,4 +151,4 @@ def run_job(engine: Engine, *, plan: str, purpose: str, image: str, command: lis
             except Exception:  # the failure being reported matters more; the next run removes it
                 cid = None
         if cid is not None:
-            engine.remove_container(cid, name)
+            engine.remove_container(cid, name, throwaway=True)

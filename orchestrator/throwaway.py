@@ -78,7 +78,7 @@ def throwaway_postgres(engine: Engine, *, plan: str, purpose: str, image: str, u
     finally:
         # removed even on KeyboardInterrupt; a kill -9 is repaired by the next command of the plan
         if cid is not None:
-            engine.remove_container(cid, name)
+            engine.remove_container(cid, name, throwaway=True)
         if engine.volume(name) is not None:
             engine.remove_volume(name)
 
@@ -138,7 +138,7 @@ def remove_leftovers(engine: Engine, plan: str) -> list[str]:
     for c in engine.containers_labelled(f"orchestrate.plan={plan}"):
         name = c["Names"][0].lstrip("/")
         if is_leftover(name, c.get("Labels") or {}, plan):
-            engine.remove_container(c["Id"], name)
+            engine.remove_container(c["Id"], name, throwaway=True)
             removed.append(f"container {name}")
     for v in engine.volumes_labelled(f"orchestrate.plan={plan}"):
         if is_leftover(v["Name"], v.get("Labels") or {}, plan):

@@ -651,4 +651,4 @@ def pg_client(db: Database, engine, *, plan: str, labels: dict[str, str], progre
         yield ExecClient(engine, cid, name, env)
     finally:
         if cid is not None:
-            engine.remove_container(cid, name)
+            engine.remove_container(cid, name, throwaway=True)

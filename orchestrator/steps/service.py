@@ -202,6 +202,16 @@ def _short(image_id: str | None) -> str | None:
     return (image_id or "").removeprefix("sha256:")[:12] or None
 
 
+def _shown(value: Any) -> Any:
+    """A spec part as Docker returns it: fields at their zero value (``ReadOnly: false``,
+    ``StartPeriod: 0``) left out, as Docker leaves them out (so they are not shown as changes)."""
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items() if v not in (None, False, 0, "", [], {})} or None
+    if isinstance(value, list):
+        return [_shown(v) for v in value] or None
+    return value
+
+
 def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
     """The parts of the spec that differ, as (field, before, after) in words."""
     out = []
@@ -212,7 +222,7 @@ def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
         out.append(("image", _short((hc.get("Labels") or {}).get(IMAGE_LABEL)),
                     f"{wc['Image']} ({_short(wc['Labels'].get(IMAGE_LABEL))}, built again)"))
     for key, name in (("Env", "env"), ("Args", "command"), ("Mounts", "volumes"), ("Healthcheck", "healthcheck")):
-        if (hc.get(key) or None) != (wc.get(key) or None) and not (key == "Env" and secrets_in(" ".join(wc["Env"]))):
+        if _shown(hc.get(key)) != _shown(wc.get(key)) and not (key == "Env" and secrets_in(" ".join(wc["Env"]))):
             out.append((name, hc.get(key), wc.get(key)))
     names = lambda refs, k: sorted(r.get(k) for r in refs or [])  # noqa: E731
     if names(hc.get("Secrets"), "SecretName") != names(wc.get("Secrets"), "SecretName"):

@@ -134,6 +134,7 @@ def test_client_tools_in_a_throwaway_container(external, docker_client):
     """client: container: pg_dump and pg_restore of the server's version run in a throwaway
     container of client_image (host networking for a server on this machine's loopback)."""
     external.set_step_keys("      client: container\n")
+    volumes_before = {v["Name"] for v in docker_client.api.volumes()["Volumes"] or []}
     code, out = external.run("apply")
     assert code == 0, out
     assert "client in a throwaway container" in out
@@ -141,6 +142,9 @@ def test_client_tools_in_a_throwaway_container(external, docker_client):
     assert code == 0, out
     assert external.target_counts() == external.source_counts()
     assert not _no_leftovers(docker_client, "autodeploy-phase1-external")
+    # the client image declares VOLUME /var/lib/postgresql/data: its anonymous volume goes with it
+    created = {v["Name"] for v in docker_client.api.volumes()["Volumes"] or []} - volumes_before
+    assert not [v for v in created if len(v) == 64], created
 
 
 def test_a_connection_without_tls_is_refused_by_the_server_and_named(external):

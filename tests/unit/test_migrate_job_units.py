@@ -47,7 +47,7 @@ class FakeEngine:
     def container(self, name):
         return None
 
-    def remove_container(self, cid, name):
+    def remove_container(self, cid, name, *, throwaway=False):
         self.calls.append(("remove", name))
 
 

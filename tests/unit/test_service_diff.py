@@ -128,3 +128,15 @@ def test_network_driver(spec, network, fields):
     net = {"Labels": {"orchestrate.plan": "p"}, "Internal": False, **network}
     d = diff_network(NetworkSpec(**spec), {}, "p", NetObserved(network=net))
     assert [c.field for c in d.changes] == fields
+
+
+def test_fields_docker_leaves_out_at_their_zero_value_are_not_shown_as_changes():
+    old = want(volumes=["pgdata:/data"], healthcheck={"test": "true"})
+    have = copy.deepcopy(old)
+    for m in have["TaskTemplate"]["ContainerSpec"]["Mounts"]:
+        del m["ReadOnly"]                                  # Docker returns no ReadOnly: false
+    del have["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["StartPeriod"]    # nor StartPeriod: 0
+    have["Labels"][HASH_LABEL] = "older"
+    d = diff_service(want(volumes=["pgdata:/data"], healthcheck={"test": "true"}, env={"MODE": "x"}),
+                     observed(have), "p", "app")
+    assert [c.field for c in d.changes] == ["env"], [c.field for c in d.changes]
