@@ -7,6 +7,7 @@ objects a test makes by hand); it is removed by that label before and after the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -75,6 +76,55 @@ def docker_cleanup(client, *, every_session: bool = False) -> None:
                     obj.remove(force=True) if kind != "network" else obj.remove()
             except (NotFound, APIError):    # gone meanwhile, or still in use by a live session
                 pass
+
+
+# --- the engine in swarm mode: no other test runs meanwhile ----------------------------------------
+# Swarm mode (docker swarm init / leave) reconfigures the engine's networking: a container started
+# on a bridge network meanwhile can fail to resolve its peers' names. The swarm tests therefore
+# hold the engine alone (engine_exclusive); every other test, in any worker or session on this
+# machine, holds it shared for its duration. A gate lock gives the exclusive holder precedence: once
+# it waits, no new test starts, the running ones finish, then it runs.
+ENGINE_LOCK = Path("/tmp/orchestrate-tests-engine")
+_exclusive = False
+
+
+def _locked(suffix: str, mode: int):
+    import fcntl
+    f = open(f"{ENGINE_LOCK}.{suffix}", "a+")
+    fcntl.flock(f, mode)
+    return f
+
+
+@contextlib.contextmanager
+def engine_exclusive():
+    """This process alone uses the engine (waits for the tests running elsewhere to finish)."""
+    import fcntl
+    global _exclusive
+    gate = _locked("gate", fcntl.LOCK_EX)
+    held = _locked("lock", fcntl.LOCK_EX)
+    _exclusive = True
+    try:
+        yield
+    finally:
+        _exclusive = False
+        held.close()
+        gate.close()
+
+
+@pytest.fixture(autouse=True)
+def _engine_shared():
+    """Each test uses the engine beside others, never while a swarm test holds it alone."""
+    import fcntl
+    if _exclusive:
+        yield
+        return
+    gate = _locked("gate", fcntl.LOCK_SH)
+    held = _locked("lock", fcntl.LOCK_SH)
+    gate.close()
+    try:
+        yield
+    finally:
+        held.close()
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import TEST_LABEL, free_port, run_cli
+from tests.conftest import TEST_LABEL, engine_exclusive, free_port, run_cli
 from tests.integration.test_zero_downtime import Load
 
 pytestmark = pytest.mark.integration
@@ -96,19 +96,22 @@ def _remove_labelled() -> None:
 
 @pytest.fixture(scope="module")
 def swarm(docker_client):
-    state = docker_client.info().get("Swarm", {}).get("LocalNodeState")
-    if state != "inactive":
-        pytest.fail(f"the engine is already in swarm mode ({state}): these tests create and leave their own "
-                    f"single-node swarm and will not touch one they did not make")
-    _docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    try:
-        yield
-    finally:
+    """A single-node swarm for this module, with the engine to itself meanwhile (no test in another
+    worker runs while the engine enters, is in, or leaves swarm mode)."""
+    with engine_exclusive():
+        state = docker_client.info().get("Swarm", {}).get("LocalNodeState")
+        if state != "inactive":
+            pytest.fail(f"the engine is already in swarm mode ({state}): these tests create and leave their "
+                        f"own single-node swarm and will not touch one they did not make")
+        _docker("swarm", "init", "--advertise-addr", "127.0.0.1")
         try:
-            _remove_labelled()
+            yield
         finally:
-            _docker("swarm", "leave", "--force", check=False)
-            _docker("network", "rm", "docker_gwbridge", check=False)
+            try:
+                _remove_labelled()
+            finally:
+                _docker("swarm", "leave", "--force", check=False)
+                _docker("network", "rm", "docker_gwbridge", check=False)
 
 
 @pytest.fixture(scope="module")
