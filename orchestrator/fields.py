@@ -40,6 +40,14 @@ def _text(max_length: int = MAX_TEXT, min_length: int | None = None, pattern: st
     return StringConstraints(min_length=min_length, max_length=max_length, pattern=pattern)
 
 
+def setting_text(value: str | int | float | bool) -> str:
+    """A setting as PostgreSQL reads it (``-c name=value``, ``ALTER ... SET``, CloudNativePG's
+    parameters): a boolean as on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 def _setting_value(value: str | int | float | bool) -> str | int | float | bool:
     if isinstance(value, str) and (len(value) > MAX_TEXT or "\x00" in value):
         raise ValueError(f"a setting is text of at most {MAX_TEXT} characters, without NUL")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fields import setting_text
+
 MANAGED_BY = "orchestrate"
 NO_SECRET = "(left out: --no-secrets; create this Secret yourself)"
 
@@ -29,13 +31,6 @@ def dns_name(*parts: str) -> str:
     name = "-".join(p for p in parts if p).lower()
     name = re.sub(r"[^a-z0-9-]+", "-", name).strip("-")
     return name[:63].rstrip("-") or "x"
-
-
-def _setting(value) -> str:
-    """A PostgreSQL setting as CloudNativePG's parameters take it (strings)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
 
 
 def _exec(test: str | list[str]) -> dict:
@@ -126,7 +121,7 @@ class _Builder:
         probe = _probe(hc, _exec(test))
         args = []
         for key, value in sorted(spec.settings.items()):
-            args += ["-c", f"{key}={value}"]
+            args += ["-c", f"{key}={setting_text(value)}"]
         volume = dns_name(spec.volume)
         container = {"name": "postgres", "image": spec.image, "env": self.env(step.name, env, secret_words),
                      "ports": [{"name": "postgres", "containerPort": 5432}],
@@ -167,7 +162,7 @@ class _Builder:
         if self.options.cloudnativepg_image:
             cluster["imageName"] = self.options.cloudnativepg_image
         if spec.settings:
-            cluster["postgresql"] = {"parameters": {k: _setting(v) for k, v in sorted(spec.settings.items())}}
+            cluster["postgresql"] = {"parameters": {k: setting_text(v) for k, v in sorted(spec.settings.items())}}
         self.workloads.append({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
                                "metadata": self.meta(name, step.name), "spec": cluster})
         # the primary under the name the plan's URLs use (the operator's own is <name>-rw)
@@ -298,8 +293,8 @@ class _Builder:
             "spec": {"replicas": 1, "selector": {"matchLabels": sel},
                      "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                      "template": {"metadata": {"labels": self.labels(step.name)}, "spec": pod}}})
+        self.services[step.name] = (name, ports)
         if ports:
-            self.services[step.name] = (name, ports)
             self.workloads.append({
                 "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, step.name),
                 "spec": {"selector": sel, "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in ports]}})

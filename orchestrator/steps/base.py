@@ -85,6 +85,19 @@ class RunContext:
             return []
         return [s.name for s in self.plan.steps[:step.index] if s.name in self.changed and s.type in types]
 
+    def pending_builds(self, step: StepDecl, tag: str) -> list[str]:
+        """Read-only runs: the earlier image steps, with changes pending, that build ``tag``."""
+        return [s for s in self.pending_before(step, "image")
+                if getattr(self.resources.get(s), "spec", None) is not None and self.resources[s].spec.tag == tag]
+
+    def pending_renders(self, step: StepDecl, sources) -> list[str]:
+        """Read-only runs: the earlier render steps, with changes pending, that write one of the
+        files ``sources`` (paths as the plan gives them)."""
+        ours = {self.plan.resolve(src) for src in sources}
+        return [name for name in self.pending_before(step, "render")
+                if any(self.plan.resolve(f.dest) in ours
+                       for f in getattr(getattr(self.resources.get(name), "spec", None), "files", []))]
+
     def earlier_outputs(self, step: StepDecl, *types: str) -> tuple[str, dict] | None:
         """Name and outputs of the nearest earlier step of one of these types."""
         for earlier in reversed(self.plan.steps[:step.index]):
@@ -130,9 +143,13 @@ class Resource:
         variable must not see a change)."""
         return {**extra_labels(), **self.own_labels}
 
-    def destroy_volume(self, name: str, *, ours: bool, volumes: bool) -> str:
+    def destroy_volume(self, name: str, *, volumes: bool) -> str | None:
         """Destroy's one rule for a data volume: removed only when asked (``--volumes``) and made by
-        this plan; what was done, in words."""
+        this plan; what was done, in words (None: there is no such volume)."""
+        info = self.rc.engine.volume(name)
+        if info is None:
+            return None
+        ours = (info.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
         if volumes and ours:
             self.rc.engine.remove_volume(name)
             return f"removed volume {name} and the data in it"

@@ -406,10 +406,7 @@ class Container(Resource):
         obs.new_aside = set_aside(eng, spec.container, rc.plan.name, self.step.name, NEW_SUFFIX)
         obs.reloadable = bool(spec.reload)
         if spec.files:
-            ours = {rc.plan.resolve(f.src) for f in spec.files}
-            obs.files_pending = [name for name in rc.pending_before(self.step, "render")
-                                 if any(rc.plan.resolve(f.dest) in ours
-                                        for f in getattr(getattr(rc.resources.get(name), "spec", None), "files", []))]
+            obs.files_pending = rc.pending_renders(self.step, [f.src for f in spec.files])
             for f in spec.files:
                 try:
                     want = rc.plan.resolve(f.src).read_bytes()
@@ -419,9 +416,7 @@ class Container(Resource):
                     continue
                 if obs.container is not None and eng.read_file(obs.container["Id"], f.dest) != want:
                     obs.files_changed.append(f.dest)
-        obs.image_pending = [s for s in rc.pending_before(self.step, "image")
-                             if getattr(rc.resources.get(s), "spec", None) is not None
-                             and rc.resources[s].spec.tag == spec.image]
+        obs.image_pending = rc.pending_builds(self.step, spec.image)
         obs.env_file_pending = rc.pending_before(self.step, "render")
         for path in spec.env_file:
             try:
@@ -589,13 +584,6 @@ class Container(Resource):
             eng.remove_container(c["Id"], c["Name"].lstrip("/"))
             said.append(f"removed container {c['Name'].lstrip('/')}")
         for volume in sorted({m.source for m in spec.volumes if m.kind == "volume"}):
-            info = eng.volume(volume)
-            if info is None:
-                continue
-            ours = (info.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
-            if volumes and ours:
-                eng.remove_volume(volume)
-                said.append(f"removed volume {volume} and the data in it")
-            else:
-                said.append(f"kept volume {volume}" + ("" if volumes else " (--volumes removes it)"))
+            if done := self.destroy_volume(volume, volumes=volumes):
+                said.append(done)
         return said

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 
 from ..changes import Action, Change, Diff
 from ..errors import KeyedValueError, OrchestrateError, StepFailed
-from ..fields import Duration, Image, Password, RelPath, SettingName, SettingValue, Text
+from ..fields import Duration, Image, Password, RelPath, SettingName, SettingValue, Text, setting_text
 from ..plan import Strict
 from ..redact import REDACTED
 from .db_container import SETTING
@@ -162,12 +162,6 @@ class Observed:
         return self.version_num // 10000
 
 
-def _setting_text(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
 def diff_database(obs: Observed, *, spec: DatabaseSpec, target: Target, recorded: dict) -> Diff:
     """What the plan asks of the server vs what it is. Pure."""
     d = Diff()
@@ -216,7 +210,7 @@ def diff_database(obs: Observed, *, spec: DatabaseSpec, target: Target, recorded
     # settings: the managed way (ALTER DATABASE ... SET) or refused with where to set them
     managed = set((recorded.get("observed") or {}).get("settings_set") or [])
     for name, value in sorted(spec.settings.items()):
-        want = _setting_text(value)
+        want = setting_text(value)
         context = obs.contexts.get(name)
         if context is None:
             d.problems.append(f"settings.{name}: the server knows no setting {name!r}")

@@ -34,7 +34,7 @@ from ..containers import (HASH_LABEL, NS, OLD_SUFFIX, ContainerConfig, Lifecycle
 from ..docker_engine import ContainerSpec
 from ..errors import KeyedValueError, StepFailed
 from ..fields import (ContainerPath, DockerName, Duration, EnvName, EnvValue, Image, LabelKey, LabelValue, Password,
-                      PgIdent, Ports, SettingName, SettingValue, Text)
+                      PgIdent, Ports, SettingName, SettingValue, Text, setting_text)
 from ..lockfile import digest
 from ..plan import Strict
 from ..redact import REDACTED
@@ -114,9 +114,7 @@ def desired_config(spec: DbContainerSpec, labels: dict[str, str], image: dict | 
     env = {"POSTGRES_USER": spec.user, "POSTGRES_DB": spec.db, "PGDATA": spec.data_dir, **spec.env}
     command = ["postgres"]
     for key, value in sorted(spec.settings.items()):
-        if isinstance(value, bool):
-            value = "on" if value else "off"
-        command += ["-c", f"{key}={value}"]
+        command += ["-c", f"{key}={setting_text(value)}"]
     hc = spec.healthcheck
     test = hc.test or f"pg_isready -h 127.0.0.1 -U {spec.user} -d {spec.db}"
     test = ["CMD-SHELL", test] if isinstance(test, str) else ["CMD", *test]
@@ -576,9 +574,8 @@ class DbContainer(Resource):
             said.append(f"removed container {c['Name'].lstrip('/')}")
         if obs.container is not None and obs.container["Id"] not in {c["Id"] for c in mine}:
             said.append(f"kept container {spec.container}: it was not created by this plan")
-        if obs.volume is not None:
-            ours = (obs.volume.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
-            said.append(self.destroy_volume(spec.volume, ours=ours, volumes=volumes))
+        if obs.volume is not None and (done := self.destroy_volume(spec.volume, volumes=volumes)):
+            said.append(done)
         if spec.network and obs.network is not None:
             labels = obs.network.get("Labels") or {}
             # made by this step (a network step's network is that step's to remove)

@@ -315,13 +315,8 @@ class Service(Resource):
         if obs.service:
             obs.tasks = eng.service_tasks(obs.service["ID"])
         rc = self.rc
-        obs.image_pending = [s for s in rc.pending_before(self.step, "image")
-                             if getattr(rc.resources.get(s), "spec", None) is not None
-                             and rc.resources[s].spec.tag == self.spec.image]
-        ours = {rc.plan.resolve(f.src) for f in self.spec.files}
-        obs.files_pending = [name for name in rc.pending_before(self.step, "render")
-                             if any(rc.plan.resolve(f.dest) in ours
-                                    for f in getattr(getattr(rc.resources.get(name), "spec", None), "files", []))]
+        obs.image_pending = rc.pending_builds(self.step, self.spec.image)
+        obs.files_pending = rc.pending_renders(self.step, [f.src for f in self.spec.files])
         return obs
 
     def diff(self, obs: Observed) -> Diff:
@@ -441,11 +436,8 @@ class Service(Resource):
                             f"to remove what they hold")
                 return said
         for v in self.spec.volumes:
-            name = v.split(":")[0]
-            volume = eng.volume(name)
-            if volume is not None:
-                ours = (volume.get("Labels") or {}).get("orchestrate.plan") == self.rc.plan.name
-                said.append(self.destroy_volume(name, ours=ours, volumes=volumes))
+            if done := self.destroy_volume(v.split(":")[0], volumes=volumes):
+                said.append(done)
         sel = (f"orchestrate.plan={self.rc.plan.name}", f"orchestrate.step={self.step.name}")
         if obs.service is not None or not obs.problems:
             for s in eng.secrets_labelled(*sel):
