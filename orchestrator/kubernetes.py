@@ -7,8 +7,10 @@ plan's ``kubernetes: {postgres: cloudnativepg}``, a CloudNativePG Cluster + a Se
 primary); migrate with ``job:`` -> Job; container -> (ConfigMap for ``files:``) + Deployment +
 Service; ``kubernetes.ingress`` -> an Ingress to one container step's Service, the steps it
 replaces (nginx) left out.
-Network, image, render, verify and backup steps have no object; copy-data cannot be one (its
-SQLite source is a file on this machine): it is listed in ``notes``.
+copy-data, with ``kubernetes.copy_image`` -> a ConfigMap holding a one-step plan + a Job that runs
+it in that image, its SQLite source (a file on this machine) uploaded into the pod by apply (see
+``Rendered.uploads``); without it the step is left out with a note.
+Network, image, render, verify and backup steps have no object.
 
 Secret values appear only in the Secrets' ``data`` (base64); every other object refers to them.
 """
@@ -48,19 +50,43 @@ def _seconds(value: float) -> int:
     return max(1, int(round(value)))
 
 
+# where a copy-data Job's pod holds its plan, lockfile and source (one emptyDir each for the
+# work folder and the source; the plan a ConfigMap entry mounted into the work folder)
+COPY_WORK = "/work"
+COPY_SOURCE = "source/source.db"        # relative to the pod's plan root (COPY_WORK)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file apply sends into a Job's pod: ``container`` (an init container waiting for it) runs
+    ``python -m orchestrator.receive put dest``, its stdin the file."""
+    path: Path
+    dest: str
+    container: str
+    size: int
+    sha256: str
+
+
+    def command(self) -> list[str]:
+        return ["python", "-m", "orchestrator.receive", "put", self.dest, "--size", str(self.size),
+                "--sha256", self.sha256]
+
+
 @dataclass
 class Rendered:
     objects: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     secret_values: set[str] = field(default_factory=set)    # for tests and redaction
+    uploads: dict[str, Upload] = field(default_factory=dict)   # Job name -> its source file
 
     def by_kind(self, kind: str) -> list[dict]:
         return [o for o in self.objects if o["kind"] == kind]
 
 
 class _Builder:
-    def __init__(self, plan, namespace: str | None, secrets: bool):
+    def __init__(self, plan, namespace: str | None, secrets: bool, copy_image: str | None = None):
         self.plan, self.namespace, self.with_secrets = plan, namespace, secrets
+        self.copy_image = copy_image
         self.out = Rendered()
         self.secrets: list[dict] = []
         self.workloads: list[dict] = []
@@ -219,6 +245,66 @@ class _Builder:
                                       "command": ["alembic", "-c", job.alembic_ini, "upgrade", res.spec.target],
                                       "env": self.env(step.name, env, secret_words)}]}}}})
 
+    def copy_data(self, step, res, secret_words, db_url: str | None):
+        """A Job in ``kubernetes.copy_image`` running ``orchestrate apply`` on a one-step plan (the
+        step's own options; its source the file apply uploads into the pod; its target the
+        cluster's database through a Secret). The source's sha256 is an annotation of the Job, so
+        a changed file is a changed Job, which apply runs anew."""
+        spec = res.spec
+        if not self.copy_image:
+            self.out.notes.append(
+                f"{step.name}: copy-data reads a file on this machine ({res.source_name}): give the plan "
+                f"kubernetes.copy_image (an image with orchestrate installed, docker/orchestrate/Dockerfile) "
+                f"to run it as a Job, or forward the database (kubectl port-forward svc/<db service> "
+                f"5432:5432) and run orchestrate apply --only {step.name} with its url at 127.0.0.1:5432")
+            return
+        url = spec.url or db_url
+        if not url:
+            raise self.plan.smap.error(step.path, "copy-data has no target in the cluster: no url and no earlier "
+                                       "db-container step", hint="give the step a url the cluster reaches")
+        options = spec.model_dump(mode="json", exclude_defaults=True, exclude={"source", "url", "if_missing"})
+        inner = {"name": self.plan.name,
+                 "description": f"step {step.name} of plan {self.plan.name}, run in the cluster by orchestrate",
+                 "secrets": {"database_url": {"env": "DATABASE_URL"}},
+                 "steps": [{"name": step.name, "copy-data": {"source": COPY_SOURCE,
+                                                            "url": "{{ secrets.database_url }}", **options}}]}
+        import yaml
+        cm = dns_name(self.plan.name, step.name, "plan")
+        self.workloads.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": self.meta(cm, step.name),
+                               "data": {"plan.yaml": yaml.safe_dump(inner, sort_keys=False)}})
+        name = dns_name(self.plan.name, step.name)
+        source = f"{COPY_WORK}/{COPY_SOURCE}"
+        path = res.source_path
+        if path.is_file():
+            sha, size = file_sha256(path), path.stat().st_size
+            self.out.uploads[name] = Upload(path, source, "receive", size, sha)
+        else:
+            sha = "unknown: the source does not exist yet"
+            self.out.notes.append(f"{step.name}: {res.source_name} does not exist yet; apply creates it "
+                                  f"(if_missing) or stops, before the Job")
+        timeout = _seconds(self.options.copy_timeout)
+        image = self.copy_image
+        pod = {"restartPolicy": "Never",
+               "volumes": [{"name": "work", "emptyDir": {}}, {"name": "source", "emptyDir": {}},
+                           {"name": "plan", "configMap": {"name": cm}}],
+               "initContainers": [{
+                   "name": "receive", "image": image,
+                   "command": ["python", "-m", "orchestrator.receive", "wait", source, "--timeout", str(timeout)],
+                   "volumeMounts": [{"name": "source", "mountPath": str(Path(source).parent)}]}],
+               "containers": [{
+                   "name": "copy", "image": image, "workingDir": COPY_WORK,
+                   "command": ["orchestrate", "apply", f"{COPY_WORK}/plan.yaml"],
+                   "env": self.env(step.name, {"DATABASE_URL": url}, secret_words | {url}),
+                   "volumeMounts": [{"name": "work", "mountPath": COPY_WORK},
+                                    {"name": "source", "mountPath": str(Path(source).parent)},
+                                    {"name": "plan", "mountPath": f"{COPY_WORK}/plan.yaml", "subPath": "plan.yaml",
+                                     "readOnly": True}]}]}
+        self.workloads.append({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": self.meta(name, step.name, {"annotations": {"orchestrate/source-sha256": sha}}),
+            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": timeout,
+                     "template": {"metadata": {"labels": self.labels(step.name)}, "spec": pod}}})
+
     def container(self, step, res, secret_words):
         spec = res.spec
         name = dns_name(res.aliases[0] if res.aliases else spec.container)
@@ -300,11 +386,21 @@ class _Builder:
                 "spec": {"selector": sel, "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in ports]}})
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool = True,
-                   secret_words: set[str] | None = None) -> Rendered:
+                   secret_words: set[str] | None = None, copy_image: str | None = None) -> Rendered:
     """``steps``: (step, resource) pairs as ``executor.validate`` returns them; ``secret_words``:
-    the plan's secret values (an env value holding one goes through a Secret)."""
-    b = _Builder(plan, namespace, secrets)
+    the plan's secret values (an env value holding one goes through a Secret); ``copy_image``:
+    ``kubernetes.copy_image`` rendered."""
+    b = _Builder(plan, namespace, secrets, copy_image)
     secret_words = set(secret_words or ())
     ingress = plan.doc.kubernetes.ingress
     by_name = {s.name: s for s in plan.steps}
@@ -327,10 +423,7 @@ def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool =
         elif step.type == "container":
             b.container(step, res, secret_words)
         elif step.type == "copy-data":
-            b.out.notes.append(
-                f"{step.name}: copy-data reads a file on this machine ({res.spec.source}); it is not an object. "
-                f"Forward the database (kubectl port-forward svc/<db service> 5432:5432) and run "
-                f"orchestrate apply --only {step.name} with the plan's url pointing at 127.0.0.1:5432")
+            b.copy_data(step, res, secret_words, db_url)
         elif step.type == "render":
             for state in res._render_all()[0]:
                 b.files[Path(state.path)] = state.want
@@ -349,10 +442,11 @@ def render_objects(plan, steps, *, namespace: str | None = None, secrets: bool =
 
 
 def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, secrets=True,
-                  generate: bool | None = None) -> tuple[Any, Rendered]:
+                  generate: bool | None = None, create_sources: bool = False) -> tuple[Any, Rendered]:
     """Load the plan and render it as objects (no Docker), each step rendered as ``validate``
     does. ``secrets``: the real values (a secret to generate is generated into the plan's secrets
-    file, the one a Docker apply uses); otherwise placeholders and empty Secrets."""
+    file, the one a Docker apply uses); otherwise placeholders and empty Secrets.
+    ``create_sources`` (apply): a copy-data source that is missing is created by its if_missing."""
     from .errors import OrchestrateError
     from .executor import rendered_steps
     from .lockfile import Lockfile
@@ -375,9 +469,22 @@ def load_rendered(plan_path, overrides=None, var_files=None, *, namespace=None, 
     words = {v for v in (ctx.as_dict().get("secrets") or {}).values() if isinstance(v, str) and v}
     if secrets and generate and any(PENDING in w for w in words):
         raise OrchestrateError("a secret of the plan has no value yet", hint="use --no-secrets")
+    copy_image = None
+    if plan.doc.kubernetes.copy_image:
+        from .templating import render_tree
+        copy_image = str(render_tree(plan.doc.kubernetes.copy_image, {"vars": ctx.vars, "env": ctx.env},
+                                     ("kubernetes", "copy_image"), plan.smap)).strip() or None
+        for step, res in steps if create_sources else ():
+            if step.type == "copy-data" and not res.source_path.is_file():
+                if not res.spec.if_missing:
+                    raise plan.smap.error(step.path + ("source",), f"{res.source_name} does not exist: there is "
+                                          f"nothing to upload", hint="point source at the application's SQLite "
+                                          "database, or give the step if_missing")
+                res._create_source()
     if generate:
         store.save()
-    return plan, render_objects(plan, steps, namespace=namespace, secrets=secrets, secret_words=words)
+    return plan, render_objects(plan, steps, namespace=namespace, secrets=secrets, secret_words=words,
+                                copy_image=copy_image)
 
 
 def to_yaml(objects: list[dict]) -> str:

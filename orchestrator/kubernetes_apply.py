@@ -14,6 +14,7 @@ from .kubernetes import load_rendered, to_yaml, write
 from .lockfile import ApplyLock, Lockfile, digest
 
 FIELD_MANAGER = "orchestrate"
+JOB_DIGEST = "orchestrate/applied-digest"      # a Job's annotation: the digest apply records of it
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 PLURALS = {"Namespace": ("namespaces", False), "Secret": ("secrets", True), "ConfigMap": ("configmaps", True),
            "Service": ("services", True), "StatefulSet": ("statefulsets", True),
@@ -96,6 +97,51 @@ class Cluster:
                                         f"kubernetes.postgres" if crd else None)
         return doc or {}
 
+    def exec_upload(self, namespace: str, pod: str, container: str, command: list[str], path: Path,
+                    *, timeout: float) -> str:
+        """Run ``command`` in a container of ``pod`` (the exec subresource, a websocket), its stdin
+        the file at ``path``; return what it printed; raise when it fails."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+        where = f"pod {pod}, container {container}"
+        try:
+            ws = stream(client.CoreV1Api(self.api).connect_get_namespaced_pod_exec, pod, namespace,
+                        container=container, command=command, stdin=True, stdout=True, stderr=True, tty=False,
+                        _preload_content=False, binary=True)
+        except Exception as exc:
+            raise OrchestrateError(f"{where}: the API server at {self.server} did not open an exec: {exc}",
+                                   hint="the kubeconfig's user needs the pods/exec permission") from None
+        output, status = b"", b""
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    ws.write_stdin(chunk)
+                    ws.update(timeout=0)
+            deadline = time.monotonic() + timeout
+            while ws.is_open() and time.monotonic() < deadline:
+                ws.update(timeout=1)
+                output += ws.read_channel(1) + ws.read_channel(2)
+                status += ws.read_channel(3)
+            output += ws.read_channel(1) + ws.read_channel(2)
+            status += ws.read_channel(3)
+        except OSError as exc:
+            raise OrchestrateError(f"{where}: the upload broke off: {exc}", hint="run apply again: the Job "
+                                   "runs anew and the file is sent again") from None
+        except Exception as exc:       # websocket-client's own errors
+            raise OrchestrateError(f"{where}: the upload broke off: {exc}", hint="run apply again") from None
+        finally:
+            ws.close()
+        text = output.decode("utf-8", "replace").strip()
+        try:
+            result = json.loads(status) if status else {}
+        except json.JSONDecodeError:
+            result = {"status": "Failure", "message": status.decode("utf-8", "replace")[:200]}
+        if result.get("status") != "Success":
+            why = text or result.get("message") or (f"no answer within {timeout:g}s" if not status else "failed")
+            raise OrchestrateError(f"{where}: the upload failed: {why}", hint="run apply again: the Job runs anew "
+                                   "and the file is sent again")
+        return text
+
     def delete(self, path: str) -> None:
         status, doc = self.request("DELETE", path, query=[("propagationPolicy", "Background")])
         if status >= 300 and status != 404:
@@ -159,6 +205,63 @@ def wait_ready(cluster: Cluster, obj: dict, path: str, *, timeout: float, poll: 
         time.sleep(poll)
 
 
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError")
+
+
+def receiving_pod(pods: list[dict], container: str) -> tuple[str | None, str]:
+    """Of a Job's pods: the one whose init container ``container`` runs now (its name, "") or
+    why none will ("", why); (None, "") while it is starting."""
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        name = pod["metadata"]["name"]
+        if status.get("phase") == "Failed":
+            return "", f"pod {name} failed: {status.get('reason', '')} {status.get('message', '')}".rstrip()
+        for c in status.get("initContainerStatuses") or []:
+            if c.get("name") != container:
+                continue
+            state = c.get("state") or {}
+            if "running" in state:
+                return name, ""
+            if "terminated" in state:
+                t = state["terminated"]
+                return "", (f"pod {name}: init container {container} ended (exit {t.get('exitCode')}) before "
+                            f"the upload: {t.get('message') or t.get('reason') or ''}".rstrip(": "))
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in PULL_FAILURES:
+                return "", (f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+                            + f" (image {c.get('image', '?')})")
+    return None, ""
+
+
+def upload(cluster: Cluster, job: dict, applied: dict, up, namespace: str, out, *, timeout: float,
+           poll: float) -> None:
+    """Send ``up`` (kubernetes.Upload) into the Job's new pod, whose init container waits for it."""
+    name = job["metadata"]["name"]
+    ns = job["metadata"].get("namespace") or namespace
+    uid = (applied.get("metadata") or {}).get("uid")
+    selector = f"controller-uid={uid}" if uid else f"job-name={name}"
+    deadline = time.monotonic() + timeout
+    while True:
+        _, doc = cluster.request("GET", f"/api/v1/namespaces/{ns}/pods", query=[("labelSelector", selector)])
+        pod, why = receiving_pod((doc or {}).get("items") or [], up.container)
+        if why:
+            raise OrchestrateError(f"Job/{name}: {why}", hint="kubernetes.copy_image must be an image with orchestrate "
+                                   "installed that the cluster can pull (docker/orchestrate/Dockerfile, pushed to "
+                                   f"its registry); kubectl describe job/{name}")
+        if pod:
+            break
+        if time.monotonic() >= deadline:
+            raise OrchestrateError(f"Job/{name}: no pod waiting for the upload after {timeout:g}s",
+                                   hint=f"kubectl describe job/{name}")
+        time.sleep(poll)
+    out.print(f"Job/{name}: sending {up.path.name} ({up.size:,} bytes) into pod {pod}", always=True)
+    said = cluster.exec_upload(ns, pod, up.container, up.command(), up.path, timeout=timeout)
+    out.print(f"Job/{name}: {said or 'received'}", always=True)
+
+
 def fingerprint(obj: dict, prev: dict) -> tuple[dict, bool]:
     """What the lockfile records of ``obj`` and whether it is what ``prev`` recorded. A Secret's
     values only as a salted hash (the secrets module's), its other fields as a digest."""
@@ -173,8 +276,9 @@ def fingerprint(obj: dict, prev: dict) -> tuple[dict, bool]:
 
 
 def apply_objects(plan, objects: list[dict], out, *, cluster: Cluster, timeout: float = 600.0,
-                  poll: float = 2.0) -> dict[str, str]:
-    """Apply in order; skip an object whose applied digest is the recorded one and that exists."""
+                  poll: float = 2.0, uploads: dict | None = None) -> dict[str, str]:
+    """Apply in order; skip an object whose applied digest is the recorded one and that exists.
+    ``uploads``: Job name -> the file sent into its pod once it is (re)created."""
     lock = Lockfile.load(plan.lock_path)
     recorded = lock.kubernetes_objects()
     ns = next((o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"), None) or cluster.namespace
@@ -185,15 +289,25 @@ def apply_objects(plan, objects: list[dict], out, *, cluster: Cluster, timeout: 
             live = cluster.get(path)
             prev = recorded.get(key) or {}
             hashes, same = fingerprint(obj, prev)
+            if obj["kind"] == "Job":          # how a Job that ended before its apply recorded it is known
+                obj = {**obj, "metadata": {**obj["metadata"], "annotations": {
+                    **obj["metadata"].get("annotations", {}), JOB_DIGEST: hashes["hash"]}}}
             if live is not None and same:
                 results[key] = "no change"
+            elif obj["kind"] == "Job" and live is not None and _completed(live, hashes["hash"]):
+                results[key] = "no change (it completed before: recorded now)"    # e.g. apply was killed
             else:
                 if obj["kind"] == "Job" and live is not None:   # a Job's template is immutable: run it anew
                     cluster.delete(path)
                     _wait_gone(cluster, path, timeout=timeout, poll=poll)
-                cluster.apply(obj, path)
+                applied = cluster.apply(obj, path)
                 results[key] = "applied"
-            out.print(f"{key}: {results[key]}", always=True)
+                out.print(f"{key}: {results[key]}", always=True)
+                up = (uploads or {}).get(obj["metadata"]["name"]) if obj["kind"] == "Job" else None
+                if up is not None:
+                    upload(cluster, obj, applied, up, ns, out, timeout=timeout, poll=poll)
+            if results[key].startswith("no change"):
+                out.print(f"{key}: {results[key]}", always=True)
             live = wait_ready(cluster, obj, path, timeout=timeout, poll=poll)
             entries[key] = {"kind": obj["kind"], "name": obj["metadata"]["name"],
                             "namespace": key.split("/")[1] or None,
@@ -202,6 +316,13 @@ def apply_objects(plan, objects: list[dict], out, *, cluster: Cluster, timeout: 
         lock.set_kubernetes_objects({**recorded, **entries})
         lock.save()
     return results
+
+
+def _completed(live: dict, want: str) -> bool:
+    """A Job applied with this very digest that completed (its apply died before recording it)."""
+    applied = ((live.get("metadata") or {}).get("annotations") or {}).get(JOB_DIGEST)
+    done = _condition(live, "Complete")
+    return applied == want and bool(done and done.get("status") == "True")
 
 
 def _wait_gone(cluster: Cluster, path: str, *, timeout: float, poll: float) -> None:
@@ -235,12 +356,12 @@ def cmd_apply(args, out) -> int:
     if getattr(args, "only", None):
         raise OrchestrateError("--only does not go with --target kubernetes (every object is applied)")
     plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
-                                   namespace=getattr(args, "namespace", None))
+                                   namespace=getattr(args, "namespace", None), create_sources=True)
     cluster = Cluster(getattr(args, "kubeconfig", None))
     with ApplyLock(plan.path):
-        results = apply_objects(plan, rendered.objects, out, cluster=cluster,
+        results = apply_objects(plan, rendered.objects, out, cluster=cluster, uploads=rendered.uploads,
                                 timeout=getattr(args, "k8s_timeout", 600.0), poll=getattr(args, "k8s_poll", 2.0))
-    changed = sum(1 for r in results.values() if r != "no change")
+    changed = sum(1 for r in results.values() if not r.startswith("no change"))
     out.print(f"Kubernetes: {changed} applied, {len(results) - changed} unchanged ({cluster.server})", always=True)
     for note in rendered.notes:
         out.print(f"note: {note}", always=True)
@@ -256,8 +377,8 @@ def plan_objects(plan, objects: list[dict], *, cluster: Cluster) -> dict[str, st
     for obj in objects:
         key, path = key_of(obj, ns), object_path(obj, ns)
         live = cluster.get(path)
-        _, same = fingerprint(obj, recorded.get(key) or {})
-        if live is not None and same:
+        hashes, same = fingerprint(obj, recorded.get(key) or {})
+        if live is not None and (same or obj["kind"] == "Job" and _completed(live, hashes["hash"])):
             results[key] = "no change"
             continue
         if live is not None or cluster.get(object_path({"apiVersion": "v1", "kind": "Namespace",

@@ -97,6 +97,12 @@ class KubernetesOptions(Strict):
     storage: str = Field("1Gi", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
                                  description="the database's volume size (a Kubernetes quantity)")
     ingress: KubernetesIngress | None = None
+    copy_image: fields.Text | None = Field(
+        None, description="an image with orchestrate installed (docker/orchestrate/Dockerfile, pushed to the "
+                          "cluster's registry; templates see vars): each copy-data step becomes a Job in it, "
+                          "its SQLite source uploaded into the Job's pod by apply. Without it copy-data is "
+                          "left out (a note says how to run it from this machine)")
+    copy_timeout: fields.Duration = Field(3600.0, description="how long a copy-data Job may take, upload included")
 
 
 class PlanDocument(Strict):

@@ -79,11 +79,78 @@ def test_names_labels_probes_and_shape(repo):
     proxy = deps["proxy"]["spec"]["template"]["spec"]
     mount = proxy["containers"][0]["volumeMounts"][0]
     assert mount["mountPath"] == "/etc/nginx/conf.d/default.conf" and mount["subPath"]
-    cm = r.by_kind("ConfigMap")[0]
+    cm = next(c for c in r.by_kind("ConfigMap") if c["metadata"]["name"] == "autodeploy-phase2-proxy-files")
     conf = cm["data"][mount["subPath"]]                     # what the plan's render step writes, for a cluster:
     assert "proxy_pass http://app:8000;" in conf and "resolver 127.0.0.11" not in conf   # the Service by name
     assert not any("127.0.0.11" in n for n in r.notes)
-    assert any("copy-data" in n and "port-forward" in n for n in r.notes)
+
+
+# --- copy-data as a Job ---------------------------------------------------------------------------
+
+def _copy_job(r):
+    return next(j for j in r.by_kind("Job") if j["metadata"]["name"] == "autodeploy-phase2-data")
+
+
+def test_copy_data_is_a_job_running_a_one_step_plan_on_the_uploaded_file(repo, tmp_path, monkeypatch):
+    import hashlib
+    source = repo / "deployment_platform.db"
+    import sqlite3
+    with sqlite3.connect(source) as conn:
+        conn.execute("create table t (id integer primary key)")
+    plan = repo / "plans" / "phase2.yaml"
+    plan.write_text(plan.read_text().replace("      source: deployment_platform.db",
+                                             "      source: deployment_platform.db\n"
+                                             "      exclude: [audit_log]\n      timezone: Europe/Paris"))
+    _, r = _render(repo, namespace="autodeploy")
+    for obj in r.objects:
+        kv.validate(obj, K8S_VERSION, strict=True)
+    order = [f"{o['kind']}/{o['metadata']['name']}" for o in r.objects]
+    assert order.index("Job/autodeploy-phase2-schema") < order.index("ConfigMap/autodeploy-phase2-data-plan") \
+        < order.index("Job/autodeploy-phase2-data") < order.index("Deployment/app")
+    job = _copy_job(r)
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert job["metadata"]["annotations"]["orchestrate/source-sha256"] == sha
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 3600
+    pod = job["spec"]["template"]["spec"]
+    init, copy = pod["initContainers"][0], pod["containers"][0]
+    assert init["image"] == copy["image"] == "orchestrate:latest"       # vars.orchestrate_image
+    assert init["command"][:4] == ["python", "-m", "orchestrator.receive", "wait"]
+    assert copy["command"] == ["orchestrate", "apply", "/work/plan.yaml"]
+    env = {e["name"]: e for e in copy["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "autodeploy-phase2-data-env"
+    url = base64.b64decode(next(s for s in r.by_kind("Secret") if s["metadata"]["name"] == "autodeploy-phase2-data-env")
+                           ["data"]["DATABASE_URL"]).decode()
+    assert "@postgres:5432/" in url and PASSWORD in url             # the database's Service, not this machine
+    assert r.uploads["autodeploy-phase2-data"].sha256 == sha
+    assert r.uploads["autodeploy-phase2-data"].dest == init["command"][4]
+    # the pod's plan: the step's own options, its source where the upload lands, the url from the env;
+    # a plan orchestrate itself validates, holding no secret
+    inner_text = next(c for c in r.by_kind("ConfigMap") if c["metadata"]["name"] == "autodeploy-phase2-data-plan") \
+        ["data"]["plan.yaml"]
+    assert PASSWORD not in inner_text
+    inner = yaml.safe_load(inner_text)
+    assert inner["steps"] == [{"name": "data", "copy-data": {"source": "source/source.db",
+                                                             "url": "{{ secrets.database_url }}",
+                                                             "exclude": ["audit_log"], "timezone": "Europe/Paris"}}]
+    pod_root = tmp_path / "pod"
+    (pod_root / "source").mkdir(parents=True)
+    (pod_root / "plan.yaml").write_text(inner_text)
+    monkeypatch.setenv("DATABASE_URL", url)
+    buf = io.StringIO()
+    assert main(["validate", str(pod_root / "plan.yaml")], stdout=buf) == 0, buf.getvalue()
+    # a changed source is a changed Job (apply runs it anew)
+    with sqlite3.connect(source) as conn:
+        conn.execute("insert into t values (1)")
+    _, r2 = _render(repo, namespace="autodeploy")
+    assert _copy_job(r2)["metadata"]["annotations"]["orchestrate/source-sha256"] != sha
+
+
+def test_without_copy_image_copy_data_is_left_out_with_the_way_by_hand(repo):
+    _with_options(repo, "kubernetes:\n  storage: 2Gi\n")
+    _, r = _render(repo)
+    assert [j["metadata"]["name"] for j in r.by_kind("Job")] == ["autodeploy-phase2-schema"]
+    assert any("copy-data" in n and "copy_image" in n and "port-forward" in n for n in r.notes)
+    assert not r.uploads
 
 
 def test_secret_values_only_in_the_secrets_data(repo):
