@@ -301,7 +301,7 @@ def apply_objects(plan, objects: list[dict], out, *, cluster: Cluster, timeout: 
                     cluster.delete(path)
                     _wait_gone(cluster, path, timeout=timeout, poll=poll)
                 applied = cluster.apply(obj, path)
-                results[key] = "applied"
+                results[key] = "applied" + (" (the Job replaced: it runs again)" if live is not None else "")
                 out.print(f"{key}: {results[key]}", always=True)
                 up = (uploads or {}).get(obj["metadata"]["name"]) if obj["kind"] == "Job" else None
                 if up is not None:
