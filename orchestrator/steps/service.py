@@ -237,6 +237,10 @@ def _update_parts(want: dict, have: dict) -> list[tuple[str, Any, Any]]:
     return out
 
 
+IN_PROGRESS = {"updating": "Swarm is still rolling the replicas",
+               "rollback_started": "Swarm is rolling the replicas back"}
+
+
 def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
     """Pure: the desired ServiceSpec vs the observed service."""
     d = Diff()
@@ -266,6 +270,9 @@ def diff_service(want: dict, obs: Observed, plan: str, step: str) -> Diff:
         if state in ("paused", "rollback_paused"):
             d.changes.append(Change(Action.UPDATE, "update", state, "completed",
                                     f"the last roll is {state}: {roll} again"))
+        elif state in IN_PROGRESS:      # an apply that started it was stopped (kill -9, Ctrl-C)
+            d.changes.append(Change(Action.UPDATE, "update", state, "completed",
+                                    f"the last roll has not ended: {IN_PROGRESS[state]}; wait for it"))
         return d
     only_replicas = all(part[0] == "replicas" for part in parts)
     for name, before, after, *why in parts:
@@ -346,15 +353,18 @@ class Service(Resource):
         for ref in want["TaskTemplate"]["ContainerSpec"]["Configs"]:
             ref["ConfigID"] = have_configs[ref["ConfigName"]]
         replicas, order = self.spec.replicas, self.spec.update.order
+        before = (obs.service or {}).get("UpdateStatus")
         if obs.service is None:
             sid = eng.create_service(want)
             done = f"created service {self.spec.service} ({_replicas(replicas)})"
+        elif [c.field for c in diff.changes] == ["update"] and before and before.get("State") in IN_PROGRESS:
+            sid, before = obs.service["ID"], None     # the roll under way is this release's: see it end
+            done = f"waited for the roll of {self.spec.service} that an earlier apply started"
         else:
             sid = obs.service["ID"]
             eng.update_service(sid, obs.service["Version"]["Index"], want)
             done = f"rolled {_replicas(replicas)} of {self.spec.service} ({order})"
-        self._converge(sid, want["TaskTemplate"]["ContainerSpec"]["Labels"][TASK_LABEL],
-                       before=(obs.service or {}).get("UpdateStatus"))
+        self._converge(sid, want["TaskTemplate"]["ContainerSpec"]["Labels"][TASK_LABEL], before=before)
         used = {r["SecretName"] for r in want["TaskTemplate"]["ContainerSpec"]["Secrets"]}
         used_c = {r["ConfigName"] for r in want["TaskTemplate"]["ContainerSpec"]["Configs"]}
         for name, oid in have_secrets.items():

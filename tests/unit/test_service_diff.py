@@ -91,6 +91,14 @@ def test_a_paused_roll_is_rolled_again():
     assert d.action is Action.UPDATE and "paused" in d.changes[0].reason
 
 
+@pytest.mark.parametrize("state", ["updating", "rollback_started"])
+def test_a_roll_still_under_way_is_waited_for(state):
+    """An apply killed during a roll left Swarm rolling: the next one does not call it converged."""
+    d = diff_service(want(), observed(want(), state), "p", "app")
+    assert [c.field for c in d.changes] == ["update"] and "wait for it" in d.changes[0].reason
+    assert not diff_service(want(), observed(want(), "completed"), "p", "app").changes
+
+
 def test_someone_elses_service_is_a_problem():
     other = want()
     other["Labels"]["orchestrate.step"] = "other"
