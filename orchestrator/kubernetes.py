@@ -262,6 +262,14 @@ class _Builder:
         if not url:
             raise self.plan.smap.error(step.path, "copy-data has no target in the cluster: no url and no earlier "
                                        "db-container step", hint="give the step a url the cluster reaches")
+        from urllib.parse import urlsplit
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            host = ""
+        if host in ("localhost", "127.0.0.1", "::1"):
+            self.out.notes.append(f"{step.name}: its url names {host}, which in the Job's pod is the pod itself: "
+                                  f"leave url out (the database's Service is used) or name the database's Service")
         options = spec.model_dump(mode="json", exclude_defaults=True, exclude={"source", "url", "if_missing"})
         inner = {"name": self.plan.name,
                  "description": f"step {step.name} of plan {self.plan.name}, run in the cluster by orchestrate",

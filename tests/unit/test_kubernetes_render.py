@@ -145,6 +145,18 @@ def test_copy_data_is_a_job_running_a_one_step_plan_on_the_uploaded_file(repo, t
     assert _copy_job(r2)["metadata"]["annotations"]["orchestrate/source-sha256"] != sha
 
 
+def test_a_copy_url_naming_this_machine_gets_a_note(repo):
+    plan = repo / "plans" / "phase2.yaml"
+    plan.write_text(plan.read_text().replace("      source: deployment_platform.db",
+                                             "      source: deployment_platform.db\n"
+                                             "      url: \"{{ steps.postgres.url }}\""))
+    _, r = _render(repo)
+    assert any(n.startswith("data: its url names 127.0.0.1") for n in r.notes), r.notes
+    url = base64.b64decode(next(s for s in r.by_kind("Secret") if s["metadata"]["name"] == "autodeploy-phase2-data-env")
+                           ["data"]["DATABASE_URL"]).decode()
+    assert "127.0.0.1" in url
+
+
 def test_without_copy_image_copy_data_is_left_out_with_the_way_by_hand(repo):
     _with_options(repo, "kubernetes:\n  storage: 2Gi\n")
     _, r = _render(repo)
