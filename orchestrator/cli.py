@@ -84,15 +84,19 @@ def cmd_plan(args, out: Output) -> int:
 
 
 def cmd_apply(args, out: Output) -> int:
-    if getattr(args, "target", "docker") == "kubernetes":
+    doc = saved.load(args.plan) if saved.is_saved(args.plan) else None
+    kubernetes = (doc or {}).get("target") == "kubernetes"
+    if doc is not None and not kubernetes and getattr(args, "target", "docker") == "kubernetes":
+        raise OrchestrateError(f"{args.plan} is a saved plan for Docker, not for --target kubernetes",
+                               hint="apply it without --target, or make one with orchestrate plan --target kubernetes")
+    if kubernetes or getattr(args, "target", "docker") == "kubernetes":
         from .kubernetes_apply import cmd_apply as apply_kubernetes
-        return apply_kubernetes(args, out)
+        return apply_kubernetes(args, out, doc)     # a saved Kubernetes plan says its target itself
     options = {"no_backup": args.no_backup}
-    if saved.is_saved(args.plan):
+    if doc is not None:
         if args.extra_vars or args.var_files or args.only:
             raise OrchestrateError("a saved plan already holds its variables and steps; -e, --var-file and --only "
                                    "go with orchestrate plan")
-        doc = saved.load(args.plan)
         saved.check_inputs(doc)
         plan = load_plan(doc["_plan_path"], doc["extra_vars"], doc["_var_files"])
         validate(plan)

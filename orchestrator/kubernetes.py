@@ -54,6 +54,7 @@ def _seconds(value: float) -> int:
 # work folder and the source; the plan a ConfigMap entry mounted into the work folder)
 COPY_WORK = "/work"
 COPY_SOURCE = "source/source.db"        # relative to the pod's plan root (COPY_WORK)
+SOURCE_SHA = "orchestrate/source-sha256"   # a copy Job's annotation: its SQLite file's sha256
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ class _Builder:
                                      "readOnly": True}]}]}
         self.workloads.append({
             "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": self.meta(name, step.name, {"annotations": {"orchestrate/source-sha256": sha}}),
+            "metadata": self.meta(name, step.name, {"annotations": {SOURCE_SHA: sha}}),
             "spec": {"backoffLimit": 0, "activeDeadlineSeconds": timeout,
                      "template": {"metadata": {"labels": self.labels(step.name)}, "spec": pod}}})
 

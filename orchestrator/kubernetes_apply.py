@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OrchestrateError
-from .kubernetes import load_rendered, to_yaml, write
+from .kubernetes import SOURCE_SHA, load_rendered, to_yaml, write
 from .lockfile import ApplyLock, Lockfile, digest
 
 FIELD_MANAGER = "orchestrate"
@@ -352,12 +352,29 @@ def cmd_render(args, out) -> int:
     return 0
 
 
-def cmd_apply(args, out) -> int:
+def cmd_apply(args, out, doc: dict | None = None) -> int:
+    """``doc``: a saved plan (``plan --target kubernetes --out FILE``) to apply exactly."""
+    from . import saved
     if getattr(args, "only", None):
         raise OrchestrateError("--only does not go with --target kubernetes (every object is applied)")
-    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
-                                   namespace=getattr(args, "namespace", None), create_sources=True)
+    if doc is not None:
+        if args.extra_vars or args.var_files or getattr(args, "namespace", None):
+            raise OrchestrateError("a saved plan already holds its variables and namespace; -e, --var-file and "
+                                   "--namespace go with orchestrate plan")
+        saved.check_inputs(doc)
+        plan, rendered = load_rendered(doc["_plan_path"], doc["extra_vars"], doc["_var_files"],
+                                       namespace=doc.get("namespace_option"), create_sources=True)
+    else:
+        plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
+                                       namespace=getattr(args, "namespace", None), create_sources=True)
     cluster = Cluster(getattr(args, "kubeconfig", None))
+    if doc is not None:
+        stale = stale_objects(doc, rendered.objects, cluster)
+        if stale:
+            raise OrchestrateError("the saved plan is stale: " + "; ".join(stale) + "; nothing was changed",
+                                   hint="make a new plan (orchestrate plan --target kubernetes PLAN --out FILE) "
+                                        "and review it")
+        out.print(f"Applying the saved plan {args.plan} (made {doc['created']})", always=True)
     with ApplyLock(plan.path):
         results = apply_objects(plan, rendered.objects, out, cluster=cluster, uploads=rendered.uploads,
                                 timeout=getattr(args, "k8s_timeout", 600.0), poll=getattr(args, "k8s_poll", 2.0))
@@ -368,36 +385,98 @@ def cmd_apply(args, out) -> int:
     return 0
 
 
-def plan_objects(plan, objects: list[dict], *, cluster: Cluster) -> dict[str, str]:
+def namespace_of(objects: list[dict], cluster: Cluster) -> str:
+    return next((o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"), None) or cluster.namespace
+
+
+def seen(live: dict | None) -> str | None:
+    """What a saved plan records of an object as the cluster showed it: absent (None), or its
+    generation (spec changes; status updates leave it) or, for objects without one, its
+    resourceVersion."""
+    if live is None:
+        return None
+    meta = live.get("metadata") or {}
+    return f"generation {meta['generation']}" if meta.get("generation") else f"version {meta.get('resourceVersion')}"
+
+
+def plan_objects(plan, objects: list[dict], *, cluster: Cluster, saved: list | None = None) -> dict[str, str]:
     """What apply would do to each object, read-only: create (absent), update (its digest is not
-    the recorded one; the server checks it by a server-side apply with dryRun=All) or no change."""
+    the recorded one; the server checks it by a server-side apply with dryRun=All) or no change.
+    ``saved``: a list that gets, per object, what a saved plan records of it."""
+    from .secrets import stable_hash
     recorded = Lockfile.load(plan.lock_path).kubernetes_objects()
-    ns = next((o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"), None) or cluster.namespace
+    ns = namespace_of(objects, cluster)
     results = {}
     for obj in objects:
         key, path = key_of(obj, ns), object_path(obj, ns)
         live = cluster.get(path)
         hashes, same = fingerprint(obj, recorded.get(key) or {})
+        if saved is not None:
+            entry = {"key": key, "hash": hashes["hash"], "seen": seen(live)}
+            if ((obj["metadata"].get("annotations") or {}).get(SOURCE_SHA) or "").startswith("unknown"):
+                entry["known_after_apply"] = True      # a copy Job whose source apply creates (if_missing)
+            if "data_hash" in hashes:
+                entry["data_hash"] = stable_hash(json.dumps(obj.get("data") or {}, sort_keys=True), None)
+            saved.append(entry)
         if live is not None and (same or obj["kind"] == "Job" and _completed(live, hashes["hash"])):
             results[key] = "no change"
-            continue
-        if live is not None or cluster.get(object_path({"apiVersion": "v1", "kind": "Namespace",
-                                                        "metadata": {"name": ns}}, ns)) is not None:
-            cluster.apply(obj, path, dry_run=True)    # the server's own admission and validation
-        results[key] = "create" if live is None else ("replace (a Job runs again)" if obj["kind"] == "Job"
-                                                      else "update")
+        else:
+            if live is not None or cluster.get(object_path({"apiVersion": "v1", "kind": "Namespace",
+                                                            "metadata": {"name": ns}}, ns)) is not None:
+                cluster.apply(obj, path, dry_run=True)    # the server's own admission and validation
+            results[key] = "create" if live is None else ("replace (a Job runs again)" if obj["kind"] == "Job"
+                                                          else "update")
+        if saved is not None:
+            saved[-1]["action"] = results[key]
     return results
 
 
+def stale_objects(doc: dict, objects: list[dict], cluster: Cluster) -> list[str]:
+    """What differs between a saved Kubernetes plan and now: the objects rendered again (the
+    same plan, variables and secrets, the same source files) and the cluster (each object as
+    it was seen: absent, or the same generation)."""
+    from .secrets import hash_matches
+    ns = namespace_of(objects, cluster)
+    out = [] if ns == doc.get("namespace") else [f"the namespace is {ns}, not {doc.get('namespace')}"]
+    saved = {o["key"]: o for o in doc.get("objects") or []}
+    keys = [key_of(obj, ns) for obj in objects]
+    out += [f"{k} is no longer in the plan" for k in saved if k not in keys]
+    recorded = Lockfile.load(Path(doc["_plan_path"]).with_suffix(".lock")).kubernetes_objects()
+    for key, obj in zip(keys, objects):
+        then = saved.get(key)
+        if then is None:
+            out.append(f"{key} is new in the plan")
+            continue
+        hashes, _ = fingerprint(obj, recorded.get(key) or {})
+        values = json.dumps(obj.get("data") or {}, sort_keys=True)
+        if then.get("known_after_apply"):
+            pass
+        elif hashes["hash"] != then["hash"] or ("data_hash" in then and not hash_matches(values, then["data_hash"])):
+            out.append(f"{key} renders differently now (a variable, secret or source file changed)")
+            continue
+        now = seen(cluster.get(object_path(obj, ns)))
+        if now != then.get("seen"):
+            out.append(f"{key} changed in the cluster ({then.get('seen') or 'absent'} then, {now or 'absent'} now)")
+    return out
+
+
 def cmd_plan(args, out) -> int:
-    if getattr(args, "json", False) or getattr(args, "out", None) or args.sql or args.preview:
-        raise OrchestrateError("--json, --out, --sql and --preview do not go with --target kubernetes")
-    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
-                                   namespace=getattr(args, "namespace", None), generate=False)
+    from . import saved
+    if getattr(args, "json", False) or args.sql or args.preview:
+        raise OrchestrateError("--json, --sql and --preview do not go with --target kubernetes")
+    namespace = getattr(args, "namespace", None)
+    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files, namespace=namespace,
+                                   generate=bool(args.out))    # a saved plan holds the secrets' salted hashes
     cluster = Cluster(getattr(args, "kubeconfig", None))
-    results = plan_objects(plan, rendered.objects, cluster=cluster)
+    entries: list[dict] = []
+    results = plan_objects(plan, rendered.objects, cluster=cluster, saved=entries)
     for key, what in results.items():
         out.print(f"{key}: {what}", always=True)
     changed = sum(1 for r in results.values() if r != "no change")
     out.print(f"Kubernetes: {changed} to apply, {len(results) - changed} unchanged ({cluster.server})", always=True)
+    if args.out:
+        saved.write_kubernetes(args.out, plan, namespace_of(rendered.objects, cluster), entries,
+                               namespace_option=namespace)
+        out.print(f"Saved the plan to {args.out}; apply exactly these changes with: orchestrate apply {args.out}",
+                  always=True)
     return 2 if changed and args.detailed_exitcode else 0

@@ -37,27 +37,43 @@ def is_saved(path: str | Path) -> bool:
     return head.lstrip().startswith("{") and f'"{KIND}"' in head
 
 
-def write(path: str | Path, result: RunResult) -> dict[str, Any]:
-    path = Path(path).resolve()
-    plan = result.plan
+def _header(path: Path, plan) -> dict[str, Any]:
+    """What every saved plan holds: where its plan and variables came from, as digests."""
     rel = lambda p: os.path.relpath(Path(p).resolve(), path.parent)  # noqa: E731
-    steps = [{"name": r.name, "type": r.type, "action": r.action.key, "fingerprint": r.fingerprint,
-              "known_after_apply": r.diff.after_apply, "changes": [c.to_dict() for c in r.diff.changes]}
-             for r in result.reports]
-    doc = {
+    return {
         "kind": KIND,
         "format_version": FORMAT,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "plan": {"name": plan.name, "file": rel(plan.path), "digest": file_digest(plan.path)},
         "var_files": [{"file": rel(f), "digest": file_digest(f)} for f in plan.var_files],
         "extra_vars": dict(plan.overrides),
-        "changes_pending": result.changes_pending,
-        "fingerprint": digest([s["fingerprint"] for s in steps]),
-        "steps": steps,
     }
+
+
+def _save(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
     doc = redact_obj(doc)
     atomic_write(path, json.dumps(doc, indent=2) + "\n", mode=0o644)
     return doc
+
+
+def write(path: str | Path, result: RunResult) -> dict[str, Any]:
+    path = Path(path).resolve()
+    steps = [{"name": r.name, "type": r.type, "action": r.action.key, "fingerprint": r.fingerprint,
+              "known_after_apply": r.diff.after_apply, "changes": [c.to_dict() for c in r.diff.changes]}
+             for r in result.reports]
+    return _save(path, {**_header(path, result.plan), "changes_pending": result.changes_pending,
+                        "fingerprint": digest([s["fingerprint"] for s in steps]), "steps": steps})
+
+
+def write_kubernetes(path: str | Path, plan, namespace: str, objects: list[dict[str, Any]], *,
+                     namespace_option: str | None = None) -> dict[str, Any]:
+    """A plan for --target kubernetes: per object its key, what apply would do, the digest of the
+    object rendered (a Secret's values only as a salted hash) and what the cluster showed of it;
+    ``namespace``: where the objects go; ``namespace_option``: --namespace, if given."""
+    path = Path(path).resolve()
+    return _save(path, {**_header(path, plan), "target": "kubernetes", "namespace": namespace,
+                        "namespace_option": namespace_option,
+                        "changes_pending": any(o["action"] != "no change" for o in objects), "objects": objects})
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -461,6 +461,61 @@ def test_an_image_the_cluster_cannot_pull_stops_the_upload_with_what_to_do(repo,
         api.close()
 
 
+def _plan_out(repo, config, saved, *extra):
+    buf = io.StringIO()
+    code = main(["plan", "--target", "kubernetes", str(repo / "plans" / "phase2.yaml"), "--kubeconfig", str(config),
+                 "-e", "pg_image=orchestrate-test/postgres:15", "-e", "nginx_image=orchestrate-test/nginx:1.22",
+                 "--out", str(saved), *extra], stdout=buf)
+    return code, buf.getvalue()
+
+
+def _apply_saved(saved, config, *extra):
+    buf = io.StringIO()
+    code = main(["apply", str(saved), "--kubeconfig", str(config), *extra], stdout=buf)
+    return code, buf.getvalue()
+
+
+def test_a_saved_plan_applies_exactly_what_was_reviewed(repo, tmp_path, fast, monkeypatch):
+    """plan --target kubernetes --out FILE on a pull request, apply FILE on merge: the saved plan
+    holds no secret; it is applied as it was (the copy Job's source, made by if_missing at apply,
+    known after apply); a second plan finds nothing to do."""
+    api = FakeApi()
+    config = kubeconfig(tmp_path / "kubeconfig", api.url)
+    saved = tmp_path / "k8s.plan"
+    try:
+        code, text = _plan_out(repo, config, saved)
+        assert code == 0 and "Saved the plan" in text, text
+        assert not api.objects and PASSWORD not in saved.read_text()
+        doc = json.loads(saved.read_text())
+        assert doc["target"] == "kubernetes" and doc["namespace"] == "orch" and len(doc["objects"]) == 14
+        code, text = _apply_saved(saved, config)          # no --target: the saved plan says it
+        assert code == 0, text
+        assert "Applying the saved plan" in text and "14 applied" in text
+        assert list(api.received.values()) == [(repo / "deployment_platform.db").read_bytes()]
+        # reviewed again and changed by someone else in between: the saved plan is stale
+        code, text = _plan_out(repo, config, saved, "-e", "nginx_image=nginx:1.27")
+        assert code == 0 and "Deployment/orch/proxy: update" in text
+        assert run_apply(repo, config, "-e", "nginx_image=nginx:1.25")[0] == 0
+        before = len(api.patches())
+        code, text = _apply_saved(saved, config)
+        assert code == 1 and "the saved plan is stale" in text and "nothing was changed" in text
+        assert "Deployment/orch/proxy changed in the cluster (generation 1 then, generation 2 now)" in text
+        assert len(api.patches()) == before
+        # a secret that changed since the plan was made: stale too, and the value is not said
+        code, text = _plan_out(repo, config, saved, "-e", "nginx_image=nginx:1.25")
+        assert code == 0
+        monkeypatch.setenv("AUTODEPLOY_DB_PASSWORD", "another-Password-51")
+        code, text = _apply_saved(saved, config)
+        assert code == 1 and "Secret/orch/autodeploy-phase2-postgres-env renders differently now" in text
+        assert "another-Password-51" not in text and PASSWORD not in text
+        assert len(api.patches()) == before
+        # -e with a saved plan is refused: it holds its variables
+        code, text = _apply_saved(saved, config, "-e", "x=1")
+        assert code == 1 and "a saved plan already holds its variables" in text
+    finally:
+        api.close()
+
+
 @pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="KUBECONFIG is not set: no real cluster to apply to")
 def test_against_a_real_cluster(repo):
     """The same plan on the cluster KUBECONFIG names, in a namespace of its own; the images must be
