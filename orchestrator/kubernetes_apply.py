@@ -413,8 +413,10 @@ def plan_objects(plan, objects: list[dict], *, cluster: Cluster, saved: list | N
         hashes, same = fingerprint(obj, recorded.get(key) or {})
         if saved is not None:
             entry = {"key": key, "hash": hashes["hash"], "seen": seen(live)}
-            if ((obj["metadata"].get("annotations") or {}).get(SOURCE_SHA) or "").startswith("unknown"):
-                entry["known_after_apply"] = True      # a copy Job whose source apply creates (if_missing)
+            if ((obj["metadata"].get("annotations") or {}).get(SOURCE_SHA) or "").startswith("unknown") \
+                    or _pending_secret(obj):
+                entry["known_after_apply"] = True    # a copy Job whose source apply creates (if_missing), a
+                                                     # Secret holding a value apply generates
             if "data_hash" in hashes:
                 entry["data_hash"] = stable_hash(json.dumps(obj.get("data") or {}, sort_keys=True), None)
             saved.append(entry)
@@ -429,6 +431,15 @@ def plan_objects(plan, objects: list[dict], *, cluster: Cluster, saved: list | N
         if saved is not None:
             saved[-1]["action"] = results[key]
     return results
+
+
+def _pending_secret(obj: dict) -> bool:
+    import base64
+    from urllib.parse import quote
+    from .secrets import PENDING
+    marks = {PENDING, quote(PENDING, safe=""), quote(PENDING)}     # as is, or as a URL part
+    return obj["kind"] == "Secret" and any(m in base64.b64decode(v).decode("utf-8", "replace")
+                                           for v in (obj.get("data") or {}).values() for m in marks)
 
 
 def stale_objects(doc: dict, objects: list[dict], cluster: Cluster) -> list[str]:
@@ -466,7 +477,7 @@ def cmd_plan(args, out) -> int:
         raise OrchestrateError("--json, --sql and --preview do not go with --target kubernetes")
     namespace = getattr(args, "namespace", None)
     plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files, namespace=namespace,
-                                   generate=bool(args.out))    # a saved plan holds the secrets' salted hashes
+                                   generate=False)     # plan writes nothing: a secret to generate is pending
     cluster = Cluster(getattr(args, "kubeconfig", None))
     entries: list[dict] = []
     results = plan_objects(plan, rendered.objects, cluster=cluster, saved=entries)

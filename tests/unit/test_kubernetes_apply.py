@@ -516,6 +516,25 @@ def test_a_saved_plan_applies_exactly_what_was_reviewed(repo, tmp_path, fast, mo
         api.close()
 
 
+def test_a_saved_plan_made_before_its_secrets_exist_applies_them_generated(repo, tmp_path, fast, monkeypatch):
+    monkeypatch.delenv("AUTODEPLOY_DB_PASSWORD")
+    monkeypatch.delenv("AUTODEPLOY_PGADMIN_PASSWORD")
+    api = FakeApi()
+    config = kubeconfig(tmp_path / "kubeconfig", api.url)
+    try:
+        code, text = _plan_out(repo, config, tmp_path / "k8s.plan")
+        assert code == 0, text
+        assert not (repo / "plans" / "phase2.secrets").exists()        # plan wrote nothing
+        code, text = _apply_saved(tmp_path / "k8s.plan", config)
+        assert code == 0 and "14 applied" in text, text
+        generated = yaml.safe_load((repo / "plans" / "phase2.secrets").read_text())["db_password"]
+        secret = api.objects["/api/v1/namespaces/orch/secrets/autodeploy-phase2-postgres-env"]
+        assert base64.b64decode(secret["data"]["POSTGRES_PASSWORD"]).decode() == generated
+        assert generated not in text
+    finally:
+        api.close()
+
+
 @pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="KUBECONFIG is not set: no real cluster to apply to")
 def test_against_a_real_cluster(repo):
     """The same plan on the cluster KUBECONFIG names, in a namespace of its own; the images must be
