@@ -230,6 +230,9 @@ def cmd_verify(args, out: Output) -> int:
 
 
 def cmd_destroy(args, out: Output) -> int:
+    if getattr(args, "target", "docker") == "kubernetes":
+        from .kubernetes_apply import cmd_destroy as destroy_kubernetes
+        return destroy_kubernetes(args, out)
     plan, _ = _load(args, out)
     if args.volumes and not args.yes:
         if not sys.stdin.isatty():
@@ -432,6 +435,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="STEP", help="destroy only this step (repeatable)")
     p.add_argument("--no-backup", action="store_true", help="with --volumes: do not take a backup first")
     p.add_argument("--images", action="store_true", help="also remove the images the plan built")
+    p.add_argument("--target", choices=["docker", "kubernetes"], default="docker",
+                   help="kubernetes: delete the plan's objects in the cluster (the database's volumes are kept)")
+    p.add_argument("--namespace", metavar="NAME", help="with --target kubernetes: the namespace apply used")
+    p.add_argument("--kubeconfig", metavar="FILE", help="with --target kubernetes (default: KUBECONFIG)")
     p.set_defaults(func=cmd_destroy)
 
     p = with_plan(sub, "backup", "take a backup now (pg_dump in the container), or prove one restorable")

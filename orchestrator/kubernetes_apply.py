@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OrchestrateError
-from .kubernetes import SOURCE_SHA, load_rendered, to_yaml, write
+from .kubernetes import SOURCE_SHA, dns_name, load_rendered, to_yaml, write
 from .lockfile import ApplyLock, Lockfile, digest
 
 FIELD_MANAGER = "orchestrate"
@@ -399,6 +399,45 @@ def seen(live: dict | None) -> str | None:
     return f"generation {meta['generation']}" if meta.get("generation") else f"version {meta.get('resourceVersion')}"
 
 
+def destroy_objects(plan, objects: list[dict], out, *, cluster: Cluster, volumes: bool) -> None:
+    """Delete the plan's objects, last applied first. Kept: the Namespace, a CloudNativePG Cluster
+    (deleting it deletes its volumes) and the database's PersistentVolumeClaims, unless ``volumes``."""
+    ns = namespace_of(objects, cluster)
+    lock = Lockfile.load(plan.lock_path)
+    recorded = lock.kubernetes_objects()
+    data_steps = set()
+    for obj in reversed(objects):
+        key, path = key_of(obj, ns), object_path(obj, ns)
+        if obj["kind"] == "StatefulSet":
+            data_steps.add(obj["metadata"]["labels"]["orchestrate.step"])
+        if obj["kind"] == "Namespace":
+            out.print(f"{key}: kept (delete it yourself once nothing else lives in it)", always=True)
+            continue
+        if obj["kind"] == "Cluster" and not volumes:
+            out.print(f"{key}: kept (the operator deletes its volumes with it: --volumes deletes it)", always=True)
+            continue
+        if cluster.get(path) is None:
+            out.print(f"{key}: absent", always=True)
+        else:
+            cluster.delete(path)
+            out.print(f"{key}: deleted", always=True)
+        recorded.pop(key, None)
+        lock.set_kubernetes_objects(recorded)
+        lock.save()               # one by one: a kill -9 leaves the lockfile saying what is left
+    for step in sorted(data_steps):
+        selector = f"orchestrate.plan={dns_name(plan.name)},orchestrate.step={step}"
+        _, doc = cluster.request("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims",
+                                 query=[("labelSelector", selector)])
+        for pvc in (doc or {}).get("items") or []:
+            name = pvc["metadata"]["name"]
+            if volumes:
+                cluster.delete(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}")
+                out.print(f"PersistentVolumeClaim/{ns}/{name}: deleted, with the data in it", always=True)
+            else:
+                out.print(f"PersistentVolumeClaim/{ns}/{name}: kept (the database's data; --volumes deletes it)",
+                          always=True)
+
+
 def plan_objects(plan, objects: list[dict], *, cluster: Cluster, saved: list | None = None) -> dict[str, str]:
     """What apply would do to each object, read-only: create (absent), update (its digest is not
     the recorded one; the server checks it by a server-side apply with dryRun=All) or no change.
@@ -469,6 +508,25 @@ def stale_objects(doc: dict, objects: list[dict], cluster: Cluster) -> list[str]
         if now != then.get("seen"):
             out.append(f"{key} changed in the cluster ({then.get('seen') or 'absent'} then, {now or 'absent'} now)")
     return out
+
+
+def cmd_destroy(args, out) -> int:
+    if getattr(args, "only", None) or getattr(args, "images", False):
+        raise OrchestrateError("--only and --images do not go with --target kubernetes")
+    if args.volumes and not args.no_backup:
+        raise OrchestrateError("--volumes deletes the database's volumes in the cluster, and no backup can be taken "
+                               "from here first", hint="take one (kubectl port-forward svc/<db service> 5432:5432, "
+                               "then orchestrate backup with the plan's url at 127.0.0.1:5432), then add --no-backup")
+    plan, rendered = load_rendered(args.plan, _overrides(args), args.var_files,
+                                   namespace=getattr(args, "namespace", None), secrets=False, generate=False)
+    if args.volumes:
+        from .cli import _confirm
+        _confirm(f"This deletes the volumes of plan {plan.name!r}'s database in the cluster and ALL the data in "
+                 f"them, with no backup", args.yes, plan.name)
+    cluster = Cluster(getattr(args, "kubeconfig", None))
+    with ApplyLock(plan.path):
+        destroy_objects(plan, rendered.objects, out, cluster=cluster, volumes=args.volumes)
+    return 0
 
 
 def cmd_plan(args, out) -> int:

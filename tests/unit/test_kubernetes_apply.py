@@ -117,10 +117,20 @@ class FakeApi:
                 self.reads[path] = 0
                 if obj["kind"] == "Job" and obj["spec"]["template"]["spec"].get("initContainers"):
                     self.start_pod(obj)
+                for vct in obj["spec"].get("volumeClaimTemplates") or [] if obj["kind"] == "StatefulSet" else []:
+                    name = f"{vct['metadata']['name']}-{obj['metadata']['name']}-0"     # as the controller names it
+                    ns = path.split("/")[5]           # /apis/apps/v1/namespaces/NS/statefulsets/NAME
+                    self.objects[f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"] = {
+                        "kind": "PersistentVolumeClaim", "metadata": {"name": name, "labels": vct["metadata"]["labels"]}}
                 return (200 if old else 201), obj
             if method == "DELETE":
                 self.objects.pop(path, None)
                 return 200, {"kind": "Status", "status": "Success"}
+            if path.endswith("/persistentvolumeclaims"):
+                want = dict(kv.split("=", 1) for kv in parse_qs(parts.query)["labelSelector"][0].split(","))
+                return 200, {"kind": "PersistentVolumeClaimList", "items": [
+                    o for p, o in self.objects.items() if p.startswith(path + "/")
+                    and want.items() <= o["metadata"]["labels"].items()]}
             if path.endswith("/pods"):
                 selector = parse_qs(parts.query)["labelSelector"][0]
                 key, value = selector.split("=", 1)
@@ -396,6 +406,12 @@ def test_a_cloudnativepg_cluster_is_applied_and_waited_on_then_the_ingress(repo,
         job = seq.index(("PATCH", "/apis/batch/v1/namespaces/orch/jobs/autodeploy-phase2-schema"))
         assert seq[:job].count(("GET", cluster)) >= 1 + READY_AFTER
         assert PASSWORD not in text
+        # destroy keeps the Cluster: the operator would delete its volumes with it
+        buf = io.StringIO()
+        assert main(["destroy", "--target", "kubernetes", str(repo / "plans" / "phase2.yaml"), "--kubeconfig",
+                     str(kubeconfig(tmp_path / "kubeconfig", api.url))], stdout=buf) == 0
+        assert "Cluster/orch/postgres: kept (the operator deletes its volumes with it" in buf.getvalue()
+        assert cluster in api.objects and ingress not in api.objects
     finally:
         api.close()
 
@@ -531,6 +547,40 @@ def test_a_saved_plan_made_before_its_secrets_exist_applies_them_generated(repo,
         secret = api.objects["/api/v1/namespaces/orch/secrets/autodeploy-phase2-postgres-env"]
         assert base64.b64decode(secret["data"]["POSTGRES_PASSWORD"]).decode() == generated
         assert generated not in text
+    finally:
+        api.close()
+
+
+def test_destroy_deletes_the_objects_last_first_and_keeps_the_data(repo, tmp_path, fast):
+    api = FakeApi()
+    config = kubeconfig(tmp_path / "kubeconfig", api.url)
+    pvc = "/api/v1/namespaces/orch/persistentvolumeclaims/postgres-data-postgres-0"
+
+    def destroy(*extra):
+        buf = io.StringIO()
+        code = main(["destroy", "--target", "kubernetes", str(repo / "plans" / "phase2.yaml"), "--kubeconfig",
+                     str(config), *extra], stdout=buf)
+        return code, buf.getvalue()
+    try:
+        assert run_apply(repo, config)[0] == 0
+        assert pvc in api.objects
+        applied = [p["path"] for p in api.patches()]
+        code, text = destroy()
+        assert code == 0, text
+        deleted = [r["path"] for r in api.requests if r["method"] == "DELETE"]
+        assert deleted == list(reversed(applied))                 # last applied, first deleted
+        assert pvc in api.objects and "postgres-data-postgres-0: kept (the database's data" in text
+        lock = json.loads((repo / "plans" / "phase2.lock").read_text())
+        assert lock["kubernetes"]["objects"] == {}
+        # again: nothing is left to delete
+        code, text = destroy()
+        assert code == 0 and text.count(": absent") == 14 and ": deleted" not in text
+        # --volumes: refused without --no-backup (no backup can be taken from here), then asked for
+        code, text = destroy("--volumes")
+        assert code == 1 and "no backup can be taken from here" in text and pvc in api.objects
+        code, text = destroy("--volumes", "--no-backup", "--yes")
+        assert code == 0 and "postgres-data-postgres-0: deleted, with the data in it" in text
+        assert pvc not in api.objects
     finally:
         api.close()
 
