@@ -521,7 +521,7 @@ def cmd_destroy(args, out) -> int:
                                    namespace=getattr(args, "namespace", None), secrets=False, generate=False)
     if args.volumes:
         from .cli import _confirm
-        _confirm(f"This deletes the volumes of plan {plan.name!r}'s database in the cluster and ALL the data in "
+        _confirm(f"This deletes the database volumes of plan {plan.name!r} in the cluster and ALL the data in "
                  f"them, with no backup", args.yes, plan.name)
     cluster = Cluster(getattr(args, "kubeconfig", None))
     with ApplyLock(plan.path):
