@@ -67,7 +67,6 @@ class Upload:
     size: int
     sha256: str
 
-
     def command(self) -> list[str]:
         return ["python", "-m", "orchestrator.receive", "put", self.dest, "--size", str(self.size),
                 "--sha256", self.sha256]
@@ -282,11 +281,12 @@ class _Builder:
         self.workloads.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": self.meta(cm, step.name),
                                "data": {"plan.yaml": yaml.safe_dump(inner, sort_keys=False)}})
         name = dns_name(self.plan.name, step.name)
-        source = f"{COPY_WORK}/{COPY_SOURCE}"
+        source, receiver = f"{COPY_WORK}/{COPY_SOURCE}", "receive"
+        source_dir = str(Path(source).parent)
         path = res.source_path
         if path.is_file():
             sha, size = file_sha256(path), path.stat().st_size
-            self.out.uploads[name] = Upload(path, source, "receive", size, sha)
+            self.out.uploads[name] = Upload(path, source, receiver, size, sha)
         else:
             sha = "unknown: the source does not exist yet"
             self.out.notes.append(f"{step.name}: {res.source_name} does not exist yet; apply creates it "
@@ -297,15 +297,15 @@ class _Builder:
                "volumes": [{"name": "work", "emptyDir": {}}, {"name": "source", "emptyDir": {}},
                            {"name": "plan", "configMap": {"name": cm}}],
                "initContainers": [{
-                   "name": "receive", "image": image,
+                   "name": receiver, "image": image,
                    "command": ["python", "-m", "orchestrator.receive", "wait", source, "--timeout", str(timeout)],
-                   "volumeMounts": [{"name": "source", "mountPath": str(Path(source).parent)}]}],
+                   "volumeMounts": [{"name": "source", "mountPath": source_dir}]}],
                "containers": [{
                    "name": "copy", "image": image, "workingDir": COPY_WORK,
                    "command": ["orchestrate", "apply", f"{COPY_WORK}/plan.yaml"],
                    "env": self.env(step.name, {"DATABASE_URL": url}, secret_words | {url}),
                    "volumeMounts": [{"name": "work", "mountPath": COPY_WORK},
-                                    {"name": "source", "mountPath": str(Path(source).parent)},
+                                    {"name": "source", "mountPath": source_dir},
                                     {"name": "plan", "mountPath": f"{COPY_WORK}/plan.yaml", "subPath": "plan.yaml",
                                      "readOnly": True}]}]}
         self.workloads.append({

@@ -262,6 +262,11 @@ def upload(cluster: Cluster, job: dict, applied: dict, up, namespace: str, out, 
     out.print(f"Job/{name}: {said or 'received'}", always=True)
 
 
+def secret_values(obj: dict) -> str:
+    """A Secret's values as one text: what is kept of them is only its salted hash."""
+    return json.dumps(obj.get("data") or {}, sort_keys=True)
+
+
 def fingerprint(obj: dict, prev: dict) -> tuple[dict, bool]:
     """What the lockfile records of ``obj`` and whether it is what ``prev`` recorded. A Secret's
     values only as a salted hash (the secrets module's), its other fields as a digest."""
@@ -269,7 +274,7 @@ def fingerprint(obj: dict, prev: dict) -> tuple[dict, bool]:
     if obj["kind"] != "Secret":
         want = digest(obj)
         return {"hash": want}, prev.get("hash") == want
-    values = json.dumps(obj.get("data") or {}, sort_keys=True)
+    values = secret_values(obj)
     shape = digest({k: v for k, v in obj.items() if k != "data"} | {"keys": sorted(obj.get("data") or {})})
     same = prev.get("hash") == shape and hash_matches(values, prev.get("data_hash"))
     return {"hash": shape, "data_hash": stable_hash(values, prev.get("data_hash"))}, same
@@ -281,7 +286,7 @@ def apply_objects(plan, objects: list[dict], out, *, cluster: Cluster, timeout: 
     ``uploads``: Job name -> the file sent into its pod once it is (re)created."""
     lock = Lockfile.load(plan.lock_path)
     recorded = lock.kubernetes_objects()
-    ns = next((o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"), None) or cluster.namespace
+    ns = namespace_of(objects, cluster)
     results, entries = {}, {}
     try:
         for obj in objects:
@@ -457,7 +462,7 @@ def plan_objects(plan, objects: list[dict], *, cluster: Cluster, saved: list | N
                 entry["known_after_apply"] = True    # a copy Job whose source apply creates (if_missing), a
                                                      # Secret holding a value apply generates
             if "data_hash" in hashes:
-                entry["data_hash"] = stable_hash(json.dumps(obj.get("data") or {}, sort_keys=True), None)
+                entry["data_hash"] = stable_hash(secret_values(obj), None)
             saved.append(entry)
         if live is not None and (same or obj["kind"] == "Job" and _completed(live, hashes["hash"])):
             results[key] = "no change"
@@ -498,10 +503,10 @@ def stale_objects(doc: dict, objects: list[dict], cluster: Cluster) -> list[str]
             out.append(f"{key} is new in the plan")
             continue
         hashes, _ = fingerprint(obj, recorded.get(key) or {})
-        values = json.dumps(obj.get("data") or {}, sort_keys=True)
         if then.get("known_after_apply"):
             pass
-        elif hashes["hash"] != then["hash"] or ("data_hash" in then and not hash_matches(values, then["data_hash"])):
+        elif hashes["hash"] != then["hash"] or ("data_hash" in then
+                                                and not hash_matches(secret_values(obj), then["data_hash"])):
             out.append(f"{key} renders differently now (a variable, secret or source file changed)")
             continue
         now = seen(cluster.get(object_path(obj, ns)))
