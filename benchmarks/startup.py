@@ -14,8 +14,10 @@ The repository's plans are copied to a temp folder; `validate` runs there twice:
              only, made here without Docker or a database): the scripts are known unchanged by
              their stamp, nothing heavy is imported
 
-References in the same run: the bare interpreter (`python -c pass`, `python -S -c pass`) and,
-when present, `docker --version` and `docker-compose version` / `docker compose version`.
+References in the same run: the bare interpreter (`python -c pass`, `python -S -c pass`), the
+floor under validate (the interpreter importing PyYAML, Jinja2 and pydantic, which validating a
+plan with templates needs, and nothing of orchestrate) and, when present, `docker --version` and
+`docker-compose version` / `docker compose version`.
 All commands are interleaved run by run, so all see the same machine load; medians are reported,
 with the load average at start and end. Nothing is asserted: the figures are printed.
 """
@@ -33,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from phase1_env import copy_repo  # benchmarks/ is this script's folder, first on sys.path
+from floor import floor_cmd, floor_name  # benchmarks/ is this script's folder, first on sys.path
+from phase1_env import copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("plans", "templates", "alembic", "alembic.ini", "examples", "schema", ".dockerignore")
@@ -110,6 +113,7 @@ def main() -> None:
         commands: dict[str, tuple[list[str], Path, dict[str, str]]] = {
             "python -c pass": ([sys.executable, "-c", "pass"], work, env),
             "python -S -c pass": ([sys.executable, "-S", "-c", "pass"], work, env),
+            floor_name("validate"): (floor_cmd("validate"), work, env),
         }
         if shutil.which("docker"):
             commands["docker --version"] = (["docker", "--version"], work, env)
@@ -138,12 +142,13 @@ def main() -> None:
     bare = statistics.median(results["python -c pass"])
     print(f"\nstart-up, {args.runs} runs each, interleaved; {sys.executable} "
           f"(Python {sys.version.split()[0]}), {os.cpu_count()} cores\n")
-    print(f"{'command':<34}{'median s':>10}{'min s':>9}{'max s':>9}{'x python':>10}   target")
+    width = max(len(n) for n in results) + 2
+    print(f"{'command':<{width}}{'median s':>10}{'min s':>9}{'max s':>9}{'x python':>10}   target")
     for name, times in results.items():
         med = statistics.median(times)
         target = TARGETS.get(name)
         verdict = (f"< {target:.2f} s {'met' if med < target else 'MISSED'}" if target else "")
-        print(f"{name:<34}{med:>10.3f}{min(times):>9.3f}{max(times):>9.3f}{med / bare:>10.2f}   {verdict}")
+        print(f"{name:<{width}}{med:>10.3f}{min(times):>9.3f}{max(times):>9.3f}{med / bare:>10.2f}   {verdict}")
     print("\nheavy libraries imported: " + "; ".join(f"{n.removeprefix('orchestrate ')}: {', '.join(h) or 'none'}"
                                                    for n, h in heavy.items()))
     if not made:
