@@ -18,7 +18,10 @@ The lockfile keeps, per table, the source's digest, the row counts and the targe
 an unchanged source and target is ``ok``; a changed source reloads only the tables that changed
 (the foreign keys pointing at a reloaded table are set aside and put back, which checks the rows
 of the tables that reference it against the new rows); rows in the target that the last copy did
-not leave there are never overwritten unless the step says ``overwrite: true``.
+not leave there are never overwritten unless the step says ``overwrite: true``. A converged apply
+reads no row: when the server's write counters for a table (rows inserted, updated, deleted, its
+storage, the last reset) are those recorded when a checksum last proved it the copy of the same
+source file, the recorded figures stand (see :func:`write_counters`).
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class TableState:
     target_rows: int | None = None           # None: the target was not reachable
     checksum: str | None = None              # the target's, taken in the server
     digest: str | None = None                # the source table's, when it had to be read
+    counters: str | None = None              # the server's write counters for it (see write_counters)
     action: str = "ok"                       # ok | copy | reload | refuse
     reason: str = ""
     problems: list[str] = field(default_factory=list)
@@ -191,6 +195,42 @@ def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool)
         ts.action = "refuse"
         ts.problems.append(f"{foreign}. Refusing to overwrite them: the application may have started writing "
                            f"to PostgreSQL. Set overwrite: true to replace them with the source's rows.")
+
+
+WRITE_COUNTERS = """
+SELECT t.name, c.relkind, c.oid::bigint, c.relfilenode::bigint, pg_stat_get_tuples_inserted(c.oid),
+       pg_stat_get_tuples_updated(c.oid), pg_stat_get_tuples_deleted(c.oid),
+       coalesce(pg_stat_get_db_stat_reset_time(d.oid)::text, ''), current_setting('track_counts')
+FROM unnest(%s::text[]) AS t(name)
+JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', current_schema(), t.name))
+JOIN pg_database d ON d.datname = current_database()
+"""
+
+
+def write_counters(pg, plans: list[TablePlan]) -> dict[str, str]:
+    """Per target table, what the server counts of the writes to it: rows inserted, updated and
+    deleted, its storage (oid and relfilenode: TRUNCATE, a rewrite or a re-created table change
+    them), when the database's counters were last reset (a reset, or a crash, which discards
+    them) and the columns the copy maps. Equal to what was recorded when a checksum proved the
+    table the copy's: no row was written to it since, as far as the server has counted. Tables
+    the server does not count (track_counts off, a partitioned table, whose writes count on its
+    partitions) are left out: their checksum is taken every time."""
+    cols = {p.target: hashlib.sha256(repr([(s, c.name, c.type) for s, c in p.columns]).encode()).hexdigest()[:16]
+            for p in plans}
+    out = {}
+    for name, kind, oid, node, ins, upd, dele, reset, track in pg.execute(WRITE_COUNTERS, (list(cols),)):
+        if kind == "r" and track == "on":
+            out[name] = f"{oid}:{node}:{ins}:{upd}:{dele}:{reset}:{cols[name]}"
+    return out
+
+
+def unwritten(recorded: dict, counters: str | None, file: str | None) -> bool:
+    """Whether a table's lockfile entry still describes it without reading it: the counters are
+    those recorded when a checksum last proved it the copy of this very source file, and no
+    commit of that copy is pending. Pure."""
+    return bool(counters and recorded.get("counters") == counters and "committing" not in recorded
+                and file is not None and recorded.get("file") == file and recorded.get("checksum")
+                and isinstance(recorded.get("rows"), int) and isinstance(recorded.get("source_rows"), int))
 
 
 def diff_copy(obs: Observed, on_dangling: str) -> Diff:
@@ -411,13 +451,23 @@ class CopyData(Resource):
         for t in target.values():
             for fk in t.foreign_keys:
                 obs.incoming.setdefault(fk.ref_table, []).append(fk)
+        # read before any checksum: a write the counters miss now is in no checksum taken after
+        counters = write_counters(pg, plans)
         for p in plans:
+            r = self._table_record(rec, p.target)
+            if p.target not in self._loaded and unwritten(r, counters.get(p.target), obs.fingerprint):
+                # nothing was written to it since a checksum proved it the copy of this very
+                # source file: the recorded figures stand, and no row is read on either side
+                ts = TableState(p, r["source_rows"], r["rows"], r["checksum"], counters=r["counters"])
+                decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
+                obs.tables.append(ts)
+                continue
             ts = TableState(p, src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)}").fetchone()[0])
             if p.target in self._loaded:
                 ts.target_rows, ts.checksum = self._loaded[p.target]
             else:
                 ts.target_rows, ts.checksum = self._target_checksum(pg, p)
-            r = self._table_record(rec, p.target)
+                ts.counters = counters.get(p.target)
             now = settled(r, ts.checksum)
             if ts.target_rows and now.get("file") != obs.fingerprint and now.get("checksum") == ts.checksum:
                 ts.digest = self._source_digest(src, p)
@@ -897,6 +947,8 @@ class CopyData(Resource):
                 entry["source_digest"] = ts.digest
             if ts.action == "ok":
                 entry["file"] = obs.fingerprint      # proven equal to this very file
+                if ts.counters:
+                    entry["counters"] = ts.counters
             for key in REPAIRS:
                 if key in (self._report.get(ts.plan.target) or prev):
                     entry[key] = (self._report.get(ts.plan.target) or prev)[key]

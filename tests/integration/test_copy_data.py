@@ -189,6 +189,64 @@ def test_second_apply_writes_nothing_and_a_changed_source_reloads_only_its_table
     exact(source, url)
 
 
+def scans(url) -> dict[str, int]:
+    """Sequential and index scans of each table, as the server counted them."""
+    return {t: n for t, n in rows(url, "SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) "
+                                       "FROM pg_stat_user_tables WHERE relname = ANY(%s)", list(TABLES))}
+
+
+def counted(url, table: str, at_least: int, column: str = "n_tup_upd") -> None:
+    """Wait until the server's statistics count a write (a backend reports them as it ends)."""
+    deadline = time.monotonic() + 15
+    while rows(url, f"SELECT {column} FROM pg_stat_user_tables WHERE relname = %s", table)[0][0] < at_least:
+        assert time.monotonic() < deadline, f"the server never counted the write to {table}"
+        time.sleep(0.2)
+
+
+def test_a_converged_apply_reads_no_row_and_still_sees_every_write(reference, tmp_path):
+    """Issue 15: a no-op apply decides "unchanged" from the server's write counters, not by
+    reading every row; an update, a reset of the statistics or a TRUNCATE still lead back to the
+    checksum, so a write to PostgreSQL is refused exactly as before."""
+    source, url, counts = reference
+    plan = plan_file(tmp_path, source, url)
+    assert plan.run("apply")[0] == 0
+    assert plan.run("apply")[0] == 0                     # a checksum proves the copy; counters recorded
+    tables = plan.lock()["observed"]["tables"]
+    assert all(tables[t].get("counters") for t in TABLES), tables
+    time.sleep(1.5)                                      # the checksum's own scans are counted
+    before = scans(url)
+    code, out = plan.run("apply")
+    assert code == 0 and "ok:      data" in out, out
+    assert plan.run("plan", "--detailed-exitcode")[0] == 0
+    time.sleep(1.5)
+    assert scans(url) == before, "a converged apply read the tables"
+
+    # statistics reset (as after a crash): the checksum is taken again, the table is still the copy
+    rows(url, "SELECT pg_stat_reset()")
+    code, out = plan.run("apply")
+    assert code == 0 and "ok:      data" in out, out
+    assert plan.lock()["observed"]["tables"]["deployments"]["counters"] != tables["deployments"]["counters"]
+
+    # one value changed in PostgreSQL, the source untouched: refused as a foreign write
+    rows(url, "UPDATE deployment_logs SET message = message || ' (edited in PostgreSQL)' WHERE id = 1")
+    counted(url, "deployment_logs", 1)
+    code, out = plan.run("apply")
+    assert code == 1, out
+    assert "deployment_logs holds rows that the last copy did not leave there" in out, out
+    rows(url, "UPDATE deployment_logs SET message = replace(message, ' (edited in PostgreSQL)', '') WHERE id = 1")
+    code, out = plan.run("apply")
+    assert code == 0 and "ok:      data" in out, out      # the content is the copy's again
+
+    # emptied and refilled with other rows of the same count: new storage, so the checksum decides
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE keep AS SELECT * FROM deployment_logs")
+        conn.execute("TRUNCATE deployment_logs")
+        conn.execute("INSERT INTO deployment_logs SELECT * FROM keep")
+        conn.execute("UPDATE deployment_logs SET level = 'X' WHERE id = 2")
+    code, out = plan.run("apply")
+    assert code == 1 and "deployment_logs holds rows that the last copy did not leave there" in out, out
+
+
 def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_path):
     source, url, _ = reference
     plan = plan_file(tmp_path, source, url)

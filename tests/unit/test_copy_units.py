@@ -228,6 +228,31 @@ def test_decide(ts, rec, same, overwrite, action):
         assert "Refusing to overwrite" in ts.problems[0] and "overwrite: true" in ts.problems[0]
 
 
+GOOD = {"counters": "16424:16424:10000:0:0::c5", "file": "F", "checksum": "h2:10:5", "rows": 10, "source_rows": 10}
+
+
+@pytest.mark.parametrize("rec,counters,file,expected", [
+    (GOOD, "16424:16424:10000:0:0::c5", "F", True),
+    (GOOD, "16424:16424:10000:1:0::c5", "F", False),                   # a row updated since
+    (GOOD, "16424:16424:10000:0:0:2026-12-06 10:00:00+00:c5", "F", False),   # statistics reset
+    (GOOD, "16424:16999:10000:0:0::c5", "F", False),                   # truncated or rewritten
+    (GOOD, "16424:16424:10000:0:0::d7", "F", False),                   # the columns mapped changed
+    (GOOD, None, "F", False),                                          # not counted (track_counts off)
+    (GOOD, "16424:16424:10000:0:0::c5", "G", False),                   # the source file changed
+    (GOOD, "16424:16424:10000:0:0::c5", None, False),
+    ({**GOOD, "committing": {"checksum": "h2:11:6"}}, "16424:16424:10000:0:0::c5", "F", False),
+    ({k: v for k, v in GOOD.items() if k != "counters"}, "16424:16424:10000:0:0::c5", "F", False),
+    ({k: v for k, v in GOOD.items() if k != "checksum"}, "16424:16424:10000:0:0::c5", "F", False),
+    ({**GOOD, "rows": None}, "16424:16424:10000:0:0::c5", "F", False),
+], ids=["unwritten", "updated", "stats-reset", "new-storage", "mapping-changed", "not-counted", "source-changed",
+        "no-source-fingerprint", "commit-pending", "never-counted", "no-checksum", "no-rows"])
+def test_unwritten(rec, counters, file, expected):
+    """A table is taken as unchanged without reading it only when every part of the recorded
+    counters matches, the source file is the one proven, and no commit is pending."""
+    from orchestrator.steps.copy_data import unwritten
+    assert unwritten(rec, counters, file) is expected
+
+
 def test_diff_names_tables_counts_and_dangling():
     from orchestrator.steps.copy_data import Dangling
     ts = state(source_rows=5)
