@@ -154,12 +154,13 @@ class Executor:
         if self.mode in ("plan", "status", "verify"):
             report.status = "pending" if diff.changes else "ok"
             report.fingerprint = digest(redact.redact_obj({
-                "observed": res.record(obs),
+                "observed": res.identity(res.record(obs)),
                 "changes": [[c.action.key, c.field, c.to_dict()["before"], c.to_dict()["after"]] for c in diff.changes]}))
             if diff.changes:
                 self.rc.changed.append(step.name)
             if self.mode == "status":
-                report.drift = drift(self.lock.step(step.name).get("observed") or {}, res.record(obs))
+                report.drift = drift(res.identity(self.lock.step(step.name).get("observed") or {}),
+                                     res.identity(res.record(obs)))
             return res.outputs(obs)
         if self.only is not None and step.name not in self.only:
             report.status = "skipped"

@@ -194,10 +194,12 @@ def print_verify(out: Output, result: RunResult) -> bool:
             out.print(f"  {'table':<{width}}  {'source rows':>12}  {'target rows':>12}  checksum", always=True)
             for t in tables:
                 mark = out.c("equal", "green") if t["equal"] else out.c("DIFFERENT", "red")
+                if not t.get("compared", True):
+                    mark = "not compared"
                 src = "-" if t["source_rows"] is None else f"{t['source_rows']:,}"
                 tgt = "-" if t["target_rows"] is None else f"{t['target_rows']:,}"
                 out.print(f"  {t['table']:<{width}}  {src:>12}  {tgt:>12}  {mark}", always=True)
-                if not t["equal"]:
+                if not t["equal"] or not t.get("compared", True):
                     out.print(f"      {t['detail']}", always=True)
         for c in details.get("checks") or []:
             mark = out.c("ok  ", "green") if c["ok"] else out.c("FAIL", "red")

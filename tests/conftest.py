@@ -387,6 +387,13 @@ class Phase2:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
             return response.status, json.loads(response.read())
 
+    def post(self, path: str, body: dict, proxy: bool = False):
+        port = self.http_port if proxy else self.app_port
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
     def source_tenants(self) -> int:
         with sqlite3.connect(self.root / "deployment_platform.db") as conn:
             return conn.execute("select count(*) from tenants").fetchone()[0]

@@ -206,6 +206,11 @@ class Resource:
         """Identities observed, for the lockfile and drift detection (no secrets)."""
         return {}
 
+    def identity(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A record (``record()``'s, or the lockfile's) as saved plans and drift compare it: less
+        what changes without changing what the step would do."""
+        return record
+
     def secret_inputs(self) -> dict[str, str]:
         """Secret values among the inputs, by field name (stored only as salted hashes)."""
         return {}

@@ -119,6 +119,7 @@ class TableState:
     checksum: str | None = None              # the target's, taken in the server
     digest: str | None = None                # the source table's, when it had to be read
     counters: str | None = None              # the server's write counters for it (see write_counters)
+    written: bool = False                    # written in PostgreSQL since the copy, its source unchanged
     action: str = "ok"                       # ok | copy | reload | refuse
     reason: str = ""
     problems: list[str] = field(default_factory=list)
@@ -185,6 +186,13 @@ def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool)
         ts.reason = (f"the source changed since the last copy: {ts.source_rows} rows now, "
                      f"{rec.get('source_rows', 0)} then ({delta:+d})")
         return
+    same_source = bool(rec) and ((file is not None and rec.get("file") == file)
+                                 or (ts.digest is not None and ts.digest == rec.get("source_digest")))
+    if same_source and not overwrite:
+        # the application writes to PostgreSQL now, and the source has nothing new: converged
+        ts.action, ts.written = "ok", True
+        ts.reason = written_note(ts.plan.target, ts.target_rows, rec.get("rows"))
+        return
     foreign = (f"{ts.plan.target} holds rows that the last copy did not leave there ("
                + (f"{ts.target_rows} rows now, {rec.get('rows')} after the last copy, and the checksum differs: "
                   f"rows were written to PostgreSQL since)" if rec else
@@ -231,11 +239,17 @@ def write_counters(pg, plans: list[TablePlan]) -> dict[str, str]:
 
 def unwritten(recorded: dict, counters: str | None, file: str | None) -> bool:
     """Whether a table's lockfile entry still describes it without reading it: the counters are
-    those recorded when a checksum last proved it the copy of this very source file, and no
-    commit of that copy is pending. Pure."""
+    those recorded when a checksum last proved it the copy of this very source file (or found it
+    written in PostgreSQL since, ``written``), and no commit of a copy is pending. Pure."""
     return bool(counters and recorded.get("counters") == counters and "committing" not in recorded
                 and file is not None and recorded.get("file") == file and recorded.get("checksum")
                 and isinstance(recorded.get("rows"), int) and isinstance(recorded.get("source_rows"), int))
+
+
+def written_note(table: str, rows_now: int | None, rows_copied: int | None) -> str:
+    return (f"{table}: written in PostgreSQL since the last copy ({rows_now} rows now, {rows_copied} after the "
+            f"copy); its source is unchanged, so there is nothing to copy (an apply's verify no longer compares it "
+            f"with the source)")
 
 
 def diff_copy(obs: Observed, on_dangling: str) -> Diff:
@@ -262,6 +276,8 @@ def diff_copy(obs: Observed, on_dangling: str) -> Diff:
         t = ts.plan.target
         details[t] = {"source_table": ts.plan.source, "source_rows": ts.source_rows,
                       "target_rows": ts.target_rows, "action": ts.action}
+        if ts.written:
+            d.notes.append(ts.reason)
         if ts.action == "copy":
             before = "(known after apply)" if obs.after_apply else f"{ts.target_rows or 0} rows"
             d.changes.append(Change(Action.CREATE, f"table {t}", before,
@@ -298,6 +314,9 @@ class CopyData(Resource):
     def __init__(self, *args):
         super().__init__(*args)
         self._loaded: dict[str, tuple[int, str]] = {}    # after apply: target -> (rows, checksum)
+        # target -> rows, of the tables written in PostgreSQL since the copy (its source unchanged),
+        # as this run observed them; None: not observed in this run
+        self.written_tables: dict[str, int | None] | None = None
         self._report: dict[str, dict] = {}              # rows changed or left out, per table
         self._server_version = 140000                  # the target's, once connected
 
@@ -460,11 +479,18 @@ class CopyData(Resource):
         counters = write_counters(pg, plans)
         for p in plans:
             r = self._table_record(rec, p.target)
-            if p.target not in self._loaded and unwritten(r, counters.get(p.target), obs.fingerprint):
+            written = r.get("written")
+            if (p.target not in self._loaded and unwritten(r, counters.get(p.target), obs.fingerprint)
+                    and not (written and spec.overwrite)):
                 # nothing was written to it since a checksum proved it the copy of this very
-                # source file: the recorded figures stand, and no row is read on either side
-                ts = TableState(p, r["source_rows"], r["rows"], r["checksum"], counters=r["counters"])
-                decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
+                # source file (or found it written since): the recorded figures stand, and no row
+                # is read on either side
+                if isinstance(written, dict):
+                    ts = TableState(p, r["source_rows"], written.get("rows"), None, counters=r["counters"],
+                                    written=True, reason=written_note(p.target, written.get("rows"), r["rows"]))
+                else:
+                    ts = TableState(p, r["source_rows"], r["rows"], r["checksum"], counters=r["counters"])
+                    decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
                 obs.tables.append(ts)
                 continue
             ts = TableState(p, src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)}").fetchone()[0])
@@ -474,10 +500,12 @@ class CopyData(Resource):
                 ts.target_rows, ts.checksum = self._target_checksum(pg, p)
                 ts.counters = counters.get(p.target)
             now = settled(r, ts.checksum)
-            if ts.target_rows and now.get("file") != obs.fingerprint and now.get("checksum") == ts.checksum:
+            if ts.target_rows and now.get("file") != obs.fingerprint and (now.get("checksum") == ts.checksum
+                                                                           or now.get("source_digest")):
                 ts.digest = self._source_digest(src, p)
             decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
             obs.tables.append(ts)
+        self.written_tables = {ts.plan.target: ts.target_rows for ts in obs.tables if ts.written}
         for ts in obs.tables:
             # apply checks what plan's preflight checks, before the first row of the first table
             # is written, and names every problem at once
@@ -619,6 +647,17 @@ class CopyData(Resource):
         if done.returncode != 0 or not self.source_path.is_file():
             raise StepFailed(f"if_missing ({' '.join(cmd)}) did not create {self.source_path} "
                              f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
+
+    def written_since_copy(self, pg, p: TablePlan) -> bool:
+        """Whether the target table now holds other rows than the last copy left there, its source
+        unchanged since (the checksum, taken now). verify asks when a table differs from the source
+        that this step had found unwritten from the server's counters, which count a write only
+        once the writing session reports it: the application may have written just before."""
+        rec = self._table_record(self.rc.lock.step(self.step.name).get("observed") or {}, p.target)
+        if not rec.get("checksum") or not self.source_path.is_file() or rec.get("file") != fingerprint(self.source_path):
+            return False
+        _, checksum = self._target_checksum(pg, p)
+        return settled(rec, checksum).get("checksum") != checksum
 
     @property
     def _live_tables(self) -> dict[str, dict]:
@@ -936,6 +975,22 @@ class CopyData(Resource):
 
     # record ------------------------------------------------------------------------------------
 
+    def summary(self, obs: Observed) -> str:
+        """Tables the application has written in PostgreSQL since the copy, their source unchanged."""
+        return "; ".join(ts.reason for ts in obs.tables if ts.written)
+
+    def identity(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Without the server's write counters (a cache of what a checksum proved), nor the row
+        count of a table the application writes: a plan saved before it wrote again still
+        applies, and status calls neither drift."""
+        tables = {}
+        for name, entry in (record.get("tables") or {}).items():
+            entry = {k: v for k, v in entry.items() if k != "counters"}
+            if "written" in entry:
+                entry["written"] = True
+            tables[name] = entry
+        return {**record, "tables": tables} if "tables" in record else record
+
     def outputs(self, obs: Observed | None = None) -> dict[str, Any]:
         if obs is None or not obs.tables:
             return {"tables": {}}
@@ -950,6 +1005,11 @@ class CopyData(Resource):
                      "checksum": ts.checksum, "source_digest": prev.get("source_digest"), "file": prev.get("file")}
             if ts.digest:
                 entry["source_digest"] = ts.digest
+            if ts.written:
+                # the copy's own figures stay (a changed source is then still refused), with what
+                # was seen now; counters: the next apply reads nothing while they hold
+                entry = {**prev, "written": {"rows": ts.target_rows}}
+                entry.pop("counters", None)
             if ts.action == "ok":
                 entry["file"] = obs.fingerprint      # proven equal to this very file
                 if ts.counters:

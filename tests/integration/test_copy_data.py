@@ -206,7 +206,7 @@ def counted(url, table: str, at_least: int, column: str = "n_tup_upd") -> None:
 def test_a_converged_apply_reads_no_row_and_still_sees_every_write(reference, tmp_path):
     """Issue 15: a no-op apply decides "unchanged" from the server's write counters, not by
     reading every row; an update, a reset of the statistics or a TRUNCATE still lead back to the
-    checksum, so a write to PostgreSQL is refused exactly as before."""
+    checksum, so a write to PostgreSQL is seen exactly as before."""
     source, url, counts = reference
     plan = plan_file(tmp_path, source, url)
     assert plan.run("apply")[0] == 0
@@ -227,15 +227,17 @@ def test_a_converged_apply_reads_no_row_and_still_sees_every_write(reference, tm
     assert code == 0 and "ok:      data" in out, out
     assert plan.lock()["observed"]["tables"]["deployments"]["counters"] != tables["deployments"]["counters"]
 
-    # one value changed in PostgreSQL, the source untouched: refused as a foreign write
+    # one value changed in PostgreSQL, the source untouched: seen (the checksum), nothing to copy
     rows(url, "UPDATE deployment_logs SET message = message || ' (edited in PostgreSQL)' WHERE id = 1")
     counted(url, "deployment_logs", 1)
     code, out = plan.run("apply")
-    assert code == 1, out
-    assert "deployment_logs holds rows that the last copy did not leave there" in out, out
+    assert code == 0 and "deployment_logs: written in PostgreSQL since the last copy" in out, out
+    assert "written" in plan.lock()["observed"]["tables"]["deployment_logs"]
     rows(url, "UPDATE deployment_logs SET message = replace(message, ' (edited in PostgreSQL)', '') WHERE id = 1")
+    counted(url, "deployment_logs", 2)
     code, out = plan.run("apply")
-    assert code == 0 and "ok:      data" in out, out      # the content is the copy's again
+    assert code == 0 and "ok:      data" in out and "written in PostgreSQL" not in out, out   # the copy's again
+    assert "written" not in plan.lock()["observed"]["tables"]["deployment_logs"]
 
     # emptied and refilled with other rows of the same count: new storage, so the checksum decides
     with psycopg.connect(url, autocommit=True) as conn:
@@ -244,7 +246,96 @@ def test_a_converged_apply_reads_no_row_and_still_sees_every_write(reference, tm
         conn.execute("INSERT INTO deployment_logs SELECT * FROM keep")
         conn.execute("UPDATE deployment_logs SET level = 'X' WHERE id = 2")
     code, out = plan.run("apply")
+    assert code == 0 and "deployment_logs: written in PostgreSQL since the last copy" in out, out
+    with sqlite3.connect(source) as src:                 # and now the source too: a conflict, refused
+        src.execute("UPDATE deployment_logs SET message = 'changed in SQLite' WHERE id = 5")
+    code, out = plan.run("apply")
     assert code == 1 and "deployment_logs holds rows that the last copy did not leave there" in out, out
+    assert rows(url, "SELECT level FROM deployment_logs WHERE id = 2")[0][0] == "X"
+
+
+def test_after_the_switch_the_application_writes_to_postgres_and_apply_still_converges(reference, tmp_path):
+    """The application now writes to PostgreSQL and nothing writes to SQLite any more: the copy
+    has nothing to bring, so apply is ok (a note, no refusal), verify checks what it still can
+    without comparing those tables with the source, and nothing is written to them. Only when the
+    source changes too is there a conflict, refused as before."""
+    source, url, counts = reference
+    plan = plan_file(tmp_path, source, url, verify=True)
+    assert plan.run("apply")[0] == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (name, slug) VALUES ('after-the-switch', 'after-the-switch')")
+    counted(url, "tenants", counts["tenants"] + 1, column="n_tup_ins")
+    xid = current_xid(url)
+    for _ in range(2):                  # the second one from the counters alone
+        code, out = plan.run("apply")
+        assert code == 0, out
+        assert "ok:      data" in out and "tenants: written in PostgreSQL since the last copy" in out, out
+        assert "nothing to copy" in out, out
+    assert written_since(url, xid) == {t: 0 for t in TABLES}
+    assert plan.lock()["observed"]["tables"]["tenants"]["written"] == {"rows": counts["tenants"] + 1}
+    assert plan.lock()["observed"]["tables"]["tenants"]["rows"] == counts["tenants"], "the copy's figures stay"
+    assert plan.run("plan", "--detailed-exitcode")[0] == 0
+
+    # a plan saved for review still applies after the application wrote again (GitOps)
+    saved = tmp_path / "reviewed.plan.json"
+    assert plan.run("plan", "--out", str(saved))[0] == 0
+    rows(url, "INSERT INTO tenants (name, slug) VALUES ('after-the-review', 'after-the-review')")
+    counted(url, "tenants", counts["tenants"] + 2, column="n_tup_ins")
+    code, out = run_cli("apply", saved)
+    assert code == 0 and "tenants: written in PostgreSQL since the last copy" in out, out
+
+    # orchestrate verify compares every table, and says which differences are of that kind
+    rows(url, "INSERT INTO deployments (tenant_id, name) VALUES (1, 'after-the-switch')")
+    counted(url, "deployments", counts["deployments"] + 1, column="n_tup_ins")
+    code, out = plan.run("verify")
+    assert code == 1, out
+    marks = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.split()[:1] in ([t] for t in TABLES)}
+    assert marks == {"tenants": "DIFFERENT", "deployments": "DIFFERENT", "deployment_logs": "equal"}, out
+    assert out.count("it was written in PostgreSQL since the last copy, its source unchanged") == 2, out
+    # while an apply whose verify compares the data says they are the application's now
+    plan.path.write_text(plan.path.read_text().replace('verify: {url: "{{ secrets.url }}"}',
+                                                       'verify: {url: "{{ secrets.url }}", every_apply: true}'))
+    code, out = plan.run("apply")
+    assert code == 0, out
+    assert "verified 1 table(s)" in out and "2 table(s) written in PostgreSQL since the copy" in out, out
+    plan.write(verify=True)
+
+    # a source change in a table the application did not write: reloaded as before
+    with sqlite3.connect(source) as src:
+        src.execute("UPDATE deployment_logs SET message = 'changed in SQLite' WHERE id = 3")
+    code, out = plan.run("apply")
+    assert code == 0, out
+    assert rows(url, "SELECT message FROM deployment_logs WHERE id = 3")[0][0] == "changed in SQLite"
+    assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'after-the-switch'")[0][0] == 1
+
+    # both sides written: a conflict, refused, the application's row kept
+    with sqlite3.connect(source) as src:
+        src.execute("UPDATE tenants SET name = 'changed in SQLite' WHERE id = 1")
+    code, out = plan.run("apply")
+    assert code == 1, out
+    assert "tenants holds rows that the last copy did not leave there" in out, out
+    assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'after-the-switch'")[0][0] == 1
+
+
+def test_a_write_the_server_has_not_counted_yet_does_not_fail_the_apply(reference, tmp_path):
+    """The server counts a write when its session reports it; until then copy-data's counters say
+    unwritten. The apply's verify, finding the table different from the source, takes the
+    checksum before it calls it a difference: written in PostgreSQL since the copy, so not
+    compared. orchestrate verify still reports it."""
+    source, url, counts = reference
+    plan = plan_file(tmp_path, source, url, verify=True)
+    plan.path.write_text(plan.path.read_text().replace('verify: {url: "{{ secrets.url }}"}',
+                                                       'verify: {url: "{{ secrets.url }}", every_apply: true}'))
+    assert plan.run("apply")[0] == 0
+    assert plan.run("apply")[0] == 0                     # the counters recorded
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET track_counts = off")           # this write is never counted
+        conn.execute("INSERT INTO tenants (name, slug) VALUES ('uncounted', 'uncounted')")
+    code, out = plan.run("apply")
+    assert code == 0, out
+    assert "1 table(s) written in PostgreSQL since the copy, not compared with the source" in out, out
+    code, out = plan.run("verify")                       # the audit still finds it, and says what it is
+    assert code == 1 and "it was written in PostgreSQL since the last copy, its source unchanged" in out, out
 
 
 def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_path):
@@ -417,8 +508,8 @@ def test_hard_cases_land_as_documented(server, tmp_path):
     assert plan.run("plan", "--detailed-exitcode")[0] == 0
     assert rows(url, "INSERT INTO auto (v) VALUES ('next') RETURNING id") == [(10,)]
     assert rows(url, "INSERT INTO serials (v) VALUES ('next') RETURNING id") == [(101,)]
-    code, out = plan.run("plan")
-    assert code == 1 and "auto holds rows that the last copy did not leave there" in out, out
+    code, out = plan.run("plan", "--detailed-exitcode")     # the application's rows: nothing to copy
+    assert code == 0 and "auto: written in PostgreSQL since the last copy" in out, out
 
 
 FAILURES = [

@@ -40,6 +40,11 @@ def test_phase2_fresh_apply_converges_and_rebuilds_only_what_changed(phase2, doc
     assert mutations.calls == []
     assert phase2.run("plan", "--detailed-exitcode")[0] == 0
 
+    # the application writes to PostgreSQL now (through nginx, as clients do); the SQLite source
+    # is unchanged, so the copy has nothing to bring and releases keep converging
+    status, created = phase2.post("/deployments", {"tenant_id": 1, "name": "after-the-switch"}, proxy=True)
+    assert status in (200, 201), created
+
     # one source file changed: rebuild naming it, recreate the application only
     db_before = ids(docker_client, phase2.db_container)
     app_file = phase2.root / "examples/autodeploy/app/__init__.py"
@@ -51,6 +56,8 @@ def test_phase2_fresh_apply_converges_and_rebuilds_only_what_changed(phase2, doc
     assert [line.split()[1] for line in lines if "recreate" in line] == ["app_image", "app"], out
     code, out = phase2.run("apply")
     assert code == 0 and "recreated container (image)" in out, out
+    # (copy-data says so too once the server has counted the write; verify checks it either way)
+    assert "verified 2 table(s)" in out and "1 table(s) written in PostgreSQL since the copy" in out, out
     assert ids(docker_client, phase2.db_container) == db_before
     assert len(phase2.get("/tenants")[1]) == phase2.source_tenants()
     # the build it replaced is gone: no untagged image of this plan is left behind

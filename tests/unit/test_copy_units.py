@@ -213,19 +213,30 @@ def state(source_rows=10, target_rows=0, checksum=None, digest=None):
                                                             "committing": {"checksum": "h2:10:5", "file": "F"}}, False, False, "ok"),
     (state(target_rows=9, checksum="h2:9:1", digest="d1"), {"checksum": "h2:9:1", "file": "OLD", "source_digest": "d0",
                                                             "committing": {"checksum": "h2:10:5", "file": "F"}}, False, False, "reload"),
-    (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, False, "refuse"),
+    (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, False, False, "refuse"),
+    (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, False, "ok"),
+    (state(target_rows=11, checksum="h2:11:9", digest="d1"), {"checksum": "h2:10:5", "source_digest": "d1"},
+     False, False, "ok"),
+    (state(target_rows=11, checksum="h2:11:9", digest="d2"), {"checksum": "h2:10:5", "source_digest": "d1"},
+     False, False, "refuse"),
     (state(target_rows=11, checksum="h2:11:9"), {}, True, False, "refuse"),
     (state(target_rows=11, checksum="h2:11:9"), {"checksum": "h2:10:5"}, True, True, "reload"),
     (state(target_rows=10, checksum="h2:10:5"), {"checksum": "10:77", "rows": 10}, True, False, "ok"),
-    (state(target_rows=11, checksum="h2:11:5"), {"checksum": "10:77", "rows": 10}, True, False, "refuse"),
+    (state(target_rows=11, checksum="h2:11:5"), {"checksum": "10:77", "rows": 10}, True, False, "ok"),
+    (state(target_rows=11, checksum="h2:11:5"), {"checksum": "10:77", "rows": 10}, False, False, "refuse"),
 ], ids=["empty", "unchanged", "same-digest", "source-changed", "killed-after-commit", "killed-after-commit-dict",
-        "killed-before-commit-same-source", "killed-before-commit-source-changed", "foreign-rows",
-        "never-copied", "overwrite", "older-fingerprint-same-count", "older-fingerprint-other-count"])
+        "killed-before-commit-same-source", "killed-before-commit-source-changed", "foreign-rows-source-changed",
+        "written-in-postgres-source-unchanged", "written-in-postgres-same-digest", "written-on-both-sides",
+        "never-copied", "overwrite", "older-fingerprint-same-count", "older-fingerprint-other-count-same-source",
+        "older-fingerprint-other-count-source-changed"])
 def test_decide(ts, rec, same, overwrite, action):
     decide(ts, {**rec, "file": "F"} if same and rec else rec, file="F", overwrite=overwrite)
     assert ts.action == action
     if action == "refuse":
         assert "Refusing to overwrite" in ts.problems[0] and "overwrite: true" in ts.problems[0]
+    assert ts.written == (action == "ok" and ts.target_rows == 11)      # 11 rows: more than the copy left
+    if ts.written:
+        assert "written in PostgreSQL since the last copy (11 rows now" in ts.reason and "nothing to copy" in ts.reason
 
 
 GOOD = {"counters": "16424:16424:10000:0:0::c5", "file": "F", "checksum": "h2:10:5", "rows": 10, "source_rows": 10}
