@@ -179,7 +179,7 @@ class Executor:
         if diff.changes:
             if diff.destructive and not self.rc.options.get("no_backup"):
                 self._backup_before(step, diff.destructive)
-            self._owe_backups(step)
+            self._owe_later(step)
             try:
                 report.message = res.apply(obs, diff)
             except OrchestrateError:
@@ -203,12 +203,17 @@ class Executor:
         if line:
             self.say(line)
 
-    def _owe_backups(self, step: StepDecl) -> None:
+    def _owe_later(self, step: StepDecl) -> None:
         """Step ``step`` is about to change something: every later backup step owes a backup until
-        one is taken (recorded now, so that a run killed before the backup still owes it)."""
-        later = [s for s in self.plan.steps[step.index + 1:] if s.type == "backup"]
+        one is taken, and every later verify step a full verification until one passes (recorded
+        now, so that a run killed before them still owes them)."""
+        from .steps.verify import owe_verification
+        later = [s for s in self.plan.steps[step.index + 1:] if s.type in ("backup", "verify")]
         for decl in later:
-            owe(self.lock, decl.name, step.name)
+            if decl.type == "backup":
+                owe(self.lock, decl.name, step.name)
+            else:
+                owe_verification(self.lock, decl.name)
         if later:
             self.lock.save()
 

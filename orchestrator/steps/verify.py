@@ -478,6 +478,16 @@ class Observed:
         return all(c.ok for c in self.checks) and all(t.equal for t in self.tables)
 
 
+def owe_verification(lock, step: str) -> None:
+    """Record that verify step ``step`` owes a full verification: a step before it is changing
+    the data. An apply killed between that change and the verification leaves it to the next
+    apply, which would otherwise take "nothing changed before it" for verified."""
+    entry = lock.step(step)
+    if (entry.get("observed") or {}).get("verified") is True:
+        entry["observed"]["verified"] = False
+        lock.set_step(step, entry)
+
+
 def diff_verify(obs: Observed) -> Diff:
     """Never a change: failed checks are problems, which stop apply. Pure."""
     d = Diff()

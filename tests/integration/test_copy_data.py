@@ -338,6 +338,24 @@ def test_a_write_the_server_has_not_counted_yet_does_not_fail_the_apply(referenc
     assert code == 1 and "it was written in PostgreSQL since the last copy, its source unchanged" in out, out
 
 
+def test_a_copy_whose_verification_never_ran_is_verified_by_the_next_apply(reference, tmp_path):
+    """An apply that stops between a reload and its verify step (killed, or --only data) leaves
+    the verification owed: the next apply verifies the data instead of taking "nothing changed
+    before it" for verified."""
+    source, url, _ = reference
+    plan = plan_file(tmp_path, source, url, verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "verified 3 table(s)" in out, out
+    with sqlite3.connect(source) as src:
+        src.execute("UPDATE deployment_logs SET message = 'changed in SQLite' WHERE id = 6")
+    code, out = plan.run("apply", "--only", "data")
+    assert code == 0 and "copied 20,000 rows into 1 table(s)" in out and "verified" not in out, out
+    code, out = plan.run("apply")
+    assert code == 0 and "verified 3 table(s)" in out and "nothing changed before it" not in out, out
+    code, out = plan.run("apply")
+    assert code == 0 and "nothing changed before it" in out, out
+
+
 def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_path):
     source, url, _ = reference
     plan = plan_file(tmp_path, source, url)
