@@ -195,7 +195,8 @@ def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool)
         return
     foreign = (f"{ts.plan.target} holds rows that the last copy did not leave there ("
                + (f"{ts.target_rows} rows now, {rec.get('rows')} after the last copy, and the checksum differs: "
-                  f"rows were written to PostgreSQL since)" if rec else
+                  f"rows were written to PostgreSQL since)" + ("" if same_source else ", and its source changed since "
+                                                              "that copy too") if rec else
                   f"{ts.target_rows} rows, and nothing was copied into it by this plan)"))
     if overwrite:
         ts.action, ts.reason = "reload", f"overwrite: true: {foreign}; they are replaced by the source's rows"
