@@ -165,9 +165,15 @@ def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool)
     if ts.target_rows is None:
         ts.action, ts.reason = "copy", "the target is not reachable yet"
         return
+    same_source = bool(rec) and ((file is not None and rec.get("file") == file)
+                                 or (ts.digest is not None and ts.digest == rec.get("source_digest")))
     if ts.target_rows == 0:
         if ts.source_rows == 0 and rec:
             ts.action = "ok"
+        elif same_source and not overwrite and (rec.get("rows") or 0) > 0 and emptied(rec.get("counters"), ts.counters):
+            # the application deleted every row: copying the source again would bring them back
+            ts.action, ts.written = "ok", True
+            ts.reason = written_note(ts.plan.target, 0, rec.get("rows"))
         else:
             ts.action, ts.reason = "copy", f"copy {ts.source_rows} rows"
         return
@@ -186,8 +192,6 @@ def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool)
         ts.reason = (f"the source changed since the last copy: {ts.source_rows} rows now, "
                      f"{rec.get('source_rows', 0)} then ({delta:+d})")
         return
-    same_source = bool(rec) and ((file is not None and rec.get("file") == file)
-                                 or (ts.digest is not None and ts.digest == rec.get("source_digest")))
     if same_source and not overwrite:
         # the application writes to PostgreSQL now, and the source has nothing new: converged
         ts.action, ts.written = "ok", True
@@ -236,6 +240,26 @@ def write_counters(pg, plans: list[TablePlan]) -> dict[str, str]:
         if kind == "r" and track == "on":
             out[name] = f"{oid}:{node}:{ins}:{upd}:{dele}:{reset}:{cols[name]}"
     return out
+
+
+def emptied(recorded: str | None, now: str | None) -> bool:
+    """Whether an empty table is the very table whose write counters were recorded, its rows
+    deleted (or truncated) since: the same oid, statistics never reset since, the same columns
+    mapped, and every counter at least what it was (they only grow). A re-created table or
+    database, a reset or a crash gives other counters: then it is not known, and the copy runs
+    again. Pure."""
+    try:
+        (oid, _, ins, upd, dele, reset, cols), (oid2, _, ins2, upd2, dele2, reset2, cols2) = _fields(recorded), _fields(now)
+    except (AttributeError, ValueError):       # none recorded, or not this version's
+        return False
+    return (oid, reset, cols) == (oid2, reset2, cols2) and ins2 >= ins and upd2 >= upd and dele2 >= dele
+
+
+def _fields(counters: str) -> tuple:
+    """``write_counters``' text back into its parts (the reset time holds colons of its own)."""
+    oid, node, ins, upd, dele, rest = counters.split(":", 5)
+    reset, cols = rest.rsplit(":", 1)
+    return oid, node, int(ins), int(upd), int(dele), reset, cols
 
 
 def unwritten(recorded: dict, counters: str | None, file: str | None) -> bool:

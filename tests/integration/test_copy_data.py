@@ -356,6 +356,23 @@ def test_a_copy_whose_verification_never_ran_is_verified_by_the_next_apply(refer
     assert code == 0 and "nothing changed before it" in out, out
 
 
+def test_a_table_the_application_emptied_is_not_filled_again(reference, tmp_path):
+    """After the switch the application deleted every row of a table; its source is unchanged.
+    Copying it again would bring the deleted rows back: ok, with a note, and nothing written."""
+    source, url, counts = reference
+    plan = plan_file(tmp_path, source, url)
+    assert plan.run("apply")[0] == 0
+    assert plan.run("apply")[0] == 0                     # the counters recorded
+    rows(url, "DELETE FROM deployment_logs")
+    counted(url, "deployment_logs", counts["deployment_logs"], column="n_tup_del")
+    for _ in range(2):
+        code, out = plan.run("apply")
+        assert code == 0, out
+        assert "deployment_logs: written in PostgreSQL since the last copy (0 rows now, 20000 after the copy)" in out, out
+        assert rows(url, "SELECT count(*) FROM deployment_logs")[0][0] == 0
+    assert plan.run("plan", "--detailed-exitcode")[0] == 0
+
+
 def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_path):
     source, url, _ = reference
     plan = plan_file(tmp_path, source, url)

@@ -264,6 +264,36 @@ def test_unwritten(rec, counters, file, expected):
     assert unwritten(rec, counters, file) is expected
 
 
+@pytest.mark.parametrize("now,expected", [
+    ("16424:16424:10000:0:10000::c5", True),            # every row deleted
+    ("16424:17001:10000:0:0::c5", True),                # truncated: new storage, the same table
+    ("16424:16424:0:0:0::c5", False),                   # counters below the record: another table
+    ("16424:16424:10000:0:0:2026-12-06 10:00:00+00:c5", False),   # statistics reset (or a crash)
+    ("16999:16999:10000:0:10000::c5", False),           # re-created
+    ("16424:16424:10000:0:10000::d7", False),           # other columns mapped
+    (None, False),
+], ids=["deleted", "truncated", "fresh-database", "stats-reset", "re-created", "mapping-changed", "not-counted"])
+def test_emptied(now, expected):
+    from orchestrator.steps.copy_data import emptied
+    assert emptied("16424:16424:10000:0:0::c5", now) is expected
+    assert emptied(None, now) is False and emptied("not:this:format", now) is False
+
+
+@pytest.mark.parametrize("counters,overwrite,action", [
+    ("16424:16424:10000:0:10000::c5", False, "ok"),
+    ("16424:16424:0:0:0::c5", False, "copy"),
+    ("16424:16424:10000:0:10000::c5", True, "copy"),
+], ids=["emptied-by-the-application", "a-new-database", "overwrite"])
+def test_an_empty_target_table(counters, overwrite, action):
+    """Emptied by the application after the switch (its source unchanged): not copied again;
+    a new, empty database: copied."""
+    ts = state(source_rows=10, target_rows=0)
+    ts.counters = counters
+    decide(ts, {"checksum": "h2:10:5", "rows": 10, "file": "F", "counters": "16424:16424:10000:0:0::c5"},
+           file="F", overwrite=overwrite)
+    assert ts.action == action and ts.written == (action == "ok")
+
+
 def test_diff_names_tables_counts_and_dangling():
     from orchestrator.steps.copy_data import Dangling
     ts = state(source_rows=5)
