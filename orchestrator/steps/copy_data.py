@@ -183,8 +183,7 @@ def decide(ts: TableState, recorded: dict, *, file: str | None, overwrite: bool)
         # recorded by another version of orchestrate: only the row count can be compared
         ours = rec.get("rows") == ts.target_rows
     if ours:
-        same_file = file is not None and rec.get("file") == file
-        if same_file or (ts.digest is not None and ts.digest == rec.get("source_digest")):
+        if same_source:
             ts.action = "ok"
             return
         delta = ts.source_rows - rec.get("source_rows", 0)
@@ -340,8 +339,8 @@ class CopyData(Resource):
         super().__init__(*args)
         self._loaded: dict[str, tuple[int, str]] = {}    # after apply: target -> (rows, checksum)
         # target -> rows, of the tables written in PostgreSQL since the copy (its source unchanged),
-        # as this run observed them; None: not observed in this run
-        self.written_tables: dict[str, int | None] | None = None
+        # as this run observed them; None: not observed in this run (see written_tables)
+        self._written: dict[str, int | None] | None = None
         self._report: dict[str, dict] = {}              # rows changed or left out, per table
         self._server_version = 140000                  # the target's, once connected
 
@@ -530,7 +529,7 @@ class CopyData(Resource):
                 ts.digest = self._source_digest(src, p)
             decide(ts, r, file=obs.fingerprint, overwrite=spec.overwrite)
             obs.tables.append(ts)
-        self.written_tables = {ts.plan.target: ts.target_rows for ts in obs.tables if ts.written}
+        self._written = {ts.plan.target: ts.target_rows for ts in obs.tables if ts.written}
         for ts in obs.tables:
             # apply checks what plan's preflight checks, before the first row of the first table
             # is written, and names every problem at once
@@ -672,6 +671,13 @@ class CopyData(Resource):
         if done.returncode != 0 or not self.source_path.is_file():
             raise StepFailed(f"if_missing ({' '.join(cmd)}) did not create {self.source_path} "
                              f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
+
+    def written_tables(self) -> dict[str, int | None]:
+        """Target -> rows of the tables written in PostgreSQL since the copy, their source
+        unchanged: as this run observed them, else as the lockfile records them."""
+        if self._written is not None:
+            return dict(self._written)
+        return {t: e["written"].get("rows") for t, e in self._live_tables.items() if isinstance(e.get("written"), dict)}
 
     def written_since_copy(self, pg, p: TablePlan) -> bool:
         """Whether the target table now holds other rows than the last copy left there, its source

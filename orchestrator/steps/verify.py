@@ -478,6 +478,11 @@ class Observed:
         return all(c.ok for c in self.checks) and all(t.equal for t in self.tables)
 
 
+def _not_compared(table: str, rows: int | None) -> TableResult:
+    return TableResult(table, None, rows, True, "written in PostgreSQL since the copy (its source unchanged): "
+                                                "not compared with the source", compared=False)
+
+
 def owe_verification(lock, step: str) -> None:
     """Record that verify step ``step`` owes a full verification: a step before it is changing
     the data. An apply killed between that change and the verification leaves it to the next
@@ -644,30 +649,24 @@ class Verify(Resource):
             if problems:
                 obs.checks.append(Check("mapping", False, "; ".join(problems)))
                 return []
-            written = dict(cp.written_tables or {})
-            if cp.written_tables is None:         # the copy step was not observed in this run: its record
-                copied = (self.rc.lock.step(cp.step.name).get("observed") or {}).get("tables") or {}
-                written = {t: e["written"].get("rows") for t, e in copied.items() if isinstance(e.get("written"), dict)}
+            written = cp.written_tables()
             # apply converges: a table the application has written since the copy is its own now,
             # and comparing it with the source would only find those writes. orchestrate verify
             # compares every table and says which differences are of that kind.
             converging = self.rc.mode == "apply"
             for p in plans:
-                if not (converging and p.target in written):
-                    with self._bounded(pg, f"comparing table {p.target}"):
-                        result = self._compare(pg, src, cp, p, plans)
-                        if result.equal or not (p.target in written or cp.written_since_copy(pg, p)):
-                            obs.tables.append(result)
-                            continue
-                    if not converging:
-                        result.detail += ("; it was written in PostgreSQL since the last copy, its source "
-                                          "unchanged (the application's own writes, if it uses PostgreSQL now)")
-                        obs.tables.append(result)
-                        continue
-                    written[p.target] = result.target_rows
-                obs.tables.append(TableResult(p.target, None, written[p.target], True,
-                                              "written in PostgreSQL since the copy (its source unchanged): "
-                                              "not compared with the source", compared=False))
+                if converging and p.target in written:
+                    obs.tables.append(_not_compared(p.target, written[p.target]))
+                    continue
+                with self._bounded(pg, f"comparing table {p.target}"):
+                    result = self._compare(pg, src, cp, p, plans)
+                    theirs = not result.equal and (p.target in written or cp.written_since_copy(pg, p))
+                if theirs and converging:
+                    result = _not_compared(p.target, result.target_rows)
+                elif theirs:
+                    result.detail += ("; it was written in PostgreSQL since the last copy, its source "
+                                      "unchanged (the application's own writes, if it uses PostgreSQL now)")
+                obs.tables.append(result)
         return plans
 
     def _compare(self, pg, src: sqlite3.Connection, cp, p: TablePlan, plans: list[TablePlan]) -> TableResult:
