@@ -20,10 +20,12 @@ times, as whole processes (start-up included):
 (apply --only check is not timed: a converged apply verifies lightly, without reading the data.)
 
 Every run checks that the copy copied every row and that verify found everything equal.
-Medians are reported. The verify step reads each source table once inside SQLite (a canonical
-text per row, md5 and sum in one registered aggregate) while the server computes the same
-checksum of the target; only a table whose checksums differ is loaded again into a temporary
-twin and compared row by row (so a difference is still named).
+Medians are reported, with the machine's load average at the start and at the end. The verify
+step reads each source table once inside SQLite (a canonical text per row, built there; for a
+table with an integer primary key, the md5 of each key range's rows joined in key order, else md5
+and sum in one registered aggregate) while the server computes the same digest of the target;
+only a table whose digests differ is loaded again into a temporary twin and compared row by row
+(so a difference is still named).
 
 Everything created carries the labels orchestrate.bench=phase1 and orchestrate.bench.run=<tag>;
 it is destroyed at the end whatever happens (orchestrate destroy --volumes, then by label).
@@ -83,6 +85,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="orchestrate-bench-verify-"))
     e = Env(work, args.rows, args.image, tag, env)
     t_all = time.perf_counter()
+    load_start = os.getloadavg()
     res: dict[str, list[float]] = {"copy": [], "copy_load": [], "verify": [], "verify_step": []}
     try:
         t0 = time.perf_counter()
@@ -123,7 +126,9 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in res.items()}
     print(f"\ncopy then verify of the reference database ({args.rows:,} deployment_logs rows, {total_rows:,} rows in all), "
-          f"{args.runs} runs, each into emptied tables; medians; whole benchmark {total:.0f} s\n")
+          f"{args.runs} runs, each into emptied tables; medians; whole benchmark {total:.0f} s; load average "
+          f"{' '.join(f'{x:.2f}' for x in load_start)} at the start, {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"at the end\n")
     print(f"{'what':<44}{'median s':>10}{'min s':>9}{'max s':>9}{'k rows/s':>10}")
     rows = [
         ("copy: orchestrate apply --only data", "copy"),

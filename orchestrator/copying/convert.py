@@ -296,16 +296,22 @@ def row_hash_sql(cols: list[TargetColumn], idents: list[str], server_version: in
     return f"hashtextextended(ROW({', '.join(idents)})::text, 0)"
 
 
-def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "", *,
-                 exact: bool = False) -> str:
-    """count(*) and the sum of the first 64 bits of md5 over each row's canonical text. ``exact``:
-    every canonical text exactly :func:`canonical`'s, NULL included (without it a NULL boolean
-    reads 'f', kept so for the checksums the copy records)."""
+def row_text_sql(cols: list[TargetColumn], idents: list[str], *, exact: bool = False) -> str:
+    """SQL giving a row's canonical text: each column's, joined by :data:`SEP`. ``exact``: every
+    canonical text exactly :func:`canonical`'s, NULL included (without it a NULL boolean reads
+    'f', kept so for the checksums the copy records)."""
     def one(c: TargetColumn, i: str) -> str:
         if exact and c.kind == "bool":
             return f"coalesce(CASE WHEN {i} THEN 't' WHEN NOT {i} THEN 'f' END, '{NULL}')"
         return canonical_sql(c, i)
-    row = " || chr(31) || ".join(one(c, i) for c, i in zip(cols, idents))
+    return " || chr(31) || ".join(one(c, i) for c, i in zip(cols, idents))
+
+
+def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "", *,
+                 exact: bool = False) -> str:
+    """count(*) and the sum of the first 64 bits of md5 over each row's canonical text
+    (:func:`row_text_sql`)."""
+    row = row_text_sql(cols, idents, exact=exact)
     return (f"SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0) "
             f"FROM {table}{where}")
 
@@ -385,18 +391,17 @@ def jsonb_text(value: Any) -> str:
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_TO_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _escape(m: re.Match) -> str:
+    ch = m.group()
+    return _ESCAPES.get(ch) or f"\\u{ord(ch):04x}"
 
 
 def _json_string(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch < " ":
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    """A JSON string as PostgreSQL prints it: '"', '\\' and control characters escaped, nothing else."""
+    return '"' + _TO_ESCAPE.sub(_escape, s) + '"'
 
 
 def row_hash(texts: list[str]) -> int:

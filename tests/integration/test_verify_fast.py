@@ -1,6 +1,8 @@
 """verify's fast path against a real server: a correct copy of every type the copy converts
-checksums equal (SQLite's canonical text = the server's), and each kind of damage is still found
-and named: a changed value of every converted type, a deleted row, an extra row, a sequence behind."""
+checksums equal (SQLite's canonical text = the server's), both as the order-independent sum and as
+the digest per key range in key order (which `orchestrate verify` takes for these tables), and each
+kind of damage is still found and named: a changed value of every converted type, a deleted row,
+an extra row, a sequence behind."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 
 from orchestrator.copying.mapping import TablePlan, map_tables
 from orchestrator.copying.reflect import reflect_source, reflect_target
-from orchestrator.copying.verify import fast_source_checksum, fast_target_checksum, source_checksum
+from orchestrator.copying.verify import (fast_source_checksum, fast_target_checksum, ordered_key, source_checksum,
+                                        source_digest, target_digest)
 from tests.integration.test_copy_data import plan_file, rows, server  # noqa: F401  (server: the module's container)
 
 pytestmark = pytest.mark.integration
@@ -77,14 +80,22 @@ def test_a_correct_copy_of_every_type_checksums_equal_on_the_fast_path(server, t
         (p,), problems, _ = map_tables(reflect_source(src), reflect_target(pg), tables=[], exclude=[], rename={},
                                        columns={}, drop_columns={})
         tz = ZoneInfo(timezone)
-        differ = []
+        differ, ordered = [], []
+        version = pg.info.server_version
         for pair in p.columns:        # column by column, so a mismatch names its type
             one = TablePlan(p.source, p.target, [pair], p.source_pk, p.table)
-            fast = fast_source_checksum(src, one, tz=tz, server_version=pg.info.server_version)
+            fast = fast_source_checksum(src, one, tz=tz, server_version=version)
             if not (fast == source_checksum(src, one, tz=tz) == fast_target_checksum(pg, one)):
                 differ.append(pair[1].type)
-        assert differ == []
-        assert fast_source_checksum(src, p, tz=tz, server_version=pg.info.server_version) == fast_target_checksum(pg, p)
+            keyed = TablePlan(p.source, p.target, [p.columns[0], pair], p.source_pk, p.table)
+            assert ordered_key(src, keyed) == "id"
+            digest = source_digest(src, keyed, "id", tz=tz, server_version=version)
+            if digest is None or digest != target_digest(pg, keyed):
+                ordered.append(pair[1].type)
+        assert differ == [] and ordered == []
+        assert fast_source_checksum(src, p, tz=tz, server_version=version) == fast_target_checksum(pg, p)
+        assert source_digest(src, p, "id", tz=tz, server_version=version) == target_digest(pg, p)
+        assert target_digest(pg, p)[:3] == (4, 1, 4)
     code, out = plan.run("verify")
     assert code == 0 and "Verified: nothing differs." in out, out
 
@@ -113,3 +124,50 @@ def _failed(plan, detail):
     code, out = plan.run("verify", "--json")
     step = next(s for s in json.loads(out)["steps"] if s["type"] == "verify")
     assert step["details"]["ok"] is False and any(detail in p for p in step["problems"]), step
+
+
+SPARSE_KEYS = [-2**40, -7, 0, 1, 2, 3] + list(range(1000, 1300)) + [10**9 + k for k in range(40)] + [2**62]
+
+
+def _sparse(server, tmp_path):  # noqa: F811
+    source = tmp_path / "sparse.db"
+    with sqlite3.connect(source) as src:
+        src.execute("CREATE TABLE s (id INTEGER PRIMARY KEY, v TEXT, at TIMESTAMP)")
+        src.executemany("INSERT INTO s VALUES (?, ?, ?)",
+                        [(k, f"value {k}", f"2024-03-01 08:{k % 60:02d}:00") for k in SPARSE_KEYS])
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE s (id bigint PRIMARY KEY, v text, at timestamptz)")
+    plan = plan_file(tmp_path, source, url)
+    plan.write(verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "verified 1 table(s)" in out, out
+    return source, url, plan
+
+
+@pytest.mark.parametrize("damage,detail", [
+    ("UPDATE s SET v = 'changed' WHERE id = 1100", "1 row(s) differ (1 changed); first differing key range: id=1100"),
+    ("DELETE FROM s WHERE id = -1099511627776",
+     "1 row(s) differ (1 missing in the target); first differing key range: id=-1099511627776"),
+    ("INSERT INTO s VALUES (1000000041, 'extra', now())",
+     "1 row(s) differ (1 not in the source); first differing key range: id=1000000041"),
+    ("UPDATE s SET at = at + interval '1 second' WHERE id = 4611686018427387904",
+     "1 row(s) differ (1 changed); first differing key range: id=4611686018427387904"),
+], ids=["changed", "lowest-key-deleted", "extra-row", "highest-key-changed"])
+def test_sparse_keys_in_many_ranges_are_digested_alike_and_each_difference_named(server, tmp_path, monkeypatch,
+                                                                                  damage, detail):  # noqa: F811
+    from orchestrator.copying import verify
+    monkeypatch.setattr(verify, "CHUNK_ROWS", 16)        # 347 rows in 22 key ranges of very uneven fill
+    source, url, plan = _sparse(server, tmp_path)
+    src = sqlite3.connect(source)
+    with psycopg.connect(url) as pg:
+        pg.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'")
+        (p,), _, _ = map_tables(reflect_source(src), reflect_target(pg), tables=[], exclude=[], rename={},
+                                columns={}, drop_columns={})
+        assert ordered_key(src, p) == "id"
+        theirs = target_digest(pg, p)
+        assert source_digest(src, p, "id", tz=ZoneInfo("UTC"), server_version=pg.info.server_version) == theirs
+        assert theirs[0] == len(SPARSE_KEYS) and len(theirs[3]) == 22 and any(n == 0 for n, _ in theirs[3])
+    code, out = plan.run("verify", "-v")
+    assert code == 0 and "s: checksums equal" in out, out
+    rows(url, damage)
+    _failed(plan, detail)

@@ -10,7 +10,9 @@ import pytest
 
 from orchestrator.copying.convert import TargetColumn
 from orchestrator.copying.mapping import TablePlan
-from orchestrator.copying.verify import fast_source_checksum, source_checksum
+from orchestrator.copying import verify
+from orchestrator.copying.verify import (CHUNK_ROWS, fast_source_checksum, key_ranges, ordered_key, source_checksum,
+                                        source_digest)
 
 COLS = [TargetColumn("id", "integer", "int4"), TargetColumn("flag", "boolean", "bool"),
         TargetColumn("name", "text", "text"), TargetColumn("at", "timestamp with time zone", "timestamptz"),
@@ -69,3 +71,71 @@ def test_a_value_the_copy_cannot_convert_gives_none():
     rows = [tuple(r) for r in ROWS[:1]] + [(2, "maybe") + ROWS[1][2:]]
     assert fast_source_checksum(_db(rows), _plan(), tz=ZoneInfo("UTC")) is None
 
+
+
+# --- the digest per key range, in key order (verify's path for a table with an integer key) -----
+
+def _digest(src, p=None):
+    p = p or _plan()
+    return source_digest(src, p, ordered_key(src, p), tz=ZoneInfo("UTC"))
+
+
+@pytest.mark.parametrize("lo,hi,count", [(1, 1, 1), (1, 120_000, 120_000), (-5, 5, 11), (1, 10**12, 3),
+                                         (-2**63, 2**63 - 1, 200_001), (7, 50_006, 50_000), (7, 50_007, 50_001)])
+def test_key_ranges_cover_every_key_once_in_order(lo, hi, count):
+    ranges = key_ranges(lo, hi, count)
+    assert ranges[0][0] == lo and ranges[-1][1] == hi
+    assert all(a <= b for a, b in ranges) and all(b + 1 == a for (_, b), (a, _) in zip(ranges, ranges[1:]))
+    assert len(ranges) == -(-count // CHUNK_ROWS)
+
+
+def test_key_ranges_of_an_empty_table():
+    assert key_ranges(None, None, 0) == []
+
+
+def test_ordered_key_is_a_one_column_integer_primary_key():
+    src = _db()
+    assert ordered_key(src, _plan()) == "id"
+    src.execute("CREATE TABLE two (a, b, PRIMARY KEY (a, b))")
+    two = TablePlan("two", "two", [("a", COLS[0]), ("b", COLS[0])], ["a", "b"], table=None)
+    assert ordered_key(src, two) is None
+    src.execute("CREATE TABLE named (name TEXT PRIMARY KEY, id INTEGER)")
+    by_name = TablePlan("named", "named", [("name", COLS[2]), ("id", COLS[0])], ["name"], table=None)
+    assert ordered_key(src, by_name) is None       # a text key
+    src.execute("CREATE TABLE nopk (id INTEGER, v)")
+    nopk = TablePlan("nopk", "nopk", [("id", COLS[0]), ("v", COLS[2])], ["id"], table=None)
+    assert ordered_key(src, nopk) is None          # not SQLite's key: no index to range over
+
+
+def test_the_digest_covers_every_row_in_ranges(monkeypatch):
+    monkeypatch.setattr(verify, "CHUNK_ROWS", 2)
+    count, lo, hi, chunks = _digest(_db())
+    assert (count, lo, hi) == (5, 1, 5) and sum(n for n, _ in chunks) == 5 and len(chunks) == 3
+
+
+@pytest.mark.parametrize("col", range(1, len(COLS)))
+def test_a_changed_value_changes_the_digest(col, monkeypatch):
+    monkeypatch.setattr(verify, "CHUNK_ROWS", 2)
+    before = _digest(_db())
+    rows = [list(r) for r in ROWS]
+    rows[0][col] = ROWS[1][col] if ROWS[1][col] != ROWS[0][col] else None
+    after = _digest(_db([tuple(r) for r in rows]))
+    assert after != before and after[3][1:] == before[3][1:]      # only the first range differs
+
+
+def test_values_moved_between_rows_change_the_digest():
+    rows = [list(r) for r in ROWS]
+    rows[0][2], rows[1][2] = rows[1][2], rows[0][2]
+    assert _digest(_db([tuple(r) for r in rows])) != _digest(_db())
+
+
+def test_deleted_and_extra_rows_change_the_digest():
+    full = _digest(_db())
+    assert _digest(_db(ROWS[:-1]))[0] == full[0] - 1
+    assert _digest(_db(ROWS[:2] + ROWS[3:])) != full
+    assert _digest(_db(ROWS + [(6,) + ROWS[0][1:]]))[0] == full[0] + 1
+
+
+def test_a_key_the_copy_converts_or_a_value_it_cannot_gives_none():
+    assert _digest(_db(ROWS + [("7",) + ROWS[0][1:]])) is None
+    assert _digest(_db([tuple(r) for r in ROWS[:1]] + [(2, "maybe") + ROWS[1][2:]])) is None
