@@ -4,8 +4,9 @@ converted exactly as the copy converts it, the target computed in the server.
 A checksum is ``(row count, sum of the first 64 bits of md5 of each row's canonical text)``:
 order-independent, exact, and cheap to compare. Where both sides can take the table in the order
 of one integer key (its primary key on both sides), verify uses a cheaper digest instead: per
-range of keys, the md5 of the rows' canonical texts joined in key order (:func:`source_digest`,
-:func:`target_digest`), with no per-row hash on either side.
+range of keys (cut where the target's rows number :data:`CHUNK_ROWS`), the md5 of the rows'
+canonical texts in key order (:func:`source_digest`, :func:`target_digest`), with no per-row hash
+on either side.
 """
 
 from __future__ import annotations
@@ -123,18 +124,22 @@ def fast_source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo,
 
 # --- cheaper where a key orders the table: md5 per key range of the rows' texts in key order ------
 
-CHUNK_ROWS = 50_000        # rows per key range when the keys are dense (~5 MB of text at 100 bytes a row)
+CHUNK_ROWS = 50_000        # rows per key range at most (~5 MB of text at 100 bytes a row)
+CHUNK_BYTES = 8 << 20      # and fewer where the target's rows are wider (its size on disk per row)
 
 
-def key_ranges(lo: int | None, hi: int | None, count: int) -> list[tuple[int, int]]:
-    """Inclusive key ranges splitting ``[lo, hi]`` into as many equal spans as ``count`` rows
-    make chunks of :data:`CHUNK_ROWS`: a function of the three figures alone, so both sides
-    split alike when their keys' bounds and row counts agree."""
-    if not count or lo is None or hi is None:
-        return []
-    chunks = -(-count // CHUNK_ROWS)
-    width = -(-(hi - lo + 1) // chunks)
-    return [(a, min(a + width - 1, hi)) for a in range(lo, hi + 1, width)]
+def ranges(splits: list[int]) -> list[tuple[int | None, int | None]]:
+    """The half-open key ranges ``[lo, hi)`` that ``splits`` (ascending) cut the keys into, the
+    first open below and the last open above: every integer key falls in exactly one."""
+    bounds = [None, *splits, None]
+    return list(zip(bounds, bounds[1:]))
+
+
+def range_sql(key: str, lo: int | None, hi: int | None) -> str:
+    """The WHERE condition of one range, its bounds inlined (integers; no parameters, so no %
+    is read in a name)."""
+    parts = ([f"{key} >= {int(lo)}"] if lo is not None else []) + ([f"{key} < {int(hi)}"] if hi is not None else [])
+    return " AND ".join(parts) or "TRUE"
 
 
 def ordered_key(src: sqlite3.Connection, p: TablePlan) -> str | None:
@@ -152,50 +157,72 @@ def ordered_key(src: sqlite3.Connection, p: TablePlan) -> str | None:
     return p.source_pk[0] if pk == [p.source_pk[0]] else None
 
 
-def _md5(text: str | None) -> str | None:
-    return None if text is None else hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def source_digest(src: sqlite3.Connection, p: TablePlan, key: str, *, tz: ZoneInfo, strip_nul: bool = False,
-                  server_version: int = 140000) -> tuple | None:
-    """``(row count, lowest key, highest key, [(rows, md5) per key range]))`` of the source as
-    the copy would write it, equal to :func:`target_digest` of an exact copy: each range's
-    canonical row texts (built inside SQLite), in key order, joined by a record separator and
-    hashed once. ``None`` where SQLite cannot compute it (as :func:`fast_source_checksum`) or a
-    key is not an integer (the copy converts it): the caller then compares the slow, exact way."""
+def source_digest(src: sqlite3.Connection, p: TablePlan, key: str, splits: list[int], *, tz: ZoneInfo,
+                  strip_nul: bool = False, server_version: int = 140000, page: int = CHUNK_ROWS) -> tuple | None:
+    """``(row count, [(rows, md5) per range of keys that splits cut]))`` of the source as the copy
+    would write it, equal to :func:`target_digest` of an exact copy: each range's canonical row
+    texts (built and joined inside SQLite, ``page`` rows at a time, so memory stays bounded
+    whatever a range holds), in key order, each followed by a record separator. ``None`` where
+    SQLite cannot compute it (as :func:`fast_source_checksum`) or a key is NULL (in no range):
+    the caller then compares the slow, exact way. A key of another type (text, real) needs no
+    check: SQLite sorts it where it sorts, and its row's text (the key as the copy converts it)
+    must then be found in the same place on the target for the digests to be equal."""
     row = _sqlite_row(src, p, tz=tz, strip_nul=strip_nul, server_version=server_version)
     k, table = quote_sqlite(key), quote_sqlite(p.source)
     try:
-        lo, hi, count, ints = src.execute(f"SELECT min({k}), max({k}), count(*), "
-                                          f"total(typeof({k}) = 'integer') FROM {table}").fetchone()
-        if ints != count:
-            return None
+        count = src.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         chunks = []
-        for a, b in key_ranges(lo, hi, count):
-            n, text = src.execute(f"SELECT count(*), group_concat(r, char(30)) FROM (SELECT {row} AS r FROM {table} "
-                                  f"WHERE {k} BETWEEN ? AND ? ORDER BY {k})", (a, b)).fetchone()
-            chunks.append((n, _md5(text)))
+        for lo, hi in ranges(splits):
+            n, digest, after = 0, hashlib.md5(), None
+            while True:
+                where = range_sql(k, lo, hi) + (f" AND {k} > {int(after)}" if after is not None else "")
+                got, after, text = src.execute(
+                    f"SELECT count(*), max(orchestrate_key), group_concat(r, char(30)) FROM (SELECT {row} AS r, "
+                    f"{k} AS orchestrate_key FROM {table} WHERE {where} ORDER BY {k} LIMIT {int(page)})").fetchone()
+                if got:
+                    digest.update((text + "\x1e").encode("utf-8", "surrogatepass"))
+                n += got
+                if got < page:
+                    break
+            chunks.append((n, digest.hexdigest() if n else None))
     except (sqlite3.Error, UnicodeError, ValueError):
         return None
     if sum(n for n, _ in chunks) != count:
         return None
-    return count, lo, hi, chunks
+    return count, chunks
 
 
-def target_digest(pg, p: TablePlan) -> tuple:
+def target_splits(pg, p: TablePlan) -> tuple[int, list[int]]:
+    """``(rows, keys)``: the keys that cut the target, in key order, into ranges of ``rows`` rows
+    (:data:`CHUNK_ROWS`, fewer where its rows are wide), each found ``rows`` entries further on
+    in its key's index; both sides then digest the same ranges."""
+    from psycopg import sql
+    key, table = sql.Identifier(p.table.primary_key[0]).as_string(pg), sql.Identifier(p.target).as_string(pg)
+    size, tuples = pg.execute("SELECT pg_table_size(c.oid), c.reltuples FROM pg_class c WHERE c.oid = %s::regclass",
+                              (table,)).fetchone()
+    width = size / tuples if tuples and tuples > 0 else 0
+    rows = max(1, min(CHUNK_ROWS, int(CHUNK_BYTES // width))) if width else CHUNK_ROWS
+    def step(where: str) -> str:    # the key `rows` entries further on in the index
+        return f"SELECT {key} FROM {table} WHERE {where} ORDER BY {key} OFFSET {rows} LIMIT 1"
+    cte = "orchestrate_verify_splits"   # a name no table of the copy is likely to have
+    found = pg.execute(f"WITH RECURSIVE {cte}(k) AS (({step('TRUE')}) UNION ALL SELECT ({step(f'{key} >= {cte}.k')}) "
+                       f"FROM {cte} WHERE {cte}.k IS NOT NULL) SELECT k FROM {cte} WHERE k IS NOT NULL").fetchall()
+    return rows, [k for (k,) in found]
+
+
+def target_digest(pg, p: TablePlan, splits: list[int]) -> tuple:
     """The target's side of :func:`source_digest`, computed in the server (in the copy's stable
     output settings), keyed by the target's one-column primary key."""
     from psycopg import sql
     ident = lambda name: sql.Identifier(name).as_string(pg)  # noqa: E731
     key, table = ident(p.table.primary_key[0]), ident(p.target)
     row = row_text_sql(p.target_columns, [ident(c.name) for c in p.target_columns], exact=True)
-    lo, hi, count = pg.execute(f"SELECT min({key}), max({key}), count(*) FROM {table}").fetchone()
     chunks = []
-    for a, b in key_ranges(lo, hi, count):     # the figures inlined: no parameters, so no % is read in names
-        n, digest = pg.execute(f"SELECT count(*), md5(string_agg(r, chr(30))) FROM (SELECT {row} AS r FROM {table} "
-                               f"WHERE {key} BETWEEN {int(a)} AND {int(b)} ORDER BY {key}) s").fetchone()
+    for lo, hi in ranges(splits):
+        n, digest = pg.execute(f"SELECT count(*), md5(string_agg(r, chr(30)) || chr(30)) FROM (SELECT {row} AS r "
+                               f"FROM {table} WHERE {range_sql(key, lo, hi)} ORDER BY {key}) s").fetchone()
         chunks.append((int(n), digest))
-    return int(count), lo, hi, chunks
+    return sum(n for n, _ in chunks), chunks
 
 
 def fast_target_checksum(pg, p: TablePlan) -> tuple[int, int]:

@@ -34,7 +34,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, 
 from ..changes import Diff
 from ..copying.convert import row_hash_sql
 from ..copying.mapping import TablePlan, map_tables
-from ..copying.verify import fast_source_checksum, fast_target_checksum, ordered_key, source_digest, target_digest
+from ..copying.verify import (fast_source_checksum, fast_target_checksum, ordered_key, source_digest, target_digest,
+                              target_splits)
 from ..copying.reflect import open_source, quote_sqlite, reflect_source, reflect_target
 from .. import dbconn
 from .. import __version__
@@ -690,18 +691,31 @@ class Verify(Resource):
                     pg.execute(STABLE_OUTPUT.format(local="LOCAL"))
                     theirs: dict = {}
                     key = ordered_key(src, p)   # both sides in key order: md5 per key range, no per-row hash
+                    split = threading.Event()   # set once the server has cut its keys into ranges
 
                     def server_side():      # the server's checksum meanwhile (psycopg waits without the GIL)
                         try:
-                            theirs["sum"] = target_digest(pg, p) if key else fast_target_checksum(pg, p)
+                            if key:
+                                theirs["page"], theirs["splits"] = target_splits(pg, p)
+                                split.set()
+                                theirs["sum"] = target_digest(pg, p, theirs["splits"])
+                            else:
+                                theirs["sum"] = fast_target_checksum(pg, p)
                             theirs["seconds"] = time.monotonic() - t0
                         except Exception as exc:   # noqa: BLE001  (reported below as not comparable)
                             theirs["error"] = exc
+                        finally:
+                            split.set()
                     worker = threading.Thread(target=server_side, name=f"verify-{p.target}", daemon=True)
                     worker.start()
                     try:
                         options = dict(tz=cp.tz, strip_nul=cp.spec.strip_nul, server_version=pg.info.server_version)
-                        fast = source_digest(src, p, key, **options) if key else fast_source_checksum(src, p, **options)
+                        if key:
+                            split.wait()
+                            fast = (source_digest(src, p, key, theirs["splits"], page=theirs["page"], **options)
+                                    if "splits" in theirs else None)
+                        else:
+                            fast = fast_source_checksum(src, p, **options)
                         ours = time.monotonic() - t0
                     finally:
                         worker.join()

@@ -13,10 +13,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from orchestrator.copying import verify
 from orchestrator.copying.mapping import TablePlan, map_tables
 from orchestrator.copying.reflect import reflect_source, reflect_target
 from orchestrator.copying.verify import (fast_source_checksum, fast_target_checksum, ordered_key, source_checksum,
-                                        source_digest, target_digest)
+                                        source_digest, target_digest, target_splits)
 from tests.integration.test_copy_data import plan_file, rows, server  # noqa: F401  (server: the module's container)
 
 pytestmark = pytest.mark.integration
@@ -58,17 +59,28 @@ DAMAGE = {
 
 
 def _copied(server, tmp_path, timezone="UTC"):  # noqa: F811
-    source = tmp_path / "types.db"
+    return _copy_one(server, tmp_path, f"CREATE TABLE t ({COLS}, PRIMARY KEY (id))", SOURCE_ROWS, DDL, timezone)
+
+
+def _copy_one(server, tmp_path, create: str, source_rows: list, ddl: str, timezone="UTC"):  # noqa: F811
+    """One SQLite table (``create``, its rows), its target table (``ddl``), copied and verified."""
+    source = tmp_path / "source.db"
     with sqlite3.connect(source) as src:
-        src.execute(f"CREATE TABLE t ({COLS}, PRIMARY KEY (id))")
-        src.executemany(f"INSERT INTO t VALUES ({', '.join('?' * 18)})", SOURCE_ROWS)
+        src.execute(create)
+        src.executemany(f"INSERT INTO {create.split()[2]} VALUES ({', '.join('?' * len(source_rows[0]))})", source_rows)
     url = server.url(server.create())
-    rows(url, DDL)
+    rows(url, ddl)
     plan = plan_file(tmp_path, source, url, timezone=timezone)
     plan.write(verify=True, timezone=timezone)
     code, out = plan.run("apply")
     assert code == 0 and "verified 1 table(s)" in out, out
     return source, url, plan
+
+
+def _table_plan(src, pg) -> TablePlan:
+    (p,), _, _ = map_tables(reflect_source(src), reflect_target(pg), tables=[], exclude=[], rename={},
+                            columns={}, drop_columns={})
+    return p
 
 
 @pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
@@ -77,8 +89,7 @@ def test_a_correct_copy_of_every_type_checksums_equal_on_the_fast_path(server, t
     src = sqlite3.connect(source)
     with psycopg.connect(url) as pg:
         pg.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'")
-        (p,), problems, _ = map_tables(reflect_source(src), reflect_target(pg), tables=[], exclude=[], rename={},
-                                       columns={}, drop_columns={})
+        p = _table_plan(src, pg)
         tz = ZoneInfo(timezone)
         differ, ordered = [], []
         version = pg.info.server_version
@@ -89,13 +100,15 @@ def test_a_correct_copy_of_every_type_checksums_equal_on_the_fast_path(server, t
                 differ.append(pair[1].type)
             keyed = TablePlan(p.source, p.target, [p.columns[0], pair], p.source_pk, p.table)
             assert ordered_key(src, keyed) == "id"
-            digest = source_digest(src, keyed, "id", tz=tz, server_version=version)
-            if digest is None or digest != target_digest(pg, keyed):
-                ordered.append(pair[1].type)
+            for splits in ([], [3]):
+                digest = source_digest(src, keyed, "id", splits, tz=tz, server_version=version)
+                if digest is None or digest != target_digest(pg, keyed, splits):
+                    ordered.append(pair[1].type)
         assert differ == [] and ordered == []
         assert fast_source_checksum(src, p, tz=tz, server_version=version) == fast_target_checksum(pg, p)
-        assert source_digest(src, p, "id", tz=tz, server_version=version) == target_digest(pg, p)
-        assert target_digest(pg, p)[:3] == (4, 1, 4)
+        assert target_splits(pg, p) == (verify.CHUNK_ROWS, [])
+        assert source_digest(src, p, "id", [2], tz=tz, server_version=version) == target_digest(pg, p, [2])
+        assert [n for n, _ in target_digest(pg, p, [2])[1]] == [1, 3]
     code, out = plan.run("verify")
     assert code == 0 and "Verified: nothing differs." in out, out
 
@@ -130,18 +143,9 @@ SPARSE_KEYS = [-2**40, -7, 0, 1, 2, 3] + list(range(1000, 1300)) + [10**9 + k fo
 
 
 def _sparse(server, tmp_path):  # noqa: F811
-    source = tmp_path / "sparse.db"
-    with sqlite3.connect(source) as src:
-        src.execute("CREATE TABLE s (id INTEGER PRIMARY KEY, v TEXT, at TIMESTAMP)")
-        src.executemany("INSERT INTO s VALUES (?, ?, ?)",
-                        [(k, f"value {k}", f"2024-03-01 08:{k % 60:02d}:00") for k in SPARSE_KEYS])
-    url = server.url(server.create())
-    rows(url, "CREATE TABLE s (id bigint PRIMARY KEY, v text, at timestamptz)")
-    plan = plan_file(tmp_path, source, url)
-    plan.write(verify=True)
-    code, out = plan.run("apply")
-    assert code == 0 and "verified 1 table(s)" in out, out
-    return source, url, plan
+    return _copy_one(server, tmp_path, "CREATE TABLE s (id INTEGER PRIMARY KEY, v TEXT, at TIMESTAMP)",
+                     [(k, f"value {k}", f"2024-03-01 08:{k % 60:02d}:00") for k in SPARSE_KEYS],
+                     "CREATE TABLE s (id bigint PRIMARY KEY, v text, at timestamptz)")
 
 
 @pytest.mark.parametrize("damage,detail", [
@@ -155,19 +159,40 @@ def _sparse(server, tmp_path):  # noqa: F811
 ], ids=["changed", "lowest-key-deleted", "extra-row", "highest-key-changed"])
 def test_sparse_keys_in_many_ranges_are_digested_alike_and_each_difference_named(server, tmp_path, monkeypatch,
                                                                                   damage, detail):  # noqa: F811
-    from orchestrator.copying import verify
-    monkeypatch.setattr(verify, "CHUNK_ROWS", 16)        # 347 rows in 22 key ranges of very uneven fill
+    monkeypatch.setattr(verify, "CHUNK_ROWS", 16)        # 347 rows with very uneven gaps, in 22 ranges
     source, url, plan = _sparse(server, tmp_path)
     src = sqlite3.connect(source)
     with psycopg.connect(url) as pg:
         pg.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'")
-        (p,), _, _ = map_tables(reflect_source(src), reflect_target(pg), tables=[], exclude=[], rename={},
-                                columns={}, drop_columns={})
+        p = _table_plan(src, pg)
         assert ordered_key(src, p) == "id"
-        theirs = target_digest(pg, p)
-        assert source_digest(src, p, "id", tz=ZoneInfo("UTC"), server_version=pg.info.server_version) == theirs
-        assert theirs[0] == len(SPARSE_KEYS) and len(theirs[3]) == 22 and any(n == 0 for n, _ in theirs[3])
+        page, splits = target_splits(pg, p)
+        assert page == 16 and splits[:3] == [1010, 1026, 1042] and splits[-1] == 10**9 + 30
+        theirs = target_digest(pg, p, splits)
+        for each in (16, 5, 1000):       # the source read 16, 5 or 1000 rows at a time: the same digest
+            assert source_digest(src, p, "id", splits, tz=ZoneInfo("UTC"), server_version=pg.info.server_version,
+                                 page=each) == theirs
+        assert theirs[0] == len(SPARSE_KEYS) and [n for n, _ in theirs[1]] == [16] * 21 + [11]
     code, out = plan.run("verify", "-v")
     assert code == 0 and "s: checksums equal" in out, out
+    rows(url, damage)
+    _failed(plan, detail)
+
+
+@pytest.mark.parametrize("damage,detail", [
+    ("UPDATE k SET v = 'changed' WHERE code = 'b'", "1 row(s) differ (1 changed); first differing key range: code=b"),
+    ("DELETE FROM k WHERE code = 'a'", "1 row(s) differ (1 missing in the target); first differing key range: code=a"),
+], ids=["changed", "deleted"])
+def test_a_text_key_takes_the_order_independent_sum_and_each_difference_is_named(server, tmp_path, damage,
+                                                                                   detail):  # noqa: F811
+    source, url, plan = _copy_one(server, tmp_path, "CREATE TABLE k (code TEXT PRIMARY KEY, v TEXT, n INTEGER)",
+                                  [("a", "one", 1), ("b", "two", 2), ("c", None, 3)],
+                                  "CREATE TABLE k (code text PRIMARY KEY, v text, n int)")
+    src = sqlite3.connect(source)
+    with psycopg.connect(url) as pg:
+        p = _table_plan(src, pg)
+        assert ordered_key(src, p) is None
+    code, out = plan.run("verify", "-v")
+    assert code == 0 and "k: checksums equal" in out, out
     rows(url, damage)
     _failed(plan, detail)

@@ -4,14 +4,14 @@ converters in Python) for every converted type and storage form, and differs whe
 from __future__ import annotations
 
 import sqlite3
+import tracemalloc
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from orchestrator.copying.convert import TargetColumn
 from orchestrator.copying.mapping import TablePlan
-from orchestrator.copying import verify
-from orchestrator.copying.verify import (CHUNK_ROWS, fast_source_checksum, key_ranges, ordered_key, source_checksum,
+from orchestrator.copying.verify import (fast_source_checksum, ordered_key, range_sql, ranges, source_checksum,
                                         source_digest)
 
 COLS = [TargetColumn("id", "integer", "int4"), TargetColumn("flag", "boolean", "bool"),
@@ -75,22 +75,18 @@ def test_a_value_the_copy_cannot_convert_gives_none():
 
 # --- the digest per key range, in key order (verify's path for a table with an integer key) -----
 
-def _digest(src, p=None):
+def _digest(src, p=None, splits=(3,)):
     p = p or _plan()
-    return source_digest(src, p, ordered_key(src, p), tz=ZoneInfo("UTC"))
+    return source_digest(src, p, ordered_key(src, p), list(splits), tz=ZoneInfo("UTC"))
 
 
-@pytest.mark.parametrize("lo,hi,count", [(1, 1, 1), (1, 120_000, 120_000), (-5, 5, 11), (1, 10**12, 3),
-                                         (-2**63, 2**63 - 1, 200_001), (7, 50_006, 50_000), (7, 50_007, 50_001)])
-def test_key_ranges_cover_every_key_once_in_order(lo, hi, count):
-    ranges = key_ranges(lo, hi, count)
-    assert ranges[0][0] == lo and ranges[-1][1] == hi
-    assert all(a <= b for a, b in ranges) and all(b + 1 == a for (_, b), (a, _) in zip(ranges, ranges[1:]))
-    assert len(ranges) == -(-count // CHUNK_ROWS)
-
-
-def test_key_ranges_of_an_empty_table():
-    assert key_ranges(None, None, 0) == []
+@pytest.mark.parametrize("splits", [[], [1], [-5, 0, 5], [2**62, 2**63 - 1]])
+def test_ranges_cover_every_key_once_in_order(splits):
+    cut = ranges(splits)
+    assert cut[0][0] is None and cut[-1][1] is None and len(cut) == len(splits) + 1
+    assert all(hi == lo for (_, hi), (lo, _) in zip(cut, cut[1:]))
+    assert [range_sql("k", lo, hi) for lo, hi in ranges([5])] == ["k < 5", "k >= 5"]
+    assert range_sql("k", None, None) == "TRUE"
 
 
 def test_ordered_key_is_a_one_column_integer_primary_key():
@@ -107,20 +103,23 @@ def test_ordered_key_is_a_one_column_integer_primary_key():
     assert ordered_key(src, nopk) is None          # not SQLite's key: no index to range over
 
 
-def test_the_digest_covers_every_row_in_ranges(monkeypatch):
-    monkeypatch.setattr(verify, "CHUNK_ROWS", 2)
-    count, lo, hi, chunks = _digest(_db())
-    assert (count, lo, hi) == (5, 1, 5) and sum(n for n, _ in chunks) == 5 and len(chunks) == 3
+@pytest.mark.parametrize("splits,counts", [([], [5]), ([3], [2, 3]), ([2, 4], [1, 2, 2]), ([-9, 99], [0, 5, 0])])
+def test_the_digest_counts_every_row_in_its_range(splits, counts):
+    count, chunks = _digest(_db(), splits=splits)
+    assert count == 5 and [n for n, _ in chunks] == counts
+    assert all((digest is None) == (n == 0) for n, digest in chunks)
+    for page in (1, 2, 3):          # read a few rows at a time: the same digest
+        p = _plan()
+        assert source_digest(_db(), p, "id", splits, tz=ZoneInfo("UTC"), page=page) == (count, chunks)
 
 
 @pytest.mark.parametrize("col", range(1, len(COLS)))
-def test_a_changed_value_changes_the_digest(col, monkeypatch):
-    monkeypatch.setattr(verify, "CHUNK_ROWS", 2)
+def test_a_changed_value_changes_the_digest(col):
     before = _digest(_db())
     rows = [list(r) for r in ROWS]
     rows[0][col] = ROWS[1][col] if ROWS[1][col] != ROWS[0][col] else None
     after = _digest(_db([tuple(r) for r in rows]))
-    assert after != before and after[3][1:] == before[3][1:]      # only the first range differs
+    assert after != before and after[1][1] == before[1][1]      # only the first range differs
 
 
 def test_values_moved_between_rows_change_the_digest():
@@ -136,6 +135,25 @@ def test_deleted_and_extra_rows_change_the_digest():
     assert _digest(_db(ROWS + [(6,) + ROWS[0][1:]]))[0] == full[0] + 1
 
 
-def test_a_key_the_copy_converts_or_a_value_it_cannot_gives_none():
-    assert _digest(_db(ROWS + [("7",) + ROWS[0][1:]])) is None
+def test_memory_stays_flat_whatever_a_range_holds():
+    src = sqlite3.connect(":memory:")
+    src.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+    src.executemany("INSERT INTO t VALUES (?, ?)", ((i, "x" * 1000) for i in range(20_000)))
+    p = TablePlan("t", "t", [("id", COLS[0]), ("name", COLS[2])], ["id"], table=None)
+    tracemalloc.start()
+    count, chunks = source_digest(src, p, "id", [], tz=ZoneInfo("UTC"), page=500)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == 20_000 and len(chunks) == 1 and peak < 4 << 20, peak     # 20 MB of text in one range
+
+
+def test_a_null_key_or_a_value_the_copy_cannot_convert_gives_none():
+    assert _digest(_db(ROWS + [(None,) + ROWS[0][1:]])) is None
     assert _digest(_db([tuple(r) for r in ROWS[:1]] + [(2, "maybe") + ROWS[1][2:]])) is None
+
+
+def test_a_key_stored_as_text_or_real_digests_where_sqlite_sorts_it():
+    extra = ROWS[0][1:]
+    as_int = _digest(_db(ROWS + [(0,) + extra]), splits=(3,))
+    assert _digest(_db(ROWS + [(0.0,) + extra]), splits=(3,)) == as_int    # 0.0 sorts as 0: as the target's 0
+    assert _digest(_db(ROWS + [("0",) + extra]), splits=(3,)) != as_int    # '0' sorts after every number
