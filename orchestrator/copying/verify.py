@@ -84,8 +84,8 @@ def sqlite_canonical(col: TargetColumn, ident: str, fallback: str, *, utc: bool)
         # valid time in that layout, so a malformed value can only read as different (and is
         # then compared the slow, exact way), never as equal.
         return by_type(text=f"CASE length({c}) WHEN 19 THEN CASE substr({c}, 11, 1) WHEN ' ' THEN {c} || '.000000' "
-                            f"ELSE {other} END WHEN 26 THEN CASE substr({c}, 11, 1) || substr({c}, 20, 1) "
-                            f"WHEN ' .' THEN {c} ELSE {other} END ELSE {other} END")
+                            f"ELSE {other} END WHEN 26 THEN CASE WHEN substr({c}, 11, 1) = ' ' AND substr({c}, 20, 1) = '.' "
+                            f"THEN {c} ELSE {other} END ELSE {other} END")
     return by_type()
 
 
