@@ -205,7 +205,7 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False,
         def conv(v):
             s = _text(v)
             try:
-                json.loads(s, parse_constant=_reject_constant)
+                _STRICT_JSON.decode(s)
             except (ValueError, TypeError) as exc:
                 raise ConvertError(f"invalid JSON ({exc}): {show_value(s)}") from None
             if kind == "jsonb" and "\\u0000" in s:
@@ -251,6 +251,11 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False,
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+# Built once: json.loads with any keyword builds a new decoder on every call (twice the time).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_DECIMAL_JSON = json.JSONDecoder(parse_float=Decimal)
 
 
 def _from_epoch(seconds: float) -> datetime:
@@ -346,7 +351,7 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
     if kind == "bytea":
         return lambda v: NULL if v is None else v.hex()
     if kind == "jsonb":
-        return lambda v: NULL if v is None else jsonb_text(json.loads(v, parse_float=Decimal))
+        return lambda v: NULL if v is None else jsonb_text(_DECIMAL_JSON.decode(v))
     return lambda v: NULL if v is None else v
 
 
@@ -367,6 +372,13 @@ def float_text(v: float) -> str:
 
 def jsonb_text(value: Any) -> str:
     """The text PostgreSQL prints for a jsonb value: keys by length then bytes, ', ' and ': '."""
+    kind = type(value)      # what json.loads makes, most frequent first; anything else below
+    if kind is str:
+        return _json_string(value)
+    if kind is dict:
+        return "{" + ", ".join([f"{_json_string(k)}: {jsonb_text(value[k])}" for k in sorted(value, key=_jsonb_key)]) + "}"
+    if kind is list:
+        return "[" + ", ".join([jsonb_text(v) for v in value]) + "]"
     if value is None:
         return "null"
     if value is True:
@@ -385,9 +397,14 @@ def jsonb_text(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
     if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
-        return "{" + ", ".join(f"{_json_string(k)}: {jsonb_text(value[k])}" for k in keys) + "}"
+        return "{" + ", ".join([f"{_json_string(k)}: {jsonb_text(value[k])}" for k in sorted(value, key=_jsonb_key)]) + "}"
     raise TypeError(type(value))
+
+
+def _jsonb_key(key: str) -> tuple[int, bytes]:
+    """jsonb's order of an object's keys: by length in bytes, then by bytes."""
+    raw = key.encode()
+    return len(raw), raw
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -401,7 +418,7 @@ def _escape(m: re.Match) -> str:
 
 def _json_string(s: str) -> str:
     """A JSON string as PostgreSQL prints it: '"', '\\' and control characters escaped, nothing else."""
-    return '"' + _TO_ESCAPE.sub(_escape, s) + '"'
+    return '"' + (_TO_ESCAPE.sub(_escape, s) if _TO_ESCAPE.search(s) else s) + '"'
 
 
 def row_hash(texts: list[str]) -> int:
