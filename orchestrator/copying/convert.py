@@ -372,12 +372,11 @@ def float_text(v: float) -> str:
 
 def jsonb_text(value: Any) -> str:
     """The text PostgreSQL prints for a jsonb value: keys by length then bytes, ', ' and ': '."""
-    kind = type(value)      # what json.loads makes, most frequent first; anything else below
-    if kind is str:
+    if isinstance(value, str):      # what json's decoders make, most frequent first
         return _json_string(value)
-    if kind is dict:
+    if isinstance(value, dict):
         return "{" + ", ".join([f"{_json_string(k)}: {jsonb_text(value[k])}" for k in sorted(value, key=_jsonb_key)]) + "}"
-    if kind is list:
+    if isinstance(value, list):
         return "[" + ", ".join([jsonb_text(v) for v in value]) + "]"
     if value is None:
         return "null"
@@ -385,8 +384,6 @@ def jsonb_text(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, str):
-        return _json_string(value)
     if isinstance(value, int):
         return str(value)
     if isinstance(value, Decimal):
@@ -394,10 +391,6 @@ def jsonb_text(value: Any) -> str:
         return "0" if text in ("-0",) else text
     if isinstance(value, float):
         return float_text(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join([f"{_json_string(k)}: {jsonb_text(value[k])}" for k in sorted(value, key=_jsonb_key)]) + "}"
     raise TypeError(type(value))
 
 
