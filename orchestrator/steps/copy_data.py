@@ -9,8 +9,9 @@ leaves the table as it was.
 
 Rows take the fast path when SQLite's values are already what PostgreSQL's own input functions
 read exactly as documented (booleans as 0/1 or t/f/true/false/yes/no, ISO timestamps read in the
-step's time zone, numbers as text): a profile query per table finds the columns that need Python
-(epoch numbers, REALs in integer columns, BLOBs in text columns, NUL bytes, ...). When PostgreSQL
+step's time zone, numbers as text): each batch is tested column by column for a value that needs
+Python (epoch numbers, REALs in integer columns, BLOBs in text columns, ...: copying/fastpath.py),
+and one such value sends the table through the Python converters. When PostgreSQL
 refuses a row, the table is rolled back to its savepoint and the Python converters name the row,
 its key, the column and why; what they can convert, they convert, and the table is loaded again.
 
@@ -33,6 +34,7 @@ import os
 import re
 import sqlite3
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,9 +43,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BeforeValidator, Field, field_validator
 
 from ..changes import Action, Change, Diff
-from ..copying import preflight
-from ..copying.convert import (BOOL_WORDS, C_SPACE, ConvertError, TargetColumn, has_nul, make_converter,
-                               row_hash_sql, show_value)
+from ..copying import fastpath, preflight
+from ..copying.convert import ConvertError, TargetColumn, has_nul, make_converter, row_hash_sql, show_value
 from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target, source_problem)
@@ -866,34 +867,6 @@ class CopyData(Resource):
                                               hint="fix the text in the source (it is not UTF-8)")
         return StepFailed(f"{p.target}: SQLite could not read the table: {exc}")
 
-    @staticmethod
-    def _fast_loop(p: TablePlan):
-        """A loop that hands a batch of rows to COPY as they are, after testing each value that
-        PostgreSQL's input function would not read as documented: a BLOB in a text column, an
-        epoch number or a word such as 'now' in a timestamp column, an offset a timestamp column
-        would drop, 'on' or 2 in a boolean column, a REAL in an integer column. It returns the
-        first such (column index, value), and the table then goes through the Python converters.
-
-        The tests are inlined into one function per table (compiled from the fixed expressions
-        below, never from data): a function call per value would cost as much as the copy."""
-        tests = {
-            "bool": "not ((v == 0 or v == 1) and type(v) is int) and not (type(v) is str and v.strip(SPACE).lower() in WORDS)",
-            "int": "type(v) is float or type(v) is bytes",
-            "timestamptz": "type(v) is not str or not v[:1].isdigit()",
-            "timestamp": 'type(v) is not str or not v[:1].isdigit() or "+" in v or "Z" in v or "z" in v or "-" in v[10:]',
-            "date": "type(v) is not str or len(v) != 10",
-            "time": "True",
-            "bytea": "type(v) is not bytes",
-        }
-        lines = ["def loop(batch, write):", "    for row in batch:"]
-        for i, (_, col) in enumerate(p.columns):
-            test = tests.get(col.kind, "type(v) is bytes")
-            lines += [f"        v = row[{i}]", f"        if v is not None and ({test}):", f"            return {i}, v"]
-        lines += ["        write(row)", "    return None"]
-        namespace = {"WORDS": BOOL_WORDS, "SPACE": C_SPACE}
-        exec(compile("\n".join(lines), f"<copy loop of {p.target}>", "exec"), namespace)
-        return namespace["loop"]
-
     def _dangling_fixes(self, p: TablePlan, ts: TableState, plans: list[TablePlan]):
         """With on_dangling null/skip and dangling rows: the joins that flag them."""
         if self.spec.on_dangling == "error" or not ts.dangling:
@@ -920,7 +893,7 @@ class CopyData(Resource):
         order = sorted(convert) if convert is not None else []
         nul_text = [i for i in (order if self.spec.strip_nul else ()) if p.columns[i][1].kind == "text"]
         positions = {c.name: i for i, c in enumerate(p.target_columns)}
-        fast = self._fast_loop(p) if convert is None else None
+        odd_value = fastpath.odd_value(p) if convert is None else None
         progress = _Progress(self.rc.progress, p.target, ts_rows)
         cur = reader.execute(query)
         self.rc.log(f"sql: {stmt.as_string(pg)}  <- SQLite {p.source}")
@@ -929,9 +902,10 @@ class CopyData(Resource):
             while batch := cur.fetchmany(self.spec.batch_size):
                 if convert is None and not fixes:
                     h.update(_digest_bytes(batch))
-                    odd = fast(batch, copy.write_row)
+                    odd = odd_value(batch)
                     if odd is not None:
                         raise _NeedsPython(f"column {p.columns[odd[0]][1].name} holds {show_value(odd[1], 40)}")
+                    deque(map(copy.write_row, batch), 0)
                     rows += len(batch)
                     progress.tick(rows)
                     continue

@@ -305,17 +305,3 @@ def test_diff_names_tables_counts_and_dangling():
     assert "2 row(s) reference p rows that do not exist (parent_id; e.g. id=3, id=4)" in d.problems[0]
     d = diff_copy(Observed(source=None, tables=[ts]), "null")
     assert not d.problems and d.warnings[0].endswith("set to NULL")
-
-
-def test_fast_loop_spots_values_postgres_would_misread():
-    from orchestrator.copying.mapping import TablePlan
-    cols = [("b", TargetColumn("b", "boolean", "bool")), ("at", TargetColumn("at", "timestamp with time zone", "timestamptz")),
-            ("note", TargetColumn("note", "text", "text"))]
-    loop = CopyData._fast_loop(TablePlan("t", "t", cols, [], TargetTable("t")))
-    written = []
-    assert loop([(1, "2024-05-28 10:00:00", "x"), ("yes", None, None)], written.append) is None and len(written) == 2
-    assert loop([(1, "now", "x")], written.append) == (1, "now")
-    assert loop([(1, 1716896311, "x")], written.append) == (1, 1716896311)
-    assert loop([(" ON ", "2024-05-28 10:00:00", "x")], written.append) is None   # PostgreSQL reads it
-    assert loop([("o", "2024-05-28", "x")], written.append) == (0, "o")
-    assert loop([(1, "2024-05-28", b"\x00blob")], written.append) == (2, b"\x00blob")
