@@ -49,6 +49,7 @@ from ..copying.mapping import TablePlan, load_units, map_tables, selected_tables
 from ..copying.reflect import (ForeignKey, fingerprint, open_source, quote_sqlite, reflect_source,
                                reflect_target, source_problem)
 from .. import dbconn
+from ..background import Background
 from ..errors import OrchestrateError, StepFailed, refusal
 from ..fields import PgName, SqlitePath, Text
 from ..plan import Strict
@@ -144,6 +145,7 @@ class Observed:
     after_apply: str | None = None    # why the target cannot be seen yet (plan: known after apply)
     # with after_apply: (source table, target table, source rows, loaded from this very file before)
     unknown: list[tuple[str, str, int, bool]] = field(default_factory=list)
+    checked: bool = False             # the preflight ran (apply runs it while the rows load)
 
 
 def settled(entry: dict, checksum: str | None) -> dict:
@@ -536,9 +538,14 @@ class CopyData(Resource):
             # is written, and names every problem at once
             if ts.action in ("copy", "reload"):
                 ts.dangling = self._dangling(src, ts.plan, plans)
-                if self.rc.mode == "apply" or spec.preflight:
-                    for finding in self._preflight(ts.plan):
-                        (ts.repairs if finding.repair else ts.problems).append(finding.describe())
+        # apply runs the check while the tables load and waits for it before the first COMMIT
+        # (_checked); it runs here when the step is refused anyway, so every problem is named
+        todo = [ts for ts in obs.tables if ts.action in ("copy", "reload")]
+        refused = obs.problems or any(ts.problems or ts.dangling for ts in todo)
+        if (spec.preflight and self.rc.mode != "apply") or (self.rc.mode == "apply" and refused):
+            for ts in todo:
+                _found(ts, self._preflight(ts.plan))
+            obs.checked = True
 
     def _target_checksum(self, pg, p: TablePlan) -> tuple[int, str]:
         """Row count and a fingerprint of the target table's content, taken in the server: the
@@ -647,12 +654,17 @@ class CopyData(Resource):
         if self.spec.transaction == "single":
             units = [[p for unit in units for p in unit]]
         started = time.monotonic()
-        total = 0
+        # plan's preflight, on its own SQLite connection while the rows load
+        checks = Background(lambda: obs.checked or [_found(ts, self._preflight(ts.plan)) for ts in todo],
+                            "orchestrate-preflight")
         with contextlib.closing(open_source(obs.source)) as src, self._connect("copying the source's rows") as pg:
             pg.autocommit = False
             with dbconn.bounded(pg, what="copying the source's rows"):
-                for unit in units:
-                    total += self._load_unit(pg, src, unit, states, obs)
+                try:
+                    total = self._load_units(pg, src, units, states, obs, checks)
+                except OrchestrateError:
+                    _checked(checks, todo)       # every value the check refuses, rather than the first
+                    raise
         said = f"copied {total:,} rows into {len(names)} table(s) ({_rate(total, time.monotonic() - started)})"
         for table, out in sorted(self._report.items()):
             for what in REPAIRS:
@@ -702,11 +714,37 @@ class CopyData(Resource):
         two tables leaves the others recorded as they were, so the next run reloads them."""
         self.update_observed(source=self.source_name, tables={**self._live_tables, **tables})
 
+    def _load_units(self, pg, src: sqlite3.Connection, units: list[list[TablePlan]], states: dict[str, TableState],
+                    obs: Observed, checks: Background) -> int:
+        """Load the units in order, each in its own transaction. Nothing commits before apply's
+        preflight has passed: while it still runs, the next unit joins the open transaction (each
+        table stays all-or-nothing; a kill then loses the tables of that transaction only)."""
+        todo = list(states.values())
+        rows, i = 0, 0
+        while i < len(units):
+            results: dict[str, dict] = {}
+            with pg.transaction():
+                while True:
+                    results.update(self._load_unit(pg, src, units[i], states, obs))
+                    i += 1
+                    if i == len(units) or checks.done():
+                        break
+                    self.rc.log("the source's check still runs: the next table joins this transaction")
+                _checked(checks, todo)
+                before = self._live_tables
+                pending = {t: {**settled(before.get(t) or {}, None), "committing": r} for t, r in results.items()}
+                self._checkpoint(pending)      # a kill between COMMIT and the next line is recognised
+            for t, r in results.items():
+                self._loaded[t] = (r["rows"], r["checksum"])
+                rows += r["rows"]
+            self._checkpoint(results)
+        return rows
+
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
-                   obs: Observed) -> int:
+                   obs: Observed) -> dict[str, dict]:
+        """Load one unit's tables inside the caller's transaction; returns what to record of each."""
         from psycopg import sql
         q = lambda name: sql.Identifier(name).as_string(pg)  # noqa: E731
-        rows = 0
         results: dict[str, dict] = {}
         names = {p.target for p in unit}
         full = [p for p in unit if states[p.target].target_rows]
@@ -718,73 +756,65 @@ class CopyData(Resource):
             self.rc.log(f"sql: {statement if isinstance(statement, str) else statement.as_string(pg)}")
             return pg.execute(statement, params)
 
-        with pg.transaction():
-            pg.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(self.spec.timezone)))
-            for fk in incoming:
-                run(f"ALTER TABLE {q(fk.table)} DROP CONSTRAINT {q(fk.name)}")
-            for p in unit:
-                for fk in p.table.foreign_keys:
-                    run(f"ALTER TABLE {q(p.target)} DROP CONSTRAINT {q(fk.name)}")
-                for name in p.table.indexes:
-                    run(f"DROP INDEX {q(name)}")
-                for col in p.target_columns:
-                    if col.identity == "a":
-                        run(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED BY DEFAULT")
-            if full:
-                run("TRUNCATE " + ", ".join(q(p.target) for p in full))
-            for p in unit:
-                t0 = time.monotonic()
-                results[p.target] = self._load_table(pg, src, p, states[p.target], obs.plans)
-                rows += results[p.target]["rows"]
-                self.rc.log(f"{p.target}: COPY {results[p.target]['rows']} rows in {time.monotonic() - t0:.2f}s")
+        pg.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(self.spec.timezone)))
+        for fk in incoming:
+            run(f"ALTER TABLE {q(fk.table)} DROP CONSTRAINT {q(fk.name)}")
+        for p in unit:
+            for fk in p.table.foreign_keys:
+                run(f"ALTER TABLE {q(p.target)} DROP CONSTRAINT {q(fk.name)}")
+            for name in p.table.indexes:
+                run(f"DROP INDEX {q(name)}")
+            for col in p.target_columns:
+                if col.identity == "a":
+                    run(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED BY DEFAULT")
+        if full:
+            run("TRUNCATE " + ", ".join(q(p.target) for p in full))
+        for p in unit:
             t0 = time.monotonic()
-            for p in unit:
-                for name, definition in p.table.indexes.items():
-                    try:
-                        run(definition)
-                    except Exception as exc:
-                        raise StepFailed(f"{p.target}: index {name} cannot be built on the copied rows: "
-                                         f"{_pg_message(exc)}") from None
-                for col in p.target_columns:
-                    if col.identity == "a":
-                        run(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED ALWAYS")
-                    if col.sequence:
-                        run(f"SELECT setval(%s, greatest(coalesce((SELECT max({q(col.name)}) FROM {q(p.target)}), 0), "
-                            f"%s) + 1, false)", (col.sequence, self._promised(src, p, col)))
-            self.rc.log(f"indexes and sequences in {time.monotonic() - t0:.2f}s")
-            t0 = time.monotonic()
-            for p in unit:
-                for fk in p.table.foreign_keys:
-                    try:
-                        run(f"ALTER TABLE {q(p.target)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
-                    except Exception as exc:
-                        raise self._fk_failure(src, p, fk, exc, obs.plans) from None
-            for fk in incoming:
+            results[p.target] = self._load_table(pg, src, p, states[p.target], obs.plans)
+            self.rc.log(f"{p.target}: COPY {results[p.target]['rows']} rows in {time.monotonic() - t0:.2f}s")
+        t0 = time.monotonic()
+        for p in unit:
+            for name, definition in p.table.indexes.items():
                 try:
-                    run(f"ALTER TABLE {q(fk.table)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
+                    run(definition)
                 except Exception as exc:
-                    raise StepFailed(f"{fk.table} has rows that reference {fk.ref_table} rows the source no "
-                                     f"longer has ({_pg_message(exc)}); {fk.ref_table} was not reloaded",
-                                     hint=f"copy {fk.table} too (it is excluded or not in the source), or "
-                                          f"remove those rows") from None
-            self.rc.log(f"foreign keys checked in {time.monotonic() - t0:.2f}s")
-            t0 = time.monotonic()
-            pg.execute(STABLE_OUTPUT.format(local="LOCAL"))
-            for p in unit:
-                count, checksum = self._target_checksum(pg, p)
-                expected = results[p.target]["rows"]
-                if count != expected:
-                    raise StepFailed(f"{p.target}: {count} rows in the target after the copy, {expected} expected; "
-                                     f"rolled back")
-                results[p.target].update(rows=count, checksum=checksum, file=obs.fingerprint)
-            self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
-            before = self._live_tables
-            pending = {t: {**settled(before.get(t) or {}, None), "committing": r} for t, r in results.items()}
-            self._checkpoint(pending)      # a kill between COMMIT and the next line is recognised
-        for t, r in results.items():
-            self._loaded[t] = (r["rows"], r["checksum"])
-        self._checkpoint(results)
-        return rows
+                    raise StepFailed(f"{p.target}: index {name} cannot be built on the copied rows: "
+                                     f"{_pg_message(exc)}") from None
+            for col in p.target_columns:
+                if col.identity == "a":
+                    run(f"ALTER TABLE {q(p.target)} ALTER COLUMN {q(col.name)} SET GENERATED ALWAYS")
+                if col.sequence:
+                    run(f"SELECT setval(%s, greatest(coalesce((SELECT max({q(col.name)}) FROM {q(p.target)}), 0), "
+                        f"%s) + 1, false)", (col.sequence, self._promised(src, p, col)))
+        self.rc.log(f"indexes and sequences in {time.monotonic() - t0:.2f}s")
+        t0 = time.monotonic()
+        for p in unit:
+            for fk in p.table.foreign_keys:
+                try:
+                    run(f"ALTER TABLE {q(p.target)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
+                except Exception as exc:
+                    raise self._fk_failure(src, p, fk, exc, obs.plans) from None
+        for fk in incoming:
+            try:
+                run(f"ALTER TABLE {q(fk.table)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
+            except Exception as exc:
+                raise StepFailed(f"{fk.table} has rows that reference {fk.ref_table} rows the source no "
+                                 f"longer has ({_pg_message(exc)}); {fk.ref_table} was not reloaded",
+                                 hint=f"copy {fk.table} too (it is excluded or not in the source), or "
+                                      f"remove those rows") from None
+        self.rc.log(f"foreign keys checked in {time.monotonic() - t0:.2f}s")
+        t0 = time.monotonic()
+        pg.execute(STABLE_OUTPUT.format(local="LOCAL"))
+        for p in unit:
+            count, checksum = self._target_checksum(pg, p)
+            expected = results[p.target]["rows"]
+            if count != expected:
+                raise StepFailed(f"{p.target}: {count} rows in the target after the copy, {expected} expected; "
+                                 f"rolled back")
+            results[p.target].update(rows=count, checksum=checksum, file=obs.fingerprint)
+        self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
+        return results
 
     @staticmethod
     def _promised(src: sqlite3.Connection, p: TablePlan, col: TargetColumn) -> int:
@@ -1024,6 +1054,20 @@ class CopyData(Resource):
                     entry[key] = (self._report.get(ts.plan.target) or prev)[key]
             tables[ts.plan.target] = entry
         return {"source": self.source_name, "fingerprint": obs.fingerprint, "tables": tables}
+
+
+def _found(ts: TableState, findings: list[preflight.Finding]) -> None:
+    for finding in findings:
+        (ts.repairs if finding.repair else ts.problems).append(finding.describe())
+
+
+def _checked(checks: Background, tables: list[TableState]) -> None:
+    """Wait for apply's preflight; refuse (the transaction then rolls back) if it found any value
+    that cannot be loaded, naming every one."""
+    checks.result()
+    problems = [p for ts in tables for p in ts.problems]
+    if problems:
+        raise refusal(problems)
 
 
 def _steps(names: list[str]) -> str:

@@ -197,3 +197,86 @@ def test_a_small_copy_reports_its_rate_in_rows(server, tmp_path):  # noqa: F811
     url = target(server, "CREATE TABLE t (id int PRIMARY KEY)")
     code, out = plan_file(tmp_path, source, url).run("apply")
     assert code == 0 and "copied 2 rows into 1 table(s) (" in out and "(0k rows/s)" not in out, out
+
+
+def test_apply_checks_while_loading_and_commits_nothing_when_a_value_is_refused(server, tmp_path):  # noqa: F811
+    """No dangling row: apply's preflight runs while the tables load; the parent, clean and loaded
+    first, is rolled back with the rest, and every refused value is named."""
+    source = sqlite_db(tmp_path / "values.db",
+                       MANY_PROBLEMS_SQLITE.replace("(11, 7, 1,", "(11, 1, 1,").replace("(12, 1, 9,", "(12, 1, 1,"))
+    with sqlite3.connect(source) as src:      # a larger child, so that the load and the check overlap
+        src.executemany("INSERT INTO b_child VALUES (?, 1, 2, 'ok', 1, 'row')", [(100 + i,) for i in range(50_000)])
+    url = target(server, MANY_PROBLEMS_PG)
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("apply", "-v")
+    assert code == 1, out
+    assert "reference a_parent rows that do not exist" not in out
+    assert "b_child: column code: 1 value(s) cannot be loaded, e.g. row id=13: a value of 13 characters" in out
+    assert "b_child: column flag: 1 value(s) cannot be loaded, e.g. row id=13: 'maybe' is not a boolean" in out
+    assert "b_child: column name: 1 value(s) cannot be loaded, e.g. row id=13: NULL, but b_child.name is NOT NULL" in out
+    assert "3 problems; the step changed nothing" in out and "Traceback" not in out
+    assert rows(url, "SELECT count(*) FROM a_parent") == [(0,)]
+    assert rows(url, "SELECT count(*) FROM b_child") == [(0,)]
+    # (a failed apply records what it left: empty tables, no copy, nothing about to commit)
+    tables = (plan.lock().get("observed") or {}).get("tables") or {}
+    assert all(not t.get("rows") and "committing" not in t for t in tables.values()), tables
+    # plan names the same problems without loading anything
+    code, out = plan.run("plan")
+    assert code == 1 and "3 problem(s) that stop apply" in out, out
+
+
+class _SlowCheck:
+    """apply's preflight still running until it is waited for."""
+    def __init__(self, fn, name):
+        self.fn = fn
+
+    def done(self) -> bool:
+        return False
+
+    def result(self):
+        return self.fn()
+
+
+class _QuickCheck(_SlowCheck):
+    def __init__(self, fn, name):
+        self.value = fn()
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
+PARENT_CHILD_SQLITE = """
+CREATE TABLE a_parent (id INTEGER PRIMARY KEY, name TEXT);
+INSERT INTO a_parent VALUES (1, 'one'), (2, 'two');
+CREATE TABLE b_child (id INTEGER PRIMARY KEY, parent_id INTEGER, code TEXT, flag BOOLEAN, name TEXT);
+INSERT INTO b_child VALUES (10, 1, 'ok', 1, 'fine'), (11, 2, 'ok', 0, 'fine too');
+"""
+
+
+@pytest.mark.parametrize("check, together", [(_SlowCheck, True), (_QuickCheck, False)])
+def test_units_commit_apart_once_the_check_passed_and_together_while_it_runs(server, tmp_path, monkeypatch,  # noqa: F811
+                                                                             check, together):
+    import orchestrator.steps.copy_data as copy_data
+    monkeypatch.setattr(copy_data, "Background", check)
+    source = sqlite_db(tmp_path / "pc.db", PARENT_CHILD_SQLITE)
+    # a CHECK only the server judges: the child's load fails after the parent's unit is done
+    url = target(server, MANY_PROBLEMS_PG.replace("name text NOT NULL", "name text NOT NULL CHECK (id < 11)")
+                 .replace(", other_id int REFERENCES a_parent(id)", ""))
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("apply", "-v")
+    assert code == 1 and "b_child" in out and "Traceback" not in out, out
+    assert ("the source's check still runs: the next table joins this transaction" in out) is together, out
+    # while the check ran, the parent waited in the same transaction, and rolled back with the child
+    assert rows(url, "SELECT count(*) FROM a_parent") == [(0,) if together else (2,)]
+    assert rows(url, "SELECT count(*) FROM b_child") == [(0,)]
+    rows(url, "ALTER TABLE b_child DROP CONSTRAINT b_child_id_check")
+    code, out = plan.run("apply")
+    assert code == 0, out
+    assert rows(url, "SELECT count(*) FROM a_parent") == [(2,)] and rows(url, "SELECT count(*) FROM b_child") == [(2,)]
+    tables = plan.lock()["observed"]["tables"]
+    assert tables["a_parent"]["rows"] == 2 and tables["b_child"]["rows"] == 2, tables
+    code, out = plan.run("apply")
+    assert code == 0 and "changed=0" in out, out
