@@ -38,6 +38,7 @@ from ..copying.verify import (fast_source_checksum, fast_target_checksum, ordere
                               target_splits)
 from ..copying.reflect import open_source, quote_sqlite, reflect_source, reflect_target
 from .. import dbconn
+from ..background import Background
 from .. import __version__
 from ..errors import KeyedValueError, OrchestrateError
 from ..fields import Duration, NonEmptyText, PgName, Text
@@ -702,12 +703,9 @@ class Verify(Resource):
                             else:
                                 theirs["sum"] = fast_target_checksum(pg, p)
                             theirs["seconds"] = time.monotonic() - t0
-                        except Exception as exc:   # noqa: BLE001  (reported below as not comparable)
-                            theirs["error"] = exc
                         finally:
                             split.set()
-                    worker = threading.Thread(target=server_side, name=f"verify-{p.target}", daemon=True)
-                    worker.start()
+                    worker = Background(server_side, f"verify-{p.target}")
                     try:
                         options = dict(tz=cp.tz, strip_nul=cp.spec.strip_nul, server_version=pg.info.server_version)
                         if key:
@@ -718,9 +716,7 @@ class Verify(Resource):
                             fast = fast_source_checksum(src, p, **options)
                         ours = time.monotonic() - t0
                     finally:
-                        worker.join()
-                    if "error" in theirs:
-                        raise theirs["error"]
+                        worker.result()       # (what the server side raised, raised here)
                     if fast is not None:
                         if fast == theirs["sum"]:
                             self.rc.log(f"{p.target}: checksums equal in {time.monotonic() - t0:.2f}s (SQLite's "
