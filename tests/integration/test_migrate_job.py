@@ -100,9 +100,16 @@ class JobPlan:
         return rows[0][0] if rows else None
 
     def jobs(self) -> list:
-        """The plan's job containers, running or not, found by the throwaway label."""
-        return self.client.containers.list(all=True, filters={"label": [f"{PURPOSE_LABEL}=migrate",
-                                                                         f"orchestrate.plan={self.name}"]})
+        """The plan's job containers, running or not, found by the throwaway label. (docker-py
+        inspects each container it lists: one the apply removed in between is listed again.)"""
+        import docker
+        flt = {"label": [f"{PURPOSE_LABEL}=migrate", f"orchestrate.plan={self.name}"]}
+        for _ in range(10):
+            try:
+                return self.client.containers.list(all=True, filters=flt)
+            except docker.errors.NotFound:
+                time.sleep(0.1)
+        return self.client.containers.list(all=True, filters=flt)
 
     def image_with(self, base: str, rev: str, down: str, body: str, tmp) -> str:
         """A revision added to the host's files and to an image derived from ``base`` (as the
