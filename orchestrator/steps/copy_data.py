@@ -1038,7 +1038,9 @@ class CopyData(Resource):
             prev = settled(rec.get(ts.plan.target) or {}, ts.checksum)
             entry = {"source_table": ts.plan.source, "source_rows": ts.source_rows, "rows": ts.target_rows,
                      "checksum": ts.checksum, "source_digest": prev.get("source_digest"), "file": prev.get("file")}
-            if ts.digest:
+            if ts.digest and ts.action == "ok":
+                # (only a table proven the copy of this source: a failed apply records the
+                # tables it did not reload with the digest of the source they were loaded from)
                 entry["source_digest"] = ts.digest
             if ts.written:
                 # the copy's own figures stay (a changed source is then still refused), with what

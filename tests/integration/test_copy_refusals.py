@@ -280,3 +280,26 @@ def test_units_commit_apart_once_the_check_passed_and_together_while_it_runs(ser
     assert tables["a_parent"]["rows"] == 2 and tables["b_child"]["rows"] == 2, tables
     code, out = plan.run("apply")
     assert code == 0 and "changed=0" in out, out
+
+
+def test_a_refused_apply_does_not_pass_a_changed_table_off_as_copied(server, tmp_path):  # noqa: F811
+    """A refusal during apply records what it left: a table whose source changed, and which
+    was not reloaded, must still be reloaded by the next apply (found by a new user's try)."""
+    source = sqlite_db(tmp_path / "pc.db", PARENT_CHILD_SQLITE)
+    url = target(server, MANY_PROBLEMS_PG.replace(", other_id int REFERENCES a_parent(id)", ""))
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("apply")
+    assert code == 0, out
+    with sqlite3.connect(source) as src:       # a new name in the parent, a refused value in the child
+        src.execute("UPDATE a_parent SET name = 'renamed' WHERE id = 1")
+        src.execute("UPDATE b_child SET code = 'much-too-long' WHERE id = 11")
+    code, out = plan.run("apply")
+    assert code == 1 and "column code: 1 value(s) cannot be loaded" in out, out
+    assert rows(url, "SELECT name FROM a_parent WHERE id = 1") == [("one",)]
+    with sqlite3.connect(source) as src:
+        src.execute("UPDATE b_child SET code = 'ok' WHERE id = 11")
+    code, out = plan.run("apply")
+    assert code == 0, out
+    assert rows(url, "SELECT name FROM a_parent WHERE id = 1") == [("renamed",)], out
+    code, out = plan.run("apply")
+    assert code == 0 and "changed=0" in out, out
