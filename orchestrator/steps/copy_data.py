@@ -534,12 +534,11 @@ class CopyData(Resource):
             obs.tables.append(ts)
         self._written = {ts.plan.target: ts.target_rows for ts in obs.tables if ts.written}
         for ts in obs.tables:
-            # apply checks what plan's preflight checks, before the first row of the first table
-            # is written, and names every problem at once
             if ts.action in ("copy", "reload"):
                 ts.dangling = self._dangling(src, ts.plan, plans)
-        # apply runs the check while the tables load and waits for it before the first COMMIT
-        # (_checked); it runs here when the step is refused anyway, so every problem is named
+        # plan's preflight names every value the copy would refuse or repair, all at once. apply
+        # runs the same check while the tables load and commits nothing before it has passed
+        # (_checked); it runs here when the step is refused anyway, so that refusal names all
         todo = [ts for ts in obs.tables if ts.action in ("copy", "reload")]
         refused = obs.problems or any(ts.problems or ts.dangling for ts in todo)
         if (spec.preflight and self.rc.mode != "apply") or (self.rc.mode == "apply" and refused):
