@@ -29,7 +29,7 @@ Odd = tuple[int, Any] | None
 
 # the rule, per target kind: an expression true for a non-NULL value v the fast path must not send
 PER_VALUE = {
-    "bool": "not ((v == 0 or v == 1) and type(v) is int) and not (type(v) is str and v.strip(SPACE).lower() in WORDS)",
+    "bool": "not BOOL_OK(v)",
     "int": "type(v) is float or type(v) is bytes",
     "timestamptz": "type(v) is not str or not v[:1].isdigit()",
     "timestamp": 'type(v) is not str or not v[:1].isdigit() or "+" in v or "Z" in v or "z" in v or "-" in v[10:]',
@@ -43,6 +43,11 @@ _present = partial(is_not, None)
 _NONE = type(None)
 
 
+def _bool_ok(v) -> bool:
+    """A boolean as PostgreSQL reads it: 0 or 1, or one of its words (case aside, after spaces)."""
+    return ((v == 0 or v == 1) and type(v) is int) or (type(v) is str and v.strip(C_SPACE).lower() in BOOL_WORDS)
+
+
 def _per_value(kinds: list[str], name: str) -> Callable[[Batch], Odd]:
     """The rule applied to every value: one function per table, compiled from the fixed
     expressions above (never from data), since a function call per value would cost as much as
@@ -52,13 +57,9 @@ def _per_value(kinds: list[str], name: str) -> Callable[[Batch], Odd]:
         lines += [f"        v = row[{i}]", f"        if v is not None and ({PER_VALUE.get(kind, OTHER)}):",
                   f"            return {i}, v"]
     lines += ["    return None"]
-    namespace = {"WORDS": BOOL_WORDS, "SPACE": C_SPACE}
+    namespace = {"BOOL_OK": _bool_ok}
     exec(compile("\n".join(lines), f"<fast-path test of {name}>", "exec"), namespace)
     return namespace["odd"]
-
-
-def _bool_ok(v) -> bool:
-    return ((v == 0 or v == 1) and type(v) is int) or (type(v) is str and v.strip(C_SPACE).lower() in BOOL_WORDS)
 
 
 def _column_clean(kind: str, col: tuple) -> bool:
