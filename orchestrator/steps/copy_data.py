@@ -244,6 +244,34 @@ def write_counters(pg, plans: list[TablePlan]) -> dict[str, str]:
     return out
 
 
+XACT_WRITES = """
+SELECT t.name, c.relfilenode::bigint, pg_stat_get_xact_tuples_inserted(c.oid),
+       pg_stat_get_xact_tuples_updated(c.oid), pg_stat_get_xact_tuples_deleted(c.oid)
+FROM unnest(%s::text[]) AS t(name)
+JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', current_schema(), t.name))
+"""
+
+
+def counters_after(pg, before: dict[str, str]) -> dict[str, str]:
+    """What :func:`write_counters` will read of each table once this session's writes reach the
+    server's statistics: ``before`` (read in this transaction before its first write to them)
+    plus the writes this session has not reported yet (this transaction's, attempts rolled back
+    to a savepoint included, as the server counts them), with the storage this transaction left.
+    Recorded after a load, it lets the next run read nothing; any other session's write, or a
+    count the server makes otherwise, only makes the counters differ, and the table is then read
+    again (never taken as unwritten while it was written)."""
+    import psycopg
+    try:
+        found = pg.execute(XACT_WRITES, (list(before),)).fetchall()
+    except psycopg.Error:
+        return {}
+    out = {}
+    for name, node, ins, upd, dele in found:
+        oid, _, ins0, upd0, dele0, reset, cols = _fields(before[name])
+        out[name] = f"{oid}:{node}:{ins0 + ins}:{upd0 + upd}:{dele0 + dele}:{reset}:{cols}"
+    return out
+
+
 def emptied(recorded: str | None, now: str | None) -> bool:
     """Whether an empty table is the very table whose write counters were recorded, its rows
     deleted (or truncated) since: the same oid, statistics never reset since, the same columns
@@ -340,7 +368,7 @@ class CopyData(Resource):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._loaded: dict[str, tuple[int, str]] = {}    # after apply: target -> (rows, checksum)
+        self._loaded: dict[str, dict] = {}    # after apply: target -> rows, checksum, counters
         # target -> rows, of the tables written in PostgreSQL since the copy (its source unchanged),
         # as this run observed them; None: not observed in this run (see written_tables)
         self._written: dict[str, int | None] | None = None
@@ -522,7 +550,8 @@ class CopyData(Resource):
                 continue
             ts = TableState(p, src.execute(f"SELECT count(*) FROM {quote_sqlite(p.source)}").fetchone()[0])
             if p.target in self._loaded:
-                ts.target_rows, ts.checksum = self._loaded[p.target]
+                loaded = self._loaded[p.target]
+                ts.target_rows, ts.checksum, ts.counters = loaded["rows"], loaded["checksum"], loaded.get("counters")
             else:
                 ts.target_rows, ts.checksum = self._target_checksum(pg, p)
                 ts.counters = counters.get(p.target)
@@ -734,7 +763,7 @@ class CopyData(Resource):
                 pending = {t: {**settled(before.get(t) or {}, None), "committing": r} for t, r in results.items()}
                 self._checkpoint(pending)      # a kill between COMMIT and the next line is recognised
             for t, r in results.items():
-                self._loaded[t] = (r["rows"], r["checksum"])
+                self._loaded[t] = r
                 rows += r["rows"]
             self._checkpoint(results)
         return rows
@@ -756,6 +785,7 @@ class CopyData(Resource):
             return pg.execute(statement, params)
 
         pg.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(self.spec.timezone)))
+        before = write_counters(pg, unit)       # before this transaction's first write to them
         for fk in incoming:
             run(f"ALTER TABLE {q(fk.table)} DROP CONSTRAINT {q(fk.name)}")
         for p in unit:
@@ -812,6 +842,8 @@ class CopyData(Resource):
                 raise StepFailed(f"{p.target}: {count} rows in the target after the copy, {expected} expected; "
                                  f"rolled back")
             results[p.target].update(rows=count, checksum=checksum, file=obs.fingerprint)
+        for t, counters in counters_after(pg, before).items():
+            results[t]["counters"] = counters
         self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
         return results
 
@@ -1050,6 +1082,8 @@ class CopyData(Resource):
                 entry["file"] = obs.fingerprint      # proven equal to this very file
                 if ts.counters:
                     entry["counters"] = ts.counters
+            elif ts.plan.target in self._loaded and ts.counters:
+                entry["counters"] = ts.counters      # what the server will count of this run's load
             for key in REPAIRS:
                 if key in (self._report.get(ts.plan.target) or prev):
                     entry[key] = (self._report.get(ts.plan.target) or prev)[key]
