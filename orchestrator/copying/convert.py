@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from json.encoder import encode_basestring
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
@@ -372,20 +373,21 @@ def float_text(v: float) -> str:
 
 def jsonb_text(value: Any) -> str:
     """The text PostgreSQL prints for a jsonb value: keys by length then bytes, ', ' and ': '."""
-    if isinstance(value, str):      # what json's decoders make, most frequent first
+    kind = type(value)
+    if kind is str:         # what json's decoders make, most frequent first
         return _json_string(value)
-    if isinstance(value, dict):
-        return "{" + ", ".join([f"{_json_string(k)}: {jsonb_text(value[k])}" for k in sorted(value, key=_jsonb_key)]) + "}"
-    if isinstance(value, list):
+    if kind is dict:
+        return "{" + ", ".join([f"{_json_string(k)}: {jsonb_text(value[k])}" for k in _jsonb_keys(value)]) + "}"
+    if kind is list:
         return "[" + ", ".join([jsonb_text(v) for v in value]) + "]"
+    if kind is int:
+        return str(value)
     if value is None:
         return "null"
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, int):
-        return str(value)
     if isinstance(value, Decimal):
         text = format(value, "f")
         return "0" if text in ("-0",) else text
@@ -394,24 +396,19 @@ def jsonb_text(value: Any) -> str:
     raise TypeError(type(value))
 
 
-def _jsonb_key(key: str) -> tuple[int, bytes]:
-    """jsonb's order of an object's keys: by length in bytes, then by bytes."""
-    raw = key.encode()
-    return len(raw), raw
+def _jsonb_keys(obj: dict) -> list[str]:
+    """An object's keys in jsonb's order: by length in bytes, then by bytes. ASCII keys (the
+    usual) sort that way as strings, by length; UTF-8 keeps the code points' order."""
+    keys = sorted(obj)
+    if all(map(str.isascii, keys)):
+        keys.sort(key=len)
+        return keys
+    return sorted(keys, key=lambda k: len(k.encode()))
 
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_TO_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
-
-
-def _escape(m: re.Match) -> str:
-    ch = m.group()
-    return _ESCAPES.get(ch) or f"\\u{ord(ch):04x}"
-
-
-def _json_string(s: str) -> str:
-    """A JSON string as PostgreSQL prints it: '"', '\\' and control characters escaped, nothing else."""
-    return '"' + (_TO_ESCAPE.sub(_escape, s) if _TO_ESCAPE.search(s) else s) + '"'
+# '"', '\\' and the control characters escaped (\b \f \n \r \t, the others as \u00xx), nothing
+# else: what PostgreSQL prints, and what json's own C encoder does with ensure_ascii off
+_json_string = encode_basestring
 
 
 def row_hash(texts: list[str]) -> int:

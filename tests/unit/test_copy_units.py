@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -137,6 +138,18 @@ def test_float_text_is_postgres_float8_output(value, text):
 def test_jsonb_text_is_postgres_jsonb_output():
     doc = json.loads('{"bb": 1, "a": [true, null, "x\\"y"], "ccc": {"z": 1.50, "y": 1e2}}', parse_float=Decimal)
     assert jsonb_text(doc) == '{"a": [true, null, "x\\"y"], "bb": 1, "ccc": {"y": 100, "z": 1.50}}'
+
+
+def test_jsonb_text_orders_keys_by_utf8_length_then_bytes_and_escapes_as_postgres():
+    rng = random.Random(7)
+    alphabet = ["a", "b", "z", "A", "é", "ü", "€", "\U0001f600", "\x01", '"', "\\", "\n", "\x7f"]
+    for _ in range(500):
+        keys = {"".join(rng.choices(alphabet, k=rng.randint(0, 4))) for _ in range(rng.randint(1, 8))}
+        doc = {k: i for i, k in enumerate(sorted(keys))}
+        text = jsonb_text(doc)
+        want = sorted(keys, key=lambda k: (len(k.encode()), k.encode()))
+        assert list(json.loads(text)) == want, text
+    assert jsonb_text({"k": "a\x01\x1f\x7f\b\t\"\\é"}) == '{"k": "a\\u0001\\u001f\x7f\\b\\t\\"\\\\é"}'
 
 
 def test_canonical_text():
