@@ -28,12 +28,13 @@ class TargetTable:
     primary_key: list[str] = field(default_factory=list)
     foreign_keys: list[ForeignKey] = field(default_factory=list)
     indexes: dict[str, str] = field(default_factory=dict)   # secondary, not backing a constraint
+    partitioned: bool = False       # its rows are in its partitions
 
 
 TARGET_COLUMNS = """
 SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod,
        a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname), a.attidentity
+       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname), a.attidentity, c.relkind
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -69,13 +70,13 @@ ORDER BY i.tablename, i.indexname
 def reflect_target(conn) -> dict[str, TargetTable]:
     """The tables of the target's current schema (a psycopg connection)."""
     tables: dict[str, TargetTable] = {}
-    for table, col, ftype, base, typmod, not_null, has_default, seq, identity in conn.execute(TARGET_COLUMNS):
+    for table, col, ftype, base, typmod, not_null, has_default, seq, identity, relkind in conn.execute(TARGET_COLUMNS):
         length = precision = scale = None
         if base in ("varchar", "bpchar") and typmod > 4:
             length = typmod - 4
         if base == "numeric" and typmod > 4:
             precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-        tables.setdefault(table, TargetTable(table)).columns[col] = TargetColumn(
+        tables.setdefault(table, TargetTable(table, partitioned=relkind == "p")).columns[col] = TargetColumn(
             col, ftype, base, length, precision, scale, not_null, has_default, seq, identity or "")
     for name, kind, table, ref, cols, ref_cols, definition in conn.execute(TARGET_CONSTRAINTS):
         t = tables[table]

@@ -153,6 +153,14 @@ def test_reference_database_copies_exactly_and_the_application_can_insert(refere
         assert rows(url, f"SELECT count(*) FROM {table}")[0][0] == count
     assert rows(url, "SELECT count(*) FROM alembic_version")[0][0] == 1, "alembic_version is never copied"
     exact(source, url)
+    # each table was emptied in its COPY's own subtransaction and loaded frozen (also the parents,
+    # whose empty children's foreign keys were set aside for it): no reader has to set hint bits
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+        frozen = {t: conn.execute("SELECT bool_and(all_frozen) FROM pg_visibility_map(%s)", (t,)).fetchone()[0]
+                  for t in TABLES}
+        conn.execute("DROP EXTENSION pg_visibility")
+    assert frozen == {t: True for t in TABLES}, frozen
     # the application's next insert works: every sequence is past the highest id
     with psycopg.connect(url, autocommit=True) as conn:
         t = conn.execute("INSERT INTO tenants (name, slug) VALUES ('new', 'new') RETURNING id").fetchone()[0]
@@ -632,3 +640,26 @@ def test_verify_leaves_nothing_behind(reference, tmp_path):
     assert plan.run("verify")[0] == 0
     assert rows(url, "SELECT relname FROM pg_class WHERE relkind = 'r' ORDER BY 1") == before
     assert written_since(url, xid) == {t: 0 for t in TABLES}
+
+
+def test_a_partitioned_target_is_loaded_through_its_partitions_and_reloaded(server, tmp_path):
+    """A partitioned table takes no COPY FREEZE: it is loaded as any other table, the rows
+    routed to its partitions, and reloaded when its source changes."""
+    source = tmp_path / "part.db"
+    with sqlite3.connect(source) as src:
+        src.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, v TEXT)")
+        src.executemany("INSERT INTO events VALUES (?, ?)", [(i, f"v{i}") for i in range(1, 301)])
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE events (id int PRIMARY KEY, v text) PARTITION BY RANGE (id); "
+              "CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (150); "
+              "CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (150) TO (1000)")
+    plan = plan_file(tmp_path, source, url, verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "copied 300 rows into 1 table(s)" in out and "verified 1 table(s)" in out, out
+    assert rows(url, "SELECT count(*) FROM events_low")[0][0] == 149
+    with sqlite3.connect(source) as src:
+        src.execute("UPDATE events SET v = 'changed' WHERE id = 200")
+    code, out = plan.run("apply")
+    assert code == 0 and "copied 300 rows into 1 table(s)" in out, out
+    assert rows(url, "SELECT v FROM events WHERE id = 200")[0][0] == "changed"
+    assert plan.run("apply")[0] == 0 and plan.run("plan", "--detailed-exitcode")[0] == 0
