@@ -747,18 +747,25 @@ class CopyData(Resource):
                     obs: Observed, checks: Background) -> int:
         """Load the units in order, each in its own transaction. Nothing commits before apply's
         preflight has passed: while it still runs, the next unit joins the open transaction (each
-        table stays all-or-nothing; a kill then loses the tables of that transaction only)."""
+        table stays all-or-nothing; a kill then loses the tables of that transaction only). So
+        does a unit that reloads a table referencing one that this transaction reloaded."""
         todo = list(states.values())
         rows, i = 0, 0
         while i < len(units):
             results: dict[str, dict] = {}
+            owed: set[str] = set()      # whose foreign key a unit of this transaction left to them
             with pg.transaction():
                 while True:
-                    results.update(self._load_unit(pg, src, units[i], states, obs))
+                    later = {p.target for unit in units[i + 1:] for p in unit}
+                    loaded, left = self._load_unit(pg, src, units[i], states, obs, later)
+                    results.update(loaded)
+                    owed = (owed | left) - set(loaded)
                     i += 1
-                    if i == len(units) or checks.done():
+                    if i == len(units) or (checks.done() and not owed):
                         break
-                    self.rc.log("the source's check still runs: the next table joins this transaction")
+                    self.rc.log(f"{', '.join(sorted(owed))}: reloaded too, so loaded in this transaction (its foreign "
+                                f"keys are put back against its new rows)" if owed else
+                                "the source's check still runs: the next table joins this transaction")
                 _checked(checks, todo)
                 before = self._live_tables
                 pending = {t: {**settled(before.get(t) or {}, None), "committing": r} for t, r in results.items()}
@@ -770,8 +777,10 @@ class CopyData(Resource):
         return rows
 
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
-                   obs: Observed) -> dict[str, dict]:
-        """Load one unit's tables inside the caller's transaction; returns what to record of each."""
+                   obs: Observed, later: set[str]) -> tuple[dict[str, dict], set[str]]:
+        """Load one unit's tables inside the caller's transaction; returns what to record of each,
+        and the tables of ``later`` units whose foreign keys it left to them (they must load in
+        this transaction)."""
         from psycopg import sql
         q = lambda name: sql.Identifier(name).as_string(pg)  # noqa: E731
         results: dict[str, dict] = {}
@@ -781,12 +790,16 @@ class CopyData(Resource):
         # too, and put back at the end, which checks their rows against the new ones; the
         # referencing tables themselves are not touched. So are those of tables that hold no
         # row (nothing to check), so that this table can be emptied in its COPY's own
-        # subtransaction and load frozen (below).
+        # subtransaction and load frozen (below). The foreign key of a referencing table with
+        # rows that a later unit reloads is put back by that unit, in this same transaction,
+        # against its new rows: its old ones may reference rows the source no longer has (a
+        # parent deleted with its children).
         @functools.cache
         def holds_rows(table: str) -> bool:
             return pg.execute(f"SELECT EXISTS (SELECT 1 FROM {q(table)})").fetchone()[0]
         incoming = [fk for p in unit for fk in obs.incoming.get(p.target, [])
                     if fk.table not in names and (states[p.target].target_rows or not holds_rows(fk.table))]
+        left = {fk.table for fk in incoming if fk.table in later and holds_rows(fk.table)}
         def run(statement, params=None):
             self.rc.log(f"sql: {statement if isinstance(statement, str) else statement.as_string(pg)}")
             return pg.execute(statement, params)
@@ -797,7 +810,8 @@ class CopyData(Resource):
             run(f"ALTER TABLE {q(fk.table)} DROP CONSTRAINT {q(fk.name)}")
         for p in unit:
             for fk in p.table.foreign_keys:
-                run(f"ALTER TABLE {q(p.target)} DROP CONSTRAINT {q(fk.name)}")
+                # (IF EXISTS: an earlier unit of this transaction may have set it aside already)
+                run(f"ALTER TABLE {q(p.target)} DROP CONSTRAINT IF EXISTS {q(fk.name)}")
             for name in p.table.indexes:
                 run(f"DROP INDEX {q(name)}")
             for col in p.target_columns:
@@ -839,6 +853,8 @@ class CopyData(Resource):
                 except Exception as exc:
                     raise self._fk_failure(src, p, fk, exc, obs.plans) from None
         for fk in incoming:
+            if fk.table in left:
+                continue        # put back with the referencing table's new rows, by its own unit
             try:
                 run(f"ALTER TABLE {q(fk.table)} ADD CONSTRAINT {q(fk.name)} {fk.definition}")
             except Exception as exc:
@@ -859,7 +875,7 @@ class CopyData(Resource):
         for t, counters in counters_after(pg, before).items():
             results[t]["counters"] = counters
         self.rc.log(f"checksums in {time.monotonic() - t0:.2f}s")
-        return results
+        return results, left
 
     @staticmethod
     def _promised(src: sqlite3.Connection, p: TablePlan, col: TargetColumn) -> int:

@@ -663,3 +663,28 @@ def test_a_partitioned_target_is_loaded_through_its_partitions_and_reloaded(serv
     assert code == 0 and "copied 300 rows into 1 table(s)" in out, out
     assert rows(url, "SELECT v FROM events WHERE id = 200")[0][0] == "changed"
     assert plan.run("apply")[0] == 0 and plan.run("plan", "--detailed-exitcode")[0] == 0
+
+
+def test_a_parent_deleted_with_its_children_in_the_source_reloads_both_in_one_transaction(reference, tmp_path):
+    """The application deleted a tenant with its deployments and their logs (ON DELETE CASCADE)
+    in SQLite. The children's old rows in PostgreSQL reference the deleted tenant, so their
+    foreign keys are put back by their own reload, in the tenant's transaction, against their
+    new rows; before, putting them back right after the tenants failed, on every apply."""
+    source, url, counts = reference
+    plan = plan_file(tmp_path, source, url, verify=True)
+    assert plan.run("apply")[0] == 0
+    with sqlite3.connect(source) as src:
+        gone = src.execute("SELECT count(*) FROM deployments WHERE tenant_id = 2").fetchone()[0]
+        src.execute("DELETE FROM deployment_logs WHERE deployment_id IN (SELECT id FROM deployments WHERE tenant_id = 2)")
+        src.execute("DELETE FROM deployments WHERE tenant_id = 2")
+        src.execute("DELETE FROM tenants WHERE id = 2")
+    assert gone > 0
+    code, out = plan.run("apply", "-v")
+    assert code == 0 and "verified 3 table(s)" in out, out
+    assert "deployments: reloaded too, so loaded in this transaction" in out, out
+    exact(source, url)
+    assert rows(url, "SELECT count(*) FROM deployments WHERE tenant_id = 2")[0][0] == 0
+    assert rows(url, "SELECT conname, convalidated FROM pg_constraint WHERE contype = 'f' ORDER BY 1") == [
+        ("deployment_logs_deployment_id_fkey", True), ("deployments_tenant_id_fkey", True)]
+    code, out = plan.run("apply")
+    assert code == 0 and "ok:      data" in out, out
