@@ -688,3 +688,19 @@ def test_a_parent_deleted_with_its_children_in_the_source_reloads_both_in_one_tr
         ("deployment_logs_deployment_id_fkey", True), ("deployments_tenant_id_fkey", True)]
     code, out = plan.run("apply")
     assert code == 0 and "ok:      data" in out, out
+
+
+def test_a_server_that_refuses_the_statistics_queries_still_copies(reference, tmp_path, monkeypatch):
+    """The write counters are read inside the load's transaction: a server that refuses those
+    queries costs the counters (the next apply takes the checksum), not the load."""
+    import orchestrator.steps.copy_data as copy_data
+    monkeypatch.setattr(copy_data, "WRITE_COUNTERS", "SELECT no_such_function(%s::text[])")
+    monkeypatch.setattr(copy_data, "XACT_WRITES", "SELECT no_such_function(%s::text[])")
+    source, url, counts = reference
+    plan = plan_file(tmp_path, source, url, verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "verified 3 table(s)" in out, out
+    exact(source, url)
+    assert not any(e.get("counters") for e in plan.lock()["observed"]["tables"].values())
+    code, out = plan.run("apply")
+    assert code == 0 and "ok:      data" in out, out
