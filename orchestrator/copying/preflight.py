@@ -9,12 +9,14 @@ orchestrate does not convert, a CHECK constraint, text that is not UTF-8) is sti
 load, per table, and named.
 
 ``plan`` and ``apply`` run the same check: apply refuses before the first table when it finds
-anything, and names every problem at once.
+anything, and names every problem at once. apply runs it alongside the load (:class:`Alongside`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -141,3 +143,84 @@ def scan(raw: sqlite3.Connection, p: TablePlan, converters: list[Callable], *, k
                 if tcol.kind == "text" and has_nul(v):
                     note(tcol.name, "had NUL bytes stripped (strip_nul: true)", "", row, repair=True)
     return list(found.values())
+
+
+class Alongside:
+    """apply's check, in a thread while the tables load, meeting the load halfway: it scans the
+    tables from the last one the load will reach, while the load begins with the first; a table
+    the load has begun is left to the load, which tests every value it writes with the same
+    converters and refuses the first bad one (the scan of it, if under way, is stopped). So
+    each table is read once, by the check or by the load, and the check is done when the two
+    meet: every table then is scanned, or loaded in the open transaction (nothing commits
+    before). On a refusal by the load, :meth:`complete` scans what neither covered, so that the
+    refusal names every problem. ``start(fn, name)`` runs ``fn`` in its thread (a Background)."""
+
+    def __init__(self, tables: list[str], scan: Callable[[str, sqlite3.Connection], None],
+                 open_raw: Callable[[], sqlite3.Connection], start: Callable):
+        self._tables = tables             # in the order the load takes them
+        self._scan = scan
+        self._open = open_raw
+        self._lock = threading.Lock()
+        self._begun: set[str] = set()     # by the load
+        self._passed: set[str] = set()    # loaded: every value tested
+        self._scanned: set[str] = set()
+        self._scanning: str | None = None
+        self._stop = False
+        self._job = start(self._run, "orchestrate-preflight")
+
+    def _run(self) -> None:
+        if not self._tables:
+            return
+        with contextlib.closing(self._open()) as raw:
+            # SQLite asks this every 100k steps of its virtual machine: a table the load has
+            # begun stops its scan at once (a flag, so it holds even before the query runs)
+            raw.set_progress_handler(lambda: self._stop, 100_000)
+            for table in reversed(self._tables):
+                with self._lock:
+                    if table in self._begun:
+                        return            # met: the load has this table and every one before it
+                    self._scanning, self._stop = table, False
+                try:
+                    self._scan(table, raw)
+                except sqlite3.OperationalError:
+                    if self._stop:        # interrupted by begin(): the load tests the table
+                        return
+                    raise
+                finally:
+                    with self._lock:
+                        self._scanning = None
+                self._scanned.add(table)
+
+    def begin(self, table: str) -> None:
+        """The load begins ``table``: the check leaves it (and those before it) to the load."""
+        with self._lock:
+            self._begun.add(table)
+            if self._scanning == table:
+                self._stop = True
+
+    def passed(self, table: str) -> None:
+        """The load wrote every row of ``table``: each value was tested."""
+        self._passed.add(table)
+
+    def done(self) -> bool:
+        return self._job.done()
+
+    def wait(self) -> None:
+        """Until the check has met the load (raises what the check raised)."""
+        self._job.result()
+
+    def covered(self) -> tuple[list[str], list[str]]:
+        """(the tables the check read, those it left to the load), in load order."""
+        return ([t for t in self._tables if t in self._scanned],
+                [t for t in self._tables if t not in self._scanned])
+
+    def complete(self) -> None:
+        """After the load refused a value: wait for the thread, then scan the tables neither it
+        nor the load covered, the refused one included."""
+        self._job.result()
+        rest = [t for t in self._tables if t not in self._scanned and t not in self._passed]
+        if rest:
+            with contextlib.closing(self._open()) as raw:
+                for table in rest:
+                    self._scan(table, raw)
+                    self._scanned.add(table)

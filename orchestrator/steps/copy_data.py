@@ -655,12 +655,18 @@ class CopyData(Resource):
         return [make_converter(c, tz=self.tz, strip_nul=self.spec.strip_nul, server_version=self._server_version)
                 for _, c in p.columns]
 
-    def _preflight(self, p: TablePlan) -> list[preflight.Finding]:
-        """Every value of the table that the copy would refuse or repair (read-only)."""
+    def _preflight(self, p: TablePlan, raw: sqlite3.Connection | None = None) -> list[preflight.Finding]:
+        """Every value of the table that the copy would refuse or repair (read-only); ``raw``: the
+        source opened with text as bytes (opened here if not given)."""
+        if raw is None:
+            with contextlib.closing(self._open_raw()) as raw:
+                return self._preflight(p, raw)
         keys, key_sql = _keys(p)
-        with contextlib.closing(open_source(self.source_path, raw_text=True)) as raw:
-            return preflight.scan(raw, p, self._converters(p), keys=keys, key_sql=key_sql, row_name=_row_name,
-                                  batch_size=self.spec.batch_size)
+        return preflight.scan(raw, p, self._converters(p), keys=keys, key_sql=key_sql, row_name=_row_name,
+                              batch_size=self.spec.batch_size)
+
+    def _open_raw(self) -> sqlite3.Connection:
+        return open_source(self.source_path, raw_text=True)
 
     # diff --------------------------------------------------------------------------------------
 
@@ -690,16 +696,22 @@ class CopyData(Resource):
         if self.spec.transaction == "single":
             units = [[p for unit in units for p in unit]]
         started = time.monotonic()
-        # plan's preflight, on its own SQLite connection while the rows load
-        checks = Background(lambda: obs.checked or [_found(ts, self._preflight(ts.plan)) for ts in todo],
-                            "orchestrate-preflight")
+        # plan's preflight, on its own SQLite connection while the rows load, meeting the load halfway
+        order = [p.target for unit in units for p in unit]
+        checks = preflight.Alongside([] if obs.checked else order,
+                                     lambda table, raw: _found(states[table], self._preflight(states[table].plan, raw)),
+                                     self._open_raw, Background)
         with contextlib.closing(open_source(obs.source)) as src, self._connect("copying the source's rows") as pg:
             pg.autocommit = False
             with dbconn.bounded(pg, what="copying the source's rows"):
                 try:
                     total = self._load_units(pg, src, units, states, obs, checks)
+                    if order and not obs.checked:
+                        read, left = checks.covered()
+                        self.rc.log(f"the source's check read {', '.join(read) or 'no table'}; the load tested "
+                                    f"{', '.join(left) or 'no table'} itself (each table is read once)")
                 except OrchestrateError:
-                    _checked(checks, todo)       # every value the check refuses, rather than the first
+                    _checked(checks, todo, complete=True)    # every value the check refuses, not the first
                     raise
         said = f"copied {total:,} rows into {len(names)} table(s) ({_rate(total, time.monotonic() - started)})"
         for table, out in sorted(self._report.items()):
@@ -751,9 +763,10 @@ class CopyData(Resource):
         self.update_observed(source=self.source_name, tables={**self._live_tables, **tables})
 
     def _load_units(self, pg, src: sqlite3.Connection, units: list[list[TablePlan]], states: dict[str, TableState],
-                    obs: Observed, checks: Background) -> int:
+                    obs: Observed, checks: preflight.Alongside) -> int:
         """Load the units in order, each in its own transaction. Nothing commits before apply's
-        preflight has passed: while it still runs, the next unit joins the open transaction (each
+        preflight has covered every table (scanned it, or left it to the load, which tests every
+        value it writes): until the two meet, the next unit joins the open transaction (each
         table stays all-or-nothing; a kill then loses the tables of that transaction only). So
         does a unit that reloads a table referencing one that this transaction reloaded."""
         todo = list(states.values())
@@ -764,7 +777,7 @@ class CopyData(Resource):
             with pg.transaction():
                 while True:
                     later = {p.target for unit in units[i + 1:] for p in unit}
-                    loaded, left = self._load_unit(pg, src, units[i], states, obs, later)
+                    loaded, left = self._load_unit(pg, src, units[i], states, obs, later, checks)
                     results.update(loaded)
                     owed = (owed | left) - set(loaded)
                     i += 1
@@ -784,7 +797,7 @@ class CopyData(Resource):
         return rows
 
     def _load_unit(self, pg, src: sqlite3.Connection, unit: list[TablePlan], states: dict[str, TableState],
-                   obs: Observed, later: set[str]) -> tuple[dict[str, dict], set[str]]:
+                   obs: Observed, later: set[str], checks: preflight.Alongside) -> tuple[dict[str, dict], set[str]]:
         """Load one unit's tables inside the caller's transaction; returns what to record of each,
         and the tables of ``later`` units whose foreign keys it left to them (they must load in
         this transaction)."""
@@ -837,7 +850,9 @@ class CopyData(Resource):
             run("TRUNCATE " + ", ".join(q(p.target) for p in emptied_here))
         for p in unit:
             t0 = time.monotonic()
+            checks.begin(p.target)
             results[p.target] = self._load_table(pg, src, p, states[p.target], obs.plans, freeze=p.target in freeze)
+            checks.passed(p.target)
             self.rc.log(f"{p.target}: COPY {results[p.target]['rows']} rows in {time.monotonic() - t0:.2f}s")
         t0 = time.monotonic()
         for p in unit:
@@ -1142,10 +1157,11 @@ def _found(ts: TableState, findings: list[preflight.Finding]) -> None:
         (ts.repairs if finding.repair else ts.problems).append(finding.describe())
 
 
-def _checked(checks: Background, tables: list[TableState]) -> None:
-    """Wait for apply's preflight; refuse (the transaction then rolls back) if it found any value
-    that cannot be loaded, naming every one."""
-    checks.result()
+def _checked(checks: preflight.Alongside, tables: list[TableState], complete: bool = False) -> None:
+    """Wait for apply's preflight (``complete``: after the load refused, scan what it left too);
+    refuse (the transaction then rolls back) if it found any value that cannot be loaded, naming
+    every one."""
+    checks.complete() if complete else checks.wait()
     problems = [p for ts in tables for p in ts.problems]
     if problems:
         raise refusal(problems)

@@ -282,6 +282,59 @@ def test_units_commit_apart_once_the_check_passed_and_together_while_it_runs(ser
     assert code == 0 and "changed=0" in out, out
 
 
+@pytest.mark.parametrize("bad", [False, True], ids=["clean", "refused"])
+def test_a_table_the_load_has_begun_is_left_to_it_and_still_every_problem_is_named(server, tmp_path,  # noqa: F811
+                                                                                   monkeypatch, bad):
+    """apply's check meets the load: the child's scan, under way when its load begins, stops, and
+    the load tests its values itself (each table read once). A refused value is still named with
+    every other one, and nothing commits."""
+    import threading
+
+    from orchestrator.steps.copy_data import CopyData
+    loading, stopped = threading.Event(), []
+    real_scan, real_load = CopyData._preflight, CopyData._load_table
+
+    def scan(self, p, raw=None):
+        if p.target == "b_child" and raw is not None:       # apply's check, in its thread
+            assert loading.wait(30)                          # ... until the load has begun b_child
+            try:
+                return real_scan(self, p, raw)
+            except sqlite3.OperationalError:
+                stopped.append(p.target)
+                raise
+        return real_scan(self, p, raw)
+
+    def load(self, pg, src, p, *args, **kw):
+        if p.target == "b_child":
+            loading.set()
+        return real_load(self, pg, src, p, *args, **kw)
+
+    monkeypatch.setattr(CopyData, "_preflight", scan)
+    monkeypatch.setattr(CopyData, "_load_table", load)
+    source = sqlite_db(tmp_path / "pc.db", PARENT_CHILD_SQLITE)
+    with sqlite3.connect(source) as src:
+        src.executemany("INSERT INTO b_child VALUES (?, 1, 'ok', 1, 'row')", [(100 + i,) for i in range(200_000)])
+        if bad:
+            src.execute("INSERT INTO b_child VALUES (999999, 2, 'ok', 'maybe', 'last')")
+            src.execute("INSERT INTO b_child VALUES (1000000, 2, 'much-too-long', 1, 'last')")
+    url = target(server, MANY_PROBLEMS_PG.replace(", other_id int REFERENCES a_parent(id)", ""))
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("apply", "-v")
+    assert stopped == ["b_child"], out
+    if bad:
+        assert code == 1, out
+        assert "b_child: column flag: 1 value(s) cannot be loaded, e.g. row id=999999: 'maybe' is not a boolean" in out
+        assert "b_child: column code: 1 value(s) cannot be loaded, e.g. row id=1000000" in out, out
+        assert rows(url, "SELECT count(*) FROM a_parent") == [(0,)]
+        assert rows(url, "SELECT count(*) FROM b_child") == [(0,)]
+        return
+    assert code == 0, out
+    assert "the source's check read no table; the load tested a_parent, b_child itself" in out, out
+    assert rows(url, "SELECT count(*), sum(id) FROM b_child") == [(200_002, sum(range(100, 200_100)) + 21)]
+    code, out = plan.run("apply")
+    assert code == 0 and "changed=0" in out, out
+
+
 def test_a_refused_apply_does_not_pass_a_changed_table_off_as_copied(server, tmp_path):  # noqa: F811
     """A refusal during apply records what it left: a table whose source changed, and which
     was not reloaded, must still be reloaded by the next apply (found by a new user's try)."""
