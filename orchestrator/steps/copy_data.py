@@ -659,8 +659,8 @@ class CopyData(Resource):
         """Every value of the table that the copy would refuse or repair (read-only); ``raw``: the
         source opened with text as bytes (opened here if not given)."""
         if raw is None:
-            with contextlib.closing(self._open_raw()) as raw:
-                return self._preflight(p, raw)
+            with contextlib.closing(self._open_raw()) as opened:
+                return self._preflight(p, opened)
         keys, key_sql = _keys(p)
         return preflight.scan(raw, p, self._converters(p), keys=keys, key_sql=key_sql, row_name=_row_name,
                               batch_size=self.spec.batch_size)
