@@ -286,9 +286,17 @@ CANONICAL_SQL = {
 }
 
 
+# kinds whose text can hold anything (the separators, a backslash N): their canonical text is
+# prefixed with its length in characters, so that a row's text reads back into its values one way
+# only (a NULL is never the text '\N', a separator inside a value never moves a column's edge)
+FREE_TEXT = ("text", "other")
+
+
 def canonical_sql(col: TargetColumn, ident: str) -> str:
     """SQL giving the canonical text of a column, the same as :func:`canonical` gives."""
     expr = CANONICAL_SQL.get(col.kind, "{c}::text").format(c=ident)
+    if col.kind in FREE_TEXT:
+        return f"coalesce(length({expr}) || ',' || {expr}, '{NULL}')"
     return f"coalesce({expr}, '{NULL}')"
 
 
@@ -353,6 +361,8 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
         return lambda v: NULL if v is None else v.hex()
     if kind == "jsonb":
         return lambda v: NULL if v is None else jsonb_text(_DECIMAL_JSON.decode(v))
+    if kind in FREE_TEXT:
+        return lambda v: NULL if v is None else f"{len(v)},{v}"
     return lambda v: NULL if v is None else v
 
 

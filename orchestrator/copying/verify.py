@@ -76,8 +76,8 @@ def sqlite_canonical(col: TargetColumn, ident: str, fallback: str, *, utc: bool)
         return by_type(integer=f"CAST({c} AS TEXT)")
     if kind == "bool":
         return by_type(integer=f"CASE {c} WHEN 1 THEN 't' WHEN 0 THEN 'f' ELSE {other} END")
-    if kind == "text":
-        return by_type(text=c)
+    if kind == "text":       # prefixed with its length, as convert.canonical does (FREE_TEXT)
+        return by_type(text=f"length({c}) || ',' || {c}")
     if kind in ("timestamptz", "timestamp") and utc:
         # Text laid out as the canonical text ('YYYY-MM-DD HH:MM:SS', with or without '.ffffff')
         # is taken as is, without checking its digits: the server's text of a time is always a

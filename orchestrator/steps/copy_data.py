@@ -574,8 +574,9 @@ class CopyData(Resource):
             if ts.action in ("copy", "reload"):
                 ts.dangling = self._dangling(src, ts.plan, plans)
         # plan's preflight names every value the copy would refuse or repair, all at once. apply
-        # runs the same check while the tables load and commits nothing before it has passed
-        # (_checked); it runs here when the step is refused anyway, so that refusal names all
+        # runs the same check while the tables load, meeting the load halfway, and commits nothing
+        # before every table is covered (preflight.Alongside); it runs here when the step is
+        # refused anyway, so that refusal names all
         todo = [ts for ts in obs.tables if ts.action in ("copy", "reload")]
         refused = obs.problems or any(ts.problems or ts.dangling for ts in todo)
         if (spec.preflight and self.rc.mode != "apply") or (self.rc.mode == "apply" and refused):
