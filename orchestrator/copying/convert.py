@@ -23,7 +23,10 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 NULL = "\\N"
-SEP = "\x1f"
+SEP = "\x1f"             # before each column's canonical text in a row's (row_text)
+NULL_FIELD = "\x1d"      # a NULL column's, in its place
+ROW_SEP = "\x1e"         # between rows, where rows are digested in key order
+SEPARATORS = SEP + NULL_FIELD + ROW_SEP
 
 
 class ConvertError(ValueError):
@@ -286,18 +289,10 @@ CANONICAL_SQL = {
 }
 
 
-# kinds whose text can hold anything (the separators, a backslash N): their canonical text is
-# prefixed with its length in characters, so that a row's text reads back into its values one way
-# only (a NULL is never the text '\N', a separator inside a value never moves a column's edge)
-FREE_TEXT = ("text", "other")
-
-
 def canonical_sql(col: TargetColumn, ident: str) -> str:
-    """SQL giving the canonical text of a column, the same as :func:`canonical` gives."""
-    expr = CANONICAL_SQL.get(col.kind, "{c}::text").format(c=ident)
-    if col.kind in FREE_TEXT:
-        return f"coalesce(length({expr}) || ',' || {expr}, '{NULL}')"
-    return f"coalesce({expr}, '{NULL}')"
+    """SQL giving the canonical text of a column, the same as :func:`canonical` gives (NULL for
+    NULL)."""
+    return CANONICAL_SQL.get(col.kind, "{c}::text").format(c=ident)
 
 
 def row_hash_sql(cols: list[TargetColumn], idents: list[str], server_version: int) -> str:
@@ -311,23 +306,31 @@ def row_hash_sql(cols: list[TargetColumn], idents: list[str], server_version: in
 
 
 def row_text_sql(cols: list[TargetColumn], idents: list[str], *, exact: bool = False) -> str:
-    """SQL giving a row's canonical text: each column's, joined by :data:`SEP`. ``exact``: every
-    canonical text exactly :func:`canonical`'s, NULL included (without it a NULL boolean reads
-    'f', kept so for the checksums the copy records)."""
+    """SQL giving a row's canonical text: per column, :data:`SEP` and its canonical text, or
+    :data:`NULL_FIELD` for a NULL (:func:`row_text`). ``exact``: a NULL boolean too (without it,
+    it reads 'f', kept so for the checksums the copy records)."""
     def one(c: TargetColumn, i: str) -> str:
         if exact and c.kind == "bool":
-            return f"coalesce(CASE WHEN {i} THEN 't' WHEN NOT {i} THEN 'f' END, '{NULL}')"
-        return canonical_sql(c, i)
-    return " || chr(31) || ".join(one(c, i) for c, i in zip(cols, idents))
+            return f"coalesce(chr(31) || CASE WHEN {i} THEN 't' WHEN NOT {i} THEN 'f' END, chr(29))"
+        return f"coalesce(chr(31) || {canonical_sql(c, i)}, chr(29))"
+    return " || ".join(one(c, i) for c, i in zip(cols, idents)) or "''"
+
+
+def separated_sql(cols: list[TargetColumn], idents: list[str]) -> str:
+    """SQL true when a value of the row holds one of :data:`SEPARATORS` (only free text can:
+    text, and the types read from text), false when none can."""
+    conds = [f"strpos({canonical_sql(c, i)}, chr({ord(sep)})) > 0" for c, i in zip(cols, idents)
+             if c.kind in ("text", "other") for sep in SEPARATORS]
+    return " OR ".join(conds) or "false"
 
 
 def checksum_sql(cols: list[TargetColumn], idents: list[str], table: str, where: str = "", *,
                  exact: bool = False) -> str:
-    """count(*) and the sum of the first 64 bits of md5 over each row's canonical text
-    (:func:`row_text_sql`)."""
+    """count(*), the sum of the first 64 bits of md5 over each row's canonical text
+    (:func:`row_text_sql`), and whether a value holds a separator (:func:`separated_sql`)."""
     row = row_text_sql(cols, idents, exact=exact)
-    return (f"SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0) "
-            f"FROM {table}{where}")
+    return (f"SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0), "
+            f"coalesce(bool_or({separated_sql(cols, idents)}), false) FROM {table}{where}")
 
 
 def canonical(col: TargetColumn) -> Callable[[Any], str]:
@@ -361,8 +364,6 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
         return lambda v: NULL if v is None else v.hex()
     if kind == "jsonb":
         return lambda v: NULL if v is None else jsonb_text(_DECIMAL_JSON.decode(v))
-    if kind in FREE_TEXT:
-        return lambda v: NULL if v is None else f"{len(v)},{v}"
     return lambda v: NULL if v is None else v
 
 
@@ -421,7 +422,16 @@ def _jsonb_keys(obj: dict) -> list[str]:
 _json_string = encode_basestring
 
 
-def row_hash(texts: list[str]) -> int:
+def row_text(texts: list[str | None]) -> str:
+    """A row's canonical text from its columns' (None for NULL): per column, :data:`SEP` and its
+    text, or :data:`NULL_FIELD`. Each column's edge is marked by its own separator, and a NULL by
+    its own, so the text reads back into the row's values one way only, as long as no value holds
+    a separator: the server looks for them in the target (:func:`separated_sql`), and a target
+    whose values hold any is compared the slow way. A NULL never reads as the text '\\N'."""
+    return "".join(NULL_FIELD if t is None else SEP + t for t in texts)
+
+
+def row_hash(texts: list[str | None]) -> int:
     """First 64 bits of md5 of the row's canonical text, as PostgreSQL's ::bit(64)::bigint."""
-    return int.from_bytes(hashlib.md5(SEP.join(texts).encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(hashlib.md5(row_text(texts).encode()).digest()[:8], "big", signed=True)
 

@@ -15,7 +15,8 @@ import hashlib
 import sqlite3
 from zoneinfo import ZoneInfo
 
-from .convert import NULL, TargetColumn, canonical, checksum_sql, make_converter, row_hash, row_text_sql
+from .convert import (TargetColumn, canonical, checksum_sql, make_converter, row_hash, row_text_sql,
+                      separated_sql)
 from .mapping import TablePlan
 from .reflect import quote_sqlite
 
@@ -30,16 +31,26 @@ def source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, stri
     while rows := cur.fetchmany(batch):
         for row in rows:
             count += 1
-            total += row_hash([canon(None if v is None else conv(v)) for conv, canon, v in zip(convs, canons, row)])
+            total += row_hash([None if v is None else _text(conv, canon, v) for conv, canon, v in zip(convs, canons, row)])
     return count, total
 
 
-def target_checksum(pg, p: TablePlan, *, exact: bool = False) -> tuple[int, int]:
+def _text(conv, canon, value) -> str | None:
+    converted = conv(value)
+    return None if converted is None else canon(converted)
+
+
+AMBIGUOUS = "a value holds a separator"    # never a source's digest: compared the slow way
+
+
+def target_checksum(pg, p: TablePlan, *, exact: bool = False) -> tuple[int, int | str]:
+    """``(row count, checksum)`` of the target table, computed in the server; the checksum is
+    :data:`AMBIGUOUS` when a value holds one of the separators of the rows' texts."""
     from psycopg import sql
     idents = [sql.Identifier(c.name).as_string(pg) for c in p.target_columns]
-    count, total = pg.execute(checksum_sql(p.target_columns, idents, sql.Identifier(p.target).as_string(pg),
-                                           exact=exact)).fetchone()
-    return int(count), int(total)
+    count, total, separated = pg.execute(checksum_sql(p.target_columns, idents, sql.Identifier(p.target).as_string(pg),
+                                                      exact=exact)).fetchone()
+    return int(count), AMBIGUOUS if separated else int(total)
 
 
 # --- the fast path: one pass over the source, canonical text built inside SQLite ----------------
@@ -61,23 +72,24 @@ class _Sum:
 
 
 def sqlite_canonical(col: TargetColumn, ident: str, fallback: str, *, utc: bool) -> str:
-    """An SQLite expression giving the canonical text of the column's converted value (what
-    :func:`convert.canonical` gives after :func:`convert.make_converter`). Only the common,
+    """An SQLite expression giving the column's part of the row's canonical text (a separator
+    and the canonical text of the converted value, what :func:`convert.canonical` gives after
+    :func:`convert.make_converter`, or the NULL mark: :func:`convert.row_text`). Only the common,
     unambiguous storage forms are done in SQL, each chosen by the value's type alone (one CASE
     on typeof); any other value goes through ``fallback``, a registered function running the
     copy's own converter, so the text is never a guess."""
     c, other = ident, f"{fallback}({ident})"
 
-    def by_type(**forms: str) -> str:
-        whens = "".join(f"WHEN '{t}' THEN {e} " for t, e in forms.items())
-        return f"CASE typeof({c}) {whens}WHEN 'null' THEN '{NULL}' ELSE {other} END"
+    def by_type(**forms: str) -> str:      # the column's part of the row's text (convert.row_text)
+        whens = "".join(f"WHEN '{t}' THEN char(31) || {e} " for t, e in forms.items())
+        return f"CASE typeof({c}) {whens}WHEN 'null' THEN char(29) ELSE char(31) || {other} END"
     kind = col.kind
     if kind == "int":
         return by_type(integer=f"CAST({c} AS TEXT)")
     if kind == "bool":
         return by_type(integer=f"CASE {c} WHEN 1 THEN 't' WHEN 0 THEN 'f' ELSE {other} END")
-    if kind == "text":       # prefixed with its length, as convert.canonical does (FREE_TEXT)
-        return by_type(text=f"length({c}) || ',' || {c}")
+    if kind == "text":
+        return by_type(text=c)
     if kind in ("timestamptz", "timestamp") and utc:
         # Text laid out as the canonical text ('YYYY-MM-DD HH:MM:SS', with or without '.ffffff')
         # is taken as is, without checking its digits: the server's text of a time is always a
@@ -98,11 +110,10 @@ def _sqlite_row(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, strip_nu
     for i, (_, col) in enumerate(p.columns):
         conv, canon = make_converter(col, tz=tz, strip_nul=strip_nul, server_version=server_version), canonical(col)
         name = f"orchestrate_canon_{i}"
-        src.create_function(name, 1, lambda v, conv=conv, canon=canon: canon(None if v is None else conv(v)),
-                            deterministic=True)
+        src.create_function(name, 1, lambda v, conv=conv, canon=canon: canon(conv(v)), deterministic=True)
         names.append(name)
-    return " || char(31) || ".join(sqlite_canonical(col, quote_sqlite(s), n, utc=utc)
-                                   for (s, col), n in zip(p.columns, names)) or "''"
+    return " || ".join(sqlite_canonical(col, quote_sqlite(s), n, utc=utc)
+                       for (s, col), n in zip(p.columns, names)) or "''"
 
 
 def fast_source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, strip_nul: bool = False,
@@ -216,12 +227,14 @@ def target_digest(pg, p: TablePlan, splits: list[int]) -> tuple:
     from psycopg import sql
     ident = lambda name: sql.Identifier(name).as_string(pg)  # noqa: E731
     key, table = ident(p.table.primary_key[0]), ident(p.target)
-    row = row_text_sql(p.target_columns, [ident(c.name) for c in p.target_columns], exact=True)
+    idents = [ident(c.name) for c in p.target_columns]
+    row, separated = row_text_sql(p.target_columns, idents, exact=True), separated_sql(p.target_columns, idents)
     chunks = []
     for lo, hi in ranges(splits):
-        n, digest = pg.execute(f"SELECT count(*), md5(string_agg(r, chr(30)) || chr(30)) FROM (SELECT {row} AS r "
-                               f"FROM {table} WHERE {range_sql(key, lo, hi)} ORDER BY {key}) s").fetchone()
-        chunks.append((int(n), digest))
+        n, digest, ambiguous = pg.execute(
+            f"SELECT count(*), md5(string_agg(r, chr(30)) || chr(30)), bool_or(x) FROM (SELECT {row} AS r, "
+            f"{separated} AS x FROM {table} WHERE {range_sql(key, lo, hi)} ORDER BY {key}) s").fetchone()
+        chunks.append((int(n), AMBIGUOUS if ambiguous else digest))
     return sum(n for n, _ in chunks), chunks
 
 
