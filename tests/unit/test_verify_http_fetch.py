@@ -104,7 +104,9 @@ def test_the_whole_request_ends_at_its_timeout(base, path, text):
     started = time.monotonic()
     with pytest.raises(FetchError, match=text):
         fetch(HttpCheck(url=base + path, timeout=1))
-    assert time.monotonic() - started < 1.5
+    # the trickle would last 100 s and the silence forever: any bound well under that shows the
+    # cut-off (a tight one failed once on a machine busy with the integration tests)
+    assert time.monotonic() - started < 4
 
 
 def test_nothing_listening_fails_within_wait_plus_timeout():
