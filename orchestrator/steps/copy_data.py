@@ -818,8 +818,16 @@ class CopyData(Resource):
         @functools.cache
         def holds_rows(table: str) -> bool:
             return pg.execute(f"SELECT EXISTS (SELECT 1 FROM {q(table)})").fetchone()[0]
-        incoming = [fk for p in unit for fk in obs.incoming.get(p.target, [])
-                    if fk.table not in names and (states[p.target].target_rows or not holds_rows(fk.table))]
+        incoming: list[ForeignKey] = []
+        kept: set[str] = set()          # tables another table's foreign key still stands on
+        for p in unit:
+            for fk in obs.incoming.get(p.target, []):
+                if fk.table in names:
+                    continue
+                if states[p.target].target_rows or not holds_rows(fk.table):
+                    incoming.append(fk)
+                else:
+                    kept.add(p.target)
         left = {fk.table for fk in incoming if fk.table in later and holds_rows(fk.table)}
         def run(statement, params=None):
             self.rc.log(f"sql: {statement if isinstance(statement, str) else statement.as_string(pg)}")
@@ -841,10 +849,8 @@ class CopyData(Resource):
         # A table this load can empty right before its COPY, in the same subtransaction, takes
         # its rows frozen (COPY FREEZE): already known committed and visible to all, so no later
         # reader (the verify right after, the application) checks and rewrites each row's
-        # status. Not where another table's foreign key to it stands (TRUNCATE refuses). The
-        # others are emptied here.
-        kept = {fk.ref_table for p in unit for fk in obs.incoming.get(p.target, [])
-                if fk.table not in names and fk not in incoming}
+        # status. Not where another table's foreign key to it stands (kept: TRUNCATE refuses).
+        # The others are emptied here.
         freeze = {p.target for p in unit if not p.table.partitioned and p.target not in kept}
         emptied_here = [p for p in full if p.target not in freeze]
         if emptied_here:
@@ -1162,7 +1168,10 @@ def _checked(checks: preflight.Alongside, tables: list[TableState], complete: bo
     """Wait for apply's preflight (``complete``: after the load refused, scan what it left too);
     refuse (the transaction then rolls back) if it found any value that cannot be loaded, naming
     every one."""
-    checks.complete() if complete else checks.wait()
+    if complete:
+        checks.complete()
+    else:
+        checks.wait()
     problems = [p for ts in tables for p in ts.problems]
     if problems:
         raise refusal(problems)
