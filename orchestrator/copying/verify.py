@@ -31,13 +31,8 @@ def source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, stri
     while rows := cur.fetchmany(batch):
         for row in rows:
             count += 1
-            total += row_hash([None if v is None else _text(conv, canon, v) for conv, canon, v in zip(convs, canons, row)])
+            total += row_hash([None if v is None else canon(conv(v)) for conv, canon, v in zip(convs, canons, row)])
     return count, total
-
-
-def _text(conv, canon, value) -> str | None:
-    converted = conv(value)
-    return None if converted is None else canon(converted)
 
 
 AMBIGUOUS = "a value holds a separator"    # never a source's digest: compared the slow way
