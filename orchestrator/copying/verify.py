@@ -86,13 +86,16 @@ def sqlite_canonical(col: TargetColumn, ident: str, fallback: str, *, utc: bool)
     if kind == "text":
         return by_type(text=c)
     if kind in ("timestamptz", "timestamp") and utc:
-        # Text laid out as the canonical text ('YYYY-MM-DD HH:MM:SS', with or without '.ffffff')
-        # is taken as is, without checking its digits: the server's text of a time is always a
-        # valid time in that layout, so a malformed value can only read as different (and is
-        # then compared the slow, exact way), never as equal.
-        return by_type(text=f"CASE length({c}) WHEN 19 THEN CASE substr({c}, 11, 1) WHEN ' ' THEN {c} || '.000000' "
+        # Text laid out as 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD HH:MM:SS.ffffff' is taken as it
+        # is (the fraction's trailing zeros dropped, as the server writes it), without checking
+        # its digits: the server's text of a time is always a valid time in that layout, so a
+        # malformed value can only read as different (and is then compared the slow, exact
+        # way), never as equal. (rtrim only where the last digit is 0: it costs SQLite more
+        # than the test.)
+        return by_type(text=f"CASE length({c}) WHEN 19 THEN CASE substr({c}, 11, 1) WHEN ' ' THEN {c} "
                             f"ELSE {other} END WHEN 26 THEN CASE WHEN substr({c}, 11, 1) = ' ' AND substr({c}, 20, 1) = '.' "
-                            f"THEN {c} ELSE {other} END ELSE {other} END")
+                            f"THEN CASE substr({c}, 26) WHEN '0' THEN rtrim(rtrim({c}, '0'), '.') ELSE {c} END "
+                            f"ELSE {other} END ELSE {other} END")
     return by_type()
 
 

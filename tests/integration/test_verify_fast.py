@@ -221,3 +221,33 @@ def test_values_holding_the_separators_or_a_null_s_text_are_told_apart(server, t
     rows(url, damage)
     code, out = plan.run("verify")
     assert code == 1 and "1 row(s) differ (1 changed)" in out and "Verification FAILED" in out, out
+
+
+TIMES = ["2024-03-01 08:00:00", "2024-03-01 08:00:00.000000", "2024-03-01 08:00:00.120000",
+         "2024-03-01 08:00:00.123456", "2024-03-01 08:00:00.100000", "0099-03-01 08:00:00.500000",
+         "2024-03-01T08:00:00.250", "2024-03-01 08:00:00.5", 1709280000.5, None]
+
+
+def test_times_in_every_layout_read_alike_on_both_sides_and_a_microsecond_is_found(server, tmp_path):  # noqa: F811
+    """The canonical text of a time is the server's own (ISO DateStyle: the fraction without its
+    trailing zeros); SQLite's text, the copy's converter and the server give the same for each
+    layout, on the fast path, and one microsecond more is a difference."""
+    source_rows = [(i + 1, v, v, v if isinstance(v, str) and len(v) == 10 else None) for i, v in enumerate(TIMES)]
+    source_rows += [(20, None, None, "2024-03-01"), (21, None, None, "0099-12-31")]
+    source, url, plan = _copy_one(server, tmp_path, "CREATE TABLE w (id INTEGER PRIMARY KEY, at TEXT, naive TEXT, "
+                                  "day TEXT)", source_rows, "CREATE TABLE w (id int PRIMARY KEY, at timestamptz, "
+                                  "naive timestamp, day date)")
+    src = sqlite3.connect(source)
+    with psycopg.connect(url) as pg:
+        pg.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'")
+        p = _table_plan(src, pg)
+        version = pg.info.server_version
+        tz = ZoneInfo("UTC")
+        assert fast_source_checksum(src, p, tz=tz, server_version=version) == source_checksum(src, p, tz=tz) \
+            == fast_target_checksum(pg, p)
+        assert source_digest(src, p, "id", [4], tz=tz, server_version=version) == target_digest(pg, p, [4])
+    code, out = plan.run("verify", "-v")
+    assert code == 0 and "w: checksums equal" in out and "Verified: nothing differs." in out, out
+    rows(url, "UPDATE w SET naive = naive + interval '1 microsecond' WHERE id = 3")
+    code, out = plan.run("verify")
+    assert code == 1 and "1 row(s) differ (1 changed); first differing key range: id=3" in out, out

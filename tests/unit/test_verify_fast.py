@@ -48,6 +48,24 @@ def test_fast_equals_exact_for_every_type(tz):
     assert fast_source_checksum(src, p, tz=ZoneInfo(tz)) == source_checksum(src, p, tz=ZoneInfo(tz))
 
 
+TIMES = ["2024-03-01 08:00:00", "2024-03-01 08:00:00.000000", "2024-03-01 08:00:00.120000",
+         "2024-03-01 08:00:00.123456", "2024-03-01 08:00:00.100000", "0099-03-01 08:00:00.500000",
+         "2024-03-01T08:00:00.250", "2024-03-01 08:00:00.5", "2024-03-01 08:00:00.0000000", 1709280000.5]
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin"])
+def test_every_layout_of_a_time_reads_as_the_copy_converts_it(tz):
+    """SQLite's own text of a time, the fraction's trailing zeros dropped, is what the copy's
+    converter and canonical() give; every other layout goes through the converter."""
+    times = [c for c in COLS if c.name in ("id", "at", "naive")]
+    src = sqlite3.connect(":memory:")
+    src.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, at TEXT, naive TEXT)")
+    src.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, v, v) for i, v in enumerate(TIMES)])
+    p = TablePlan("t", "t", [(c.name, c) for c in times], ["id"], table=None)
+    assert fast_source_checksum(src, p, tz=ZoneInfo(tz)) == source_checksum(src, p, tz=ZoneInfo(tz))
+    assert source_digest(src, p, "id", [3], tz=ZoneInfo(tz)) is not None
+
+
 @pytest.mark.parametrize("col", range(1, len(COLS)))
 def test_a_changed_value_changes_the_checksum(col):
     p = _plan()
