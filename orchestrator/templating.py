@@ -196,7 +196,24 @@ class _Env(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-_env = _Env(undefined=_PlanUndefined, keep_trailing_newline=True, autoescape=False)
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Jinja2's bytecode cache, in memory: a template file is compiled once per process and
+    source (Jinja checks each entry against a checksum of the source), though the render step's
+    check and its observe each load it through an environment of their own."""
+
+    def __init__(self):
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket) -> None:
+        if bucket.key in self._code:
+            bucket.bytecode_from_string(self._code[bucket.key])
+
+    def dump_bytecode(self, bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_env = _Env(undefined=_PlanUndefined, keep_trailing_newline=True, autoescape=False,
+            bytecode_cache=_CompiledTemplates())
 
 
 def _urlpart(value: Any) -> str:
