@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import http.client
 import json
 import re
 import socket
 import sqlite3
-import ssl
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -220,6 +218,8 @@ def redirect_target(current: str, location: str, status: int = 302) -> str:
 
 
 def _describe(exc: BaseException, host: str, timeout: float) -> str:
+    import http.client
+    import ssl
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"no answer within {timeout:g}s"
     if isinstance(exc, ConnectionRefusedError):
@@ -241,6 +241,8 @@ def _describe(exc: BaseException, host: str, timeout: float) -> str:
 
 def _request(url: str, headers: dict[str, str], deadline: float, timeout: float, max_body: int) -> Response:
     """One GET of ``url``, cut (the socket shut down from a timer) when ``deadline`` passes."""
+    import http.client      # here, not at the top: validating a plan needs neither (~10 ms)
+    import ssl
     parts = urlsplit(url)
     remaining = deadline - time.monotonic()
     if remaining <= 0:
