@@ -28,10 +28,13 @@ class TablePlan:
 def selected_tables(source, *, tables: list[str], exclude: list[str],
                     rename: dict[str, str]) -> list[tuple[str, str]]:
     """(source table, target table) of every source table the step copies, by name only: all
-    but Alembic's version table, those excluded and those outside ``tables``."""
+    but Alembic's version table, virtual tables that hold no data of their own (a full-text
+    index), those excluded and those outside ``tables``."""
     wanted = set(tables)
     out = []
     for s_name in sorted(source):
+        if source[s_name].derived:
+            continue
         t_name = rename.get(s_name, s_name)
         if t_name in SKIP_TABLES or s_name in SKIP_TABLES:
             continue
@@ -92,6 +95,10 @@ def map_tables(source: dict[str, SourceTable], target: dict[str, TargetTable], *
         problems.append(f"source table(s) {', '.join(unmapped)} have no table in the target schema: their rows "
                         f"would be left behind. Add them to exclude: to leave them out on purpose, or map each "
                         f"with rename: {{source_table: target_table}}")
+    for name, table in sorted(source.items()):
+        if table.derived and name not in exclude:
+            notes.append(f"{name}: {table.derived}, holds no data of its own: not copied (PostgreSQL's full-text "
+                         f"search keeps an index of its own: create it in a migration)")
     for name in wanted:
         if name not in source and name not in {rename.get(s, s) for s in source}:
             problems.append(f"tables: the source has no table {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,46 @@ class SourceTable:
     name: str
     columns: list[str]
     primary_key: list[str]
+    derived: str | None = None     # a virtual table holding no data of its own: what it is
+
+
+# a full-text index's storage (FTS3/4/5) and an R*Tree's: tables the virtual table itself reads,
+# never data of their own (SQLite >= 3.37 says so itself: PRAGMA table_list, type 'shadow')
+SHADOW_SUFFIXES = {
+    "fts3": ("_content", "_segments", "_segdir"), "fts4": ("_content", "_segments", "_segdir", "_docsize", "_stat"),
+    "fts5": ("_data", "_idx", "_content", "_docsize", "_config"), "rtree": ("_node", "_rowid", "_parent"),
+    "rtree_i32": ("_node", "_rowid", "_parent"), "geopoly": ("_node", "_rowid", "_parent"),
+}
+_VIRTUAL = re.compile(r"^\s*CREATE\s+VIRTUAL\s+TABLE\s+.*?\bUSING\s+(\w+)\s*(?:\((.*)\))?\s*;?\s*$", re.I | re.S)
+_CONTENT = re.compile(r"""(?:^|,)\s*content\s*=\s*(?:'((?:[^']|'')*)'|"((?:[^"]|"")*)"|\[([^\]]*)\]|`([^`]*)`|([^\s,]*))""",
+                      re.I)
+
+
+def virtual_tables(conn: sqlite3.Connection) -> tuple[dict[str, str | None], set[str]]:
+    """The source's virtual tables (name: what it is when it holds no data of its own, else
+    None) and the shadow tables that store them. A full-text index (FTS4/5) whose content is
+    another table (``content=posts``) or nothing (``content=''``) holds none: SQLite reads it
+    from that table, and PostgreSQL has full-text search of its own."""
+    virtual: dict[str, str | None] = {}
+    shadow: set[str] = set()
+    for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'"):
+        name = name.decode() if isinstance(name, bytes) else name
+        sql = sql.decode() if isinstance(sql, bytes) else sql or ""
+        found = _VIRTUAL.match(sql)
+        module, args = (found.group(1).lower(), found.group(2) or "") if found else ("", "")
+        shadow.update(name + suffix for suffix in SHADOW_SUFFIXES.get(module, ()))
+        content = _CONTENT.search(args) if module in ("fts4", "fts5") else None
+        if content is None:
+            virtual[name] = None
+            continue
+        source = next((g for g in content.groups() if g is not None), "")
+        virtual[name] = (f"a full-text index ({module.upper()}) over {source}" if source
+                         else f"a contentless full-text index ({module.upper()})")
+    try:
+        shadow |= {r[1] for r in conn.execute("PRAGMA table_list") if r[2] == "shadow"}
+    except sqlite3.Error:          # SQLite before 3.37: the module's own names above
+        pass
+    return virtual, {s.decode() if isinstance(s, bytes) else s for s in shadow}
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -136,10 +177,19 @@ def open_source(path: Path, raw_text: bool = False) -> sqlite3.Connection:
 
 
 def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
+    """The source's tables: its own, and virtual tables (those that hold no data of their own
+    with ``derived`` set, and no columns read); never SQLite's internal tables, nor the shadow
+    tables a virtual table keeps its data in."""
     tables = {}
+    virtual, shadow = virtual_tables(conn)
     names = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     for name in names:
+        if name in shadow:
+            continue
+        if virtual.get(name):
+            tables[name] = SourceTable(name, [], [], derived=virtual[name])
+            continue
         info = conn.execute(f"PRAGMA table_info({quote_sqlite(name)})").fetchall()
         cols = [r[1].decode() if isinstance(r[1], bytes) else r[1] for r in info]
         pk = [c for _, c in sorted((r[5], cols[i]) for i, r in enumerate(info) if r[5])]

@@ -704,3 +704,42 @@ def test_a_server_that_refuses_the_statistics_queries_still_copies(reference, tm
     assert not any(e.get("counters") for e in plan.lock()["observed"]["tables"].values())
     code, out = plan.run("apply")
     assert code == 0 and "ok:      data" in out, out
+
+
+def test_full_text_indexes_are_not_data_and_a_virtual_table_holding_rows_is_named(server, tmp_path):
+    """An application's SQLite with full-text search: an FTS5 index over a table (kept by a
+    trigger), a view, and an FTS5 table that holds its own rows. The index and the shadow tables
+    SQLite stores virtual tables in are not copied (a note says why); the table holding rows
+    with no table in the target is named, by its own name, as any table would be."""
+    source = tmp_path / "app.db"
+    with sqlite3.connect(source) as src:
+        src.executescript("""
+            CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL);
+            CREATE TABLE posts (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), title TEXT, body TEXT);
+            CREATE VIRTUAL TABLE posts_fts USING fts5(title, body, content='posts', content_rowid='id');
+            CREATE TRIGGER posts_ai AFTER INSERT ON posts BEGIN
+                INSERT INTO posts_fts(rowid, title, body) VALUES (new.id, new.title, new.body); END;
+            CREATE VIEW named_posts AS SELECT p.title, u.name FROM posts p JOIN users u ON u.id = p.user_id;
+            CREATE VIRTUAL TABLE notes USING fts5(body);
+            INSERT INTO users (name) VALUES ('ann'), ('bob');
+            INSERT INTO posts VALUES (1, 1, 'hello', 'world'), (2, 2, 'it''s', 'back\\slash');
+            INSERT INTO notes VALUES ('a note only the index holds');
+        """)
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL)")
+    rows(url, "CREATE TABLE posts (id serial PRIMARY KEY, user_id int REFERENCES users(id), title text, body text)")
+    plan = plan_file(tmp_path, source, url)
+    code, out = plan.run("apply")
+    assert code == 1 and "source table(s) notes have no table in the target schema" in out, out
+    assert "_data" not in out and "_content" not in out and "posts_fts" not in out, out
+    assert rows(url, "SELECT count(*) FROM posts") == [(0,)]
+    plan.write(verify=True, exclude=["notes"])
+    code, out = plan.run("plan")
+    assert code == 0 and "posts_fts: a full-text index (FTS5) over posts, holds no data of its own: not copied" in out, out
+    code, out = plan.run("apply")
+    assert code == 0 and "copied 4 rows into 2 table(s)" in out and "verified 2 table(s)" in out, out
+    assert rows(url, "SELECT id, title, body FROM posts ORDER BY id") == [(1, "hello", "world"), (2, "it's", "back\\slash")]
+    code, out = plan.run("apply")
+    assert code == 0 and "changed=0" in out, out
+    code, out = plan.run("verify")
+    assert code == 0 and "Verified: nothing differs." in out, out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sqlite3
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -13,8 +14,8 @@ import pytest
 
 from orchestrator.copying.convert import (ConvertError, TargetColumn, canonical, float_text, jsonb_text,
                                           make_converter)
-from orchestrator.copying.mapping import load_units, map_tables
-from orchestrator.copying.reflect import ForeignKey, SourceTable, TargetTable
+from orchestrator.copying.mapping import load_units, map_tables, selected_tables
+from orchestrator.copying.reflect import ForeignKey, SourceTable, TargetTable, reflect_source, virtual_tables
 from orchestrator.steps.copy_data import CopyData, Observed, TableState, decide, diff_copy
 
 UTC = ZoneInfo("UTC")
@@ -322,3 +323,29 @@ def test_diff_names_tables_counts_and_dangling():
     assert "2 row(s) reference p rows that do not exist (parent_id; e.g. id=3, id=4)" in d.problems[0]
     d = diff_copy(Observed(source=None, tables=[ts]), "null")
     assert not d.problems and d.warnings[0].endswith("set to NULL")
+
+
+def test_virtual_tables_their_storage_and_which_hold_data():
+    """Full-text indexes over another table (or over nothing) hold no data; an FTS table of its
+    own, an R*Tree, hold rows; the shadow tables they are stored in are never tables to copy
+    (found by the module's names, and by SQLite itself where it says so)."""
+    src = sqlite3.connect(":memory:")
+    src.executescript("""
+        CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT, body TEXT);
+        CREATE TABLE notes_content_archive (id INTEGER PRIMARY KEY);
+        CREATE VIRTUAL TABLE posts_fts USING fts5(title, body, content='posts', content_rowid='id');
+        CREATE VIRTUAL TABLE bare USING fts5(body, content='');
+        CREATE VIRTUAL TABLE old_style USING fts4(content="posts", title, body);
+        CREATE VIRTUAL TABLE notes USING fts5(content, body);
+        CREATE VIRTUAL TABLE places USING rtree(id, minx, maxx);
+    """)
+    virtual, shadow = virtual_tables(src)
+    assert virtual == {"posts_fts": "a full-text index (FTS5) over posts", "bare": "a contentless full-text index (FTS5)",
+                       "old_style": "a full-text index (FTS4) over posts", "notes": None, "places": None}
+    assert {"posts_fts_data", "notes_content", "old_style_segdir", "places_node"} <= shadow
+    tables = reflect_source(src)
+    assert sorted(tables) == ["bare", "notes", "notes_content_archive", "old_style", "places", "posts", "posts_fts"]
+    assert tables["notes"].columns == ["content", "body"] and tables["notes"].derived is None
+    assert tables["posts_fts"].columns == [] and tables["posts_fts"].derived
+    assert [s for s, _ in selected_tables(tables, tables=[], exclude=[], rename={})] == \
+        ["notes", "notes_content_archive", "places", "posts"]
