@@ -53,7 +53,8 @@ class TargetColumn:
 
 KIND = {"bool": "bool", "int2": "int", "int4": "int", "int8": "int", "numeric": "numeric",
         "float4": "float", "float8": "float", "timestamptz": "timestamptz", "timestamp": "timestamp",
-        "date": "date", "time": "time", "json": "json", "jsonb": "jsonb", "bytea": "bytea", "uuid": "uuid"}
+        "date": "date", "time": "time", "json": "json", "jsonb": "jsonb", "bytea": "bytea", "uuid": "uuid",
+        "interval": "interval"}
 INT_RANGE = {"int2": (-2**15, 2**15 - 1), "int4": (-2**31, 2**31 - 1), "int8": (-2**63, 2**63 - 1)}
 # exactly what PostgreSQL's boolean input reads (case aside, after surrounding spaces):
 # every unique prefix of true/false/yes/no, on/off (two letters at least), 1/0
@@ -204,6 +205,18 @@ def make_converter(col: TargetColumn, *, tz: ZoneInfo, strip_nul: bool = False,
                 return time.fromisoformat(s)
             except ValueError as exc:
                 raise ConvertError(f"{show_value(s)} is not a time ({exc})") from None
+        return conv
+    if kind == "interval":
+        def conv(v):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                raise ConvertError(f"{show_value(v)} is a number, and a duration's unit is not known (PostgreSQL "
+                                   f"reads seconds, Django stores microseconds)")
+            s = _text(v).strip()
+            if not DATETIME_SHAPED.match(s):
+                return s                   # PostgreSQL reads it: '1 day 02:00:00', '00:05:00', 'P1DT2H'
+            moment = _parse_datetime(s)    # SQLAlchemy's Interval without a native type: 1970-01-01 + it
+            epoch = datetime(1970, 1, 1, tzinfo=moment.tzinfo and timezone.utc)
+            return interval_text(moment - epoch)
         return conv
     if kind in ("json", "jsonb"):
         def conv(v):
@@ -368,6 +381,23 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
     if kind == "jsonb":
         return lambda v: NULL if v is None else jsonb_text(_DECIMAL_JSON.decode(v))
     return lambda v: NULL if v is None else v
+
+
+DATETIME_SHAPED = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d")
+
+
+def interval_text(span: timedelta) -> str:
+    """PostgreSQL's text of an interval of days and a time (IntervalStyle postgres), which it
+    also reads back as the same days and time: '00:05:00', '1 day 01:00:00', '3 days',
+    '-1 days +23:55:00', '00:00:00.5'."""
+    days, rest = span.days, span.seconds
+    clock = f"{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+    if span.microseconds:
+        clock += f".{span.microseconds:06d}".rstrip("0")
+    if not days:
+        return clock
+    day = f"{days} day{'' if days == 1 else 's'}"
+    return day if not rest and not span.microseconds else f"{day} {'+' if days < 0 else ''}{clock}"
 
 
 def iso_text(moment: datetime) -> str:

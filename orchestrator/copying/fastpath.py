@@ -21,7 +21,7 @@ from itertools import repeat
 from operator import is_not
 from typing import Any, Callable
 
-from .convert import BOOL_WORDS, C_SPACE
+from .convert import BOOL_WORDS, C_SPACE, DATETIME_SHAPED
 from .mapping import TablePlan
 
 Batch = list[tuple]
@@ -36,6 +36,7 @@ PER_VALUE = {
     "date": "type(v) is not str or len(v) != 10",
     "time": "True",
     "bytea": "type(v) is not bytes",
+    "interval": "type(v) is not str or DATETIME_SHAPED(v) is not None",
 }
 OTHER = "type(v) is bytes"      # every other kind: text, numbers, JSON, uuid... (PostgreSQL judges the text)
 
@@ -57,7 +58,7 @@ def _per_value(kinds: list[str], name: str) -> Callable[[Batch], Odd]:
         lines += [f"        v = row[{i}]", f"        if v is not None and ({PER_VALUE.get(kind, OTHER)}):",
                   f"            return {i}, v"]
     lines += ["    return None"]
-    namespace = {"BOOL_OK": _bool_ok}
+    namespace = {"BOOL_OK": _bool_ok, "DATETIME_SHAPED": DATETIME_SHAPED.match}
     exec(compile("\n".join(lines), f"<fast-path test of {name}>", "exec"), namespace)
     return namespace["odd"]
 
@@ -90,6 +91,8 @@ def _column_clean(kind: str, col: tuple) -> bool:
         return False
     if kind == "bytea":
         return types == {bytes}
+    if kind == "interval":     # text PostgreSQL reads; a number, or a time of day since 1970, is converted
+        return types == {str} and not any(map(DATETIME_SHAPED.match, col))
     return bytes not in types
 
 

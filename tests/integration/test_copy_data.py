@@ -392,7 +392,7 @@ def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_
     assert "tenants holds rows that the last copy did not leave there" in out and "overwrite: true" in out
     assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 1
     plan.write(overwrite=True)
-    code, out = plan.run("apply")
+    code, out = plan.run("apply", "--no-backup")
     assert code == 1 and "a backup must be taken before copy-data overwrite: true" in out, out
     assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 1
     code, out = plan.run("apply", "--no-backup")
@@ -743,3 +743,36 @@ def test_full_text_indexes_are_not_data_and_a_virtual_table_holding_rows_is_name
     assert code == 0 and "changed=0" in out, out
     code, out = plan.run("verify")
     assert code == 0 and "Verified: nothing differs." in out, out
+
+
+def test_durations_as_sqlalchemy_stores_them_without_a_native_interval_become_intervals(server, tmp_path):
+    """SQLAlchemy's Interval on SQLite is a datetime: 1970-01-01 plus the duration. Into an
+    interval column it is that duration; text PostgreSQL reads goes as it is; a bare number (its
+    unit unknown: seconds to PostgreSQL, microseconds to Django) is refused, naming the row."""
+    from datetime import timedelta
+    source = tmp_path / "durations.db"
+    with sqlite3.connect(source) as src:
+        src.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, took DATETIME)")
+        src.executemany("INSERT INTO jobs VALUES (?, ?)", [
+            (1, "1970-01-01 00:05:00.000000"), (2, "1970-01-03 01:00:00.500000"), (3, "1969-12-31 23:55:00.000000"),
+            (4, "1 day 02:00:00"), (5, "00:00:00.25"), (6, None)])
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE jobs (id serial PRIMARY KEY, took interval)")
+    plan = plan_file(tmp_path, source, url)
+    plan.write(verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "copied 6 rows" in out, out
+    assert rows(url, "SELECT id, took FROM jobs ORDER BY id") == [
+        (1, timedelta(minutes=5)), (2, timedelta(days=2, hours=1, seconds=0.5)), (3, timedelta(minutes=-5)),
+        (4, timedelta(days=1, hours=2)), (5, timedelta(seconds=0.25)), (6, None)]
+    code, out = plan.run("verify", "-v")
+    assert code == 0 and "jobs: checksums equal" in out, out
+    rows(url, "UPDATE jobs SET took = took + interval '1 microsecond' WHERE id = 2")
+    code, out = plan.run("verify")
+    assert code == 1 and "1 row(s) differ (1 changed); first differing key range: id=2" in out, out
+    with sqlite3.connect(source) as src:
+        src.execute("INSERT INTO jobs VALUES (7, 300)")
+    plan.write(overwrite=True)
+    code, out = plan.run("apply", "--no-backup")
+    assert code == 1 and "jobs: row id=7: column took: 300 is a number, and a duration's unit is not known" in out, out
+    assert rows(url, "SELECT took FROM jobs WHERE id = 2") == [(timedelta(days=2, hours=1, seconds=0.5, microseconds=1),)]

@@ -6,14 +6,14 @@ import json
 import math
 import random
 import sqlite3
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from orchestrator.copying.convert import (ConvertError, TargetColumn, canonical, float_text, jsonb_text,
-                                          make_converter)
+from orchestrator.copying.convert import (ConvertError, TargetColumn, canonical, float_text, interval_text,
+                                          jsonb_text, make_converter)
 from orchestrator.copying.mapping import load_units, map_tables, selected_tables
 from orchestrator.copying.reflect import ForeignKey, SourceTable, TargetTable, reflect_source, virtual_tables
 from orchestrator.steps.copy_data import CopyData, Observed, TableState, decide, diff_copy
@@ -349,3 +349,20 @@ def test_virtual_tables_their_storage_and_which_hold_data():
     assert tables["posts_fts"].columns == [] and tables["posts_fts"].derived
     assert [s for s, _ in selected_tables(tables, tables=[], exclude=[], rename={})] == \
         ["notes", "notes_content_archive", "places", "posts"]
+
+
+def test_durations_into_an_interval_column():
+    """SQLAlchemy's Interval without a native type is 1970-01-01 plus the duration; the text
+    sent is PostgreSQL's own output for it (so verify reads it back alike); other text goes as
+    it is, and a bare number is refused (its unit is not known)."""
+    conv = make_converter(col("interval"), tz=ZoneInfo("Europe/Paris"))
+    assert conv("1970-01-01 00:05:00.000000") == "00:05:00"
+    assert conv("1970-01-02 01:00:00.500000") == "1 day 01:00:00.5"
+    assert conv("1969-12-30 23:55:00") == "-2 days +23:55:00"
+    assert conv("1970-01-04T00:00:00+00:00") == "3 days"
+    assert conv(b" 1 day 02:00:00 ") == "1 day 02:00:00" and conv("P1D") == "P1D"
+    for number in (300, 1.5):
+        with pytest.raises(ConvertError, match="a duration's unit is not known"):
+            conv(number)
+    assert interval_text(timedelta(0)) == "00:00:00" and interval_text(timedelta(days=1)) == "1 day"
+    assert interval_text(timedelta(days=-1)) == "-1 days" and interval_text(timedelta(hours=-1)) == "-1 days +23:00:00"

@@ -14,7 +14,7 @@ from orchestrator.copying.reflect import TargetTable
 
 BASE = {"bool": "bool", "int": "int4", "timestamptz": "timestamptz", "timestamp": "timestamp", "date": "date",
         "time": "time", "bytea": "bytea", "text": "text", "float": "float8", "numeric": "numeric", "jsonb": "jsonb",
-        "uuid": "uuid"}
+        "uuid": "uuid", "interval": "interval"}
 
 
 def plan(*kinds: str) -> TablePlan:
@@ -45,6 +45,8 @@ def test_finds_values_postgres_would_misread():
     ("bytea", [b"", b"\x00", None], ["text", 1]),
     ("text", ["", "a\tb", None, 5, 1.5], [b"x"]),
     ("jsonb", ['{"a": 1}', None], [b"{}"]),
+    ("interval", ["1 day 02:00:00", "00:05:00", "P1DT2H", "300 seconds", None],
+     ["1970-01-01 00:05:00.000000", "1969-12-31T23:55:00", 300, 1.5, b"1 day"]),
 ])
 def test_each_kind_clean_and_dirty(kind, clean, dirty):
     odd = fastpath.odd_value(plan("int", kind))
