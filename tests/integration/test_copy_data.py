@@ -392,7 +392,7 @@ def test_rows_written_to_postgres_are_never_overwritten_silently(reference, tmp_
     assert "tenants holds rows that the last copy did not leave there" in out and "overwrite: true" in out
     assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 1
     plan.write(overwrite=True)
-    code, out = plan.run("apply", "--no-backup")
+    code, out = plan.run("apply")
     assert code == 1 and "a backup must be taken before copy-data overwrite: true" in out, out
     assert rows(url, "SELECT count(*) FROM tenants WHERE slug = 'written-in-pg'")[0][0] == 1
     code, out = plan.run("apply", "--no-backup")
