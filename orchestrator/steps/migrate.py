@@ -909,6 +909,13 @@ class Migrate(Resource):
         if failure.module is None:
             return (f"it runs as `alembic upgrade` does from {self.ini.parent}; -v shows the whole traceback")
         top = failure.module.split(".")[0]
+        own = self.ini.parent / top
+        if failure.module == top and (own.is_dir() or own.with_suffix(".py").is_file()):
+            # the application's own package, beside alembic.ini, where `alembic init` puts it on the
+            # path (prepend_sys_path = .); an ini without that line fails with `alembic` too
+            return (f"{top} is the application's own package ({self._shown(own)}), which alembic.ini does not put "
+                    f"on Python's path: add `prepend_sys_path = .` to its [alembic] section (as `alembic init` "
+                    f"writes it), or install the application into the environment Alembic runs in")
         if self.spec.python and not reading:
             return (f"install the package that provides {top} into the application's environment "
                     f"({self.spec.python} -m pip install ...)")

@@ -222,3 +222,20 @@ def test_a_revision_file_that_cannot_be_read_is_named_at_validate(app_plan, tmp_
     assert code == 1, out
     assert "the migration script realapp/alembic/versions/e5e5e5e5e5e5_later.py could not be loaded: " \
            "SyntaxError: revision is not a literal" in out, out
+
+
+def test_an_ini_that_does_not_put_the_application_on_the_path_is_told_how(app_plan):
+    """An alembic.ini without `prepend_sys_path = .` (which `alembic init` writes): env.py cannot
+    import the application's own package, with `alembic` as with orchestrate; the hint says
+    which line to add, and with it the migrations run."""
+    ini = app_plan.app / "alembic.ini"
+    text = ini.read_text()
+    ini.write_text(text.replace("prepend_sys_path = .\n", ""))
+    assert app_plan.run("apply", "--only", "postgres")[0] == 0
+    code, out = app_plan.run("apply")
+    assert code == 1 and "could not be loaded: No module named 'app'" in out, out
+    assert ("hint: app is the application's own package (realapp/app), which alembic.ini does not put on "
+            "Python's path: add `prepend_sys_path = .` to its [alembic] section") in out, out
+    ini.write_text(text)
+    code, out = app_plan.run("apply")
+    assert code == 0 and f"upgraded (none) -> {HEAD}" in out, out
