@@ -26,7 +26,7 @@ NULL = "\\N"
 SEP = "\x1f"             # before each column's canonical text in a row's (row_text)
 NULL_FIELD = "\x1d"      # a NULL column's, in its place
 ROW_SEP = "\x1e"         # between rows, where rows are digested in key order
-SEPARATORS = SEP + NULL_FIELD + ROW_SEP
+MARKS = SEP + NULL_FIELD   # a row's text holds one per column, unless a value holds one too
 
 
 class ConvertError(ValueError):
@@ -333,10 +333,15 @@ def row_text_sql(cols: list[TargetColumn], idents: list[str], *, exact: bool = F
 
 
 def separated_sql(cols: list[TargetColumn], idents: list[str]) -> str:
-    """SQL true when a value of the row holds one of :data:`SEPARATORS` (only free text can:
-    text, and the types read from text), false when none can."""
-    conds = [f"strpos({canonical_sql(c, i)}, chr({ord(sep)})) > 0" for c, i in zip(cols, idents)
-             if c.kind in ("text", "other") for sep in SEPARATORS]
+    """SQL true when a value of the row holds one of :data:`MARKS` (only free text can: text,
+    and the types read from text), false when none can.
+
+    Looking on one side is enough. Where the target's values hold no mark, its text reads back
+    into its rows one way only, and a source text equal to it holds as many marks (one per
+    column and row), so none in its values either. The row separator needs no test: with the
+    number of columns fixed and the rows counted on both sides, the marks place each row's end."""
+    conds = [f"strpos({canonical_sql(c, i)}, chr({ord(mark)})) > 0" for c, i in zip(cols, idents)
+             if c.kind in ("text", "other") for mark in MARKS]
     return " OR ".join(conds) or "false"
 
 
@@ -466,8 +471,8 @@ def row_text(texts: list[str | None]) -> str:
     """A row's canonical text from its columns' (None for NULL): per column, :data:`SEP` and its
     text, or :data:`NULL_FIELD`. Each column's edge is marked by its own separator, and a NULL by
     its own, so the text reads back into the row's values one way only, as long as no value holds
-    a separator: the server looks for them in the target (:func:`separated_sql`), and a target
-    whose values hold any is compared the slow way. A NULL never reads as the text '\\N'."""
+    a mark: the server looks for them in the target (:func:`separated_sql`), and a target whose
+    values hold any is compared the slow way. A NULL never reads as the text '\\N'."""
     return "".join(NULL_FIELD if t is None else SEP + t for t in texts)
 
 

@@ -206,12 +206,16 @@ def test_a_text_key_takes_the_order_independent_sum_and_each_difference_is_named
     # a separator moved over a column's edge: values holding separators are compared the slow way
     ([(1, "x\x1fy", "z"), (2, "w\x1e", None)], "UPDATE f SET a = 'x', b = 'y' || chr(31) || 'z' WHERE id::text = '1'",
      False),
-], ids=["null-as-text", "column-separator"])
+    # the row separator alone in values: no test needed (the columns' marks and the rows counted
+    # on both sides place each row's end); a change of where it stands is still found
+    ([(1, "x\x1e", "y"), (2, "\x1e", "\x1e\x1e"), (3, None, "\x1e")],
+     "UPDATE f SET a = 'x', b = chr(30) || 'y' WHERE id::text = '1'", True),
+], ids=["null-as-text", "column-separator", "row-separator"])
 def test_values_holding_the_separators_or_a_null_s_text_are_told_apart(server, tmp_path, key, source_rows, damage,
                                                                         fast):  # noqa: F811
     """A row's canonical text reads back into its values one way only: each column's edge and
-    each NULL carry their own separator, and a target whose values hold a separator is compared
-    row by row. Before, both of these read as equal."""
+    each NULL carry their own separator, and a target whose values hold a column's separator or
+    the NULL mark is compared row by row. Before, the first two read as equal."""
     kind = "int" if key.startswith("INTEGER") else "text"
     source, url, plan = _copy_one(server, tmp_path, f"CREATE TABLE f (id {key}, a TEXT, b TEXT)", source_rows,
                                   f"CREATE TABLE f (id {kind} PRIMARY KEY, a text, b text)")

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from orchestrator.copying.convert import (ConvertError, TargetColumn, canonical, float_text, interval_text,
-                                          jsonb_text, make_converter)
+                                          jsonb_text, make_converter, separated_sql)
 from orchestrator.copying.mapping import load_units, map_tables, selected_tables
 from orchestrator.copying.reflect import ForeignKey, SourceTable, TargetTable, reflect_source, virtual_tables
 from orchestrator.steps.copy_data import CopyData, Observed, TableState, decide, diff_copy
@@ -366,3 +366,14 @@ def test_durations_into_an_interval_column():
             conv(number)
     assert interval_text(timedelta(0)) == "00:00:00" and interval_text(timedelta(days=1)) == "1 day"
     assert interval_text(timedelta(days=-1)) == "-1 days" and interval_text(timedelta(hours=-1)) == "-1 days +23:00:00"
+
+
+def test_the_server_looks_for_the_column_marks_in_free_text_only():
+    """verify's test of the target's values: the column separator and the NULL mark, in text and
+    types read from text; the row separator needs none, and no other type can hold either."""
+    cols = [TargetColumn("n", "integer", "int4"), TargetColumn("t", "text", "text"),
+            TargetColumn("u", "uuid", "uuid"), TargetColumn("x", "xml", "other")]
+    test = separated_sql(cols, ['"n"', '"t"', '"u"', '"x"'])
+    assert test.count("strpos(") == 4 and test.count("chr(31)") == test.count("chr(29)") == 2, test
+    assert "chr(30)" not in test and '"n"' not in test and '"u"' not in test
+    assert separated_sql(cols[:1], ['"n"']) == "false"
