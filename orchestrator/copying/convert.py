@@ -64,6 +64,7 @@ BOOL_WORDS = TRUE | FALSE
 C_SPACE = " \t\n\r\f\v"          # what PostgreSQL strips around input (C's isspace)
 INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 EPOCH_TEXT = re.compile(r"^\s*[+-]?\d+(\.\d+)?\s*$")
+DATETIME_SHAPED = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d")
 FLOAT_WORDS = {"nan": math.nan, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf,
                "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
 
@@ -387,8 +388,6 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
         return lambda v: NULL if v is None else jsonb_text(_DECIMAL_JSON.decode(v))
     return lambda v: NULL if v is None else v
 
-
-DATETIME_SHAPED = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d")
 
 
 def interval_text(span: timedelta) -> str:

@@ -102,10 +102,11 @@ class SourceTable:
 
 # a full-text index's storage (FTS3/4/5) and an R*Tree's: tables the virtual table itself reads,
 # never data of their own (SQLite >= 3.37 says so itself: PRAGMA table_list, type 'shadow')
+_RTREE = ("_node", "_rowid", "_parent")
 SHADOW_SUFFIXES = {
     "fts3": ("_content", "_segments", "_segdir"), "fts4": ("_content", "_segments", "_segdir", "_docsize", "_stat"),
-    "fts5": ("_data", "_idx", "_content", "_docsize", "_config"), "rtree": ("_node", "_rowid", "_parent"),
-    "rtree_i32": ("_node", "_rowid", "_parent"), "geopoly": ("_node", "_rowid", "_parent"),
+    "fts5": ("_data", "_idx", "_content", "_docsize", "_config"), "rtree": _RTREE, "rtree_i32": _RTREE,
+    "geopoly": _RTREE,
 }
 _VIRTUAL = re.compile(r"^\s*CREATE\s+VIRTUAL\s+TABLE\s+.*?\bUSING\s+(\w+)\s*(?:\((.*)\))?\s*;?\s*$", re.I | re.S)
 _CONTENT = re.compile(r"""(?:^|,)\s*content\s*=\s*(?:'((?:[^']|'')*)'|"((?:[^"]|"")*)"|\[([^\]]*)\]|`([^`]*)`|([^\s,]*))""",
@@ -120,8 +121,7 @@ def virtual_tables(conn: sqlite3.Connection) -> tuple[dict[str, str | None], set
     virtual: dict[str, str | None] = {}
     shadow: set[str] = set()
     for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'"):
-        name = name.decode() if isinstance(name, bytes) else name
-        sql = sql.decode() if isinstance(sql, bytes) else sql or ""
+        name, sql = _text(name), _text(sql) or ""
         found = _VIRTUAL.match(sql)
         module, args = (found.group(1).lower(), found.group(2) or "") if found else ("", "")
         shadow.update(name + suffix for suffix in SHADOW_SUFFIXES.get(module, ()))
@@ -136,7 +136,12 @@ def virtual_tables(conn: sqlite3.Connection) -> tuple[dict[str, str | None], set
         shadow |= {r[1] for r in conn.execute("PRAGMA table_list") if r[2] == "shadow"}
     except sqlite3.Error:          # SQLite before 3.37: the module's own names above
         pass
-    return virtual, {s.decode() if isinstance(s, bytes) else s for s in shadow}
+    return virtual, {_text(s) for s in shadow}
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """A name or definition as str, whether the connection gives text as str or as bytes."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -182,7 +187,7 @@ def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
     tables a virtual table keeps its data in."""
     tables = {}
     virtual, shadow = virtual_tables(conn)
-    names = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in conn.execute(
+    names = [_text(r[0]) for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     for name in names:
         if name in shadow:
@@ -191,7 +196,7 @@ def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
             tables[name] = SourceTable(name, [], [], derived=virtual[name])
             continue
         info = conn.execute(f"PRAGMA table_info({quote_sqlite(name)})").fetchall()
-        cols = [r[1].decode() if isinstance(r[1], bytes) else r[1] for r in info]
+        cols = [_text(r[1]) for r in info]
         pk = [c for _, c in sorted((r[5], cols[i]) for i, r in enumerate(info) if r[5])]
         tables[name] = SourceTable(name, cols, pk)
     return tables
