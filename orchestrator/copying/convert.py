@@ -389,7 +389,6 @@ def canonical(col: TargetColumn) -> Callable[[Any], str]:
     return lambda v: NULL if v is None else v
 
 
-
 def interval_text(span: timedelta) -> str:
     """PostgreSQL's text of an interval of days and a time (IntervalStyle postgres), which it
     also reads back as the same days and time: '00:05:00', '1 day 01:00:00', '3 days',
