@@ -111,11 +111,16 @@ def engine_exclusive():
         gate.close()
 
 
+UNIT = ROOT / "tests" / "unit"
+
+
 @pytest.fixture(autouse=True)
-def _engine_shared():
-    """Each test uses the engine beside others, never while a swarm test holds it alone."""
+def _engine_shared(request):
+    """Each test uses the engine beside others, never while a swarm test holds it alone. Unit tests
+    do not use the engine (tests/unit/test_bad_plans.py refuses any Docker call): they run while a
+    swarm test holds it, in the other worker."""
     import fcntl
-    if _exclusive:
+    if _exclusive or request.node.path.is_relative_to(UNIT):
         yield
         return
     gate = _locked("gate", fcntl.LOCK_SH)
@@ -125,6 +130,23 @@ def _engine_shared():
         yield
     finally:
         held.close()
+
+
+SWARM_FIRST = "tests/integration/test_swarm.py"
+
+
+def pytest_collection_modifyitems(items):
+    """The order in which the two workers take whole files (pyproject.toml: --dist loadfile
+    --no-loadscope-reorder): the swarm module first, then the files with the most tests, as
+    xdist's own reordering does. The swarm module holds the engine alone for minutes; started
+    first, it runs while the other worker goes through the unit files, which need no engine. At
+    the end (xdist's order) it left the other worker idle for its whole length."""
+    count: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        count[path] = count.get(path, 0) + 1
+    items.sort(key=lambda item: (item.nodeid.split("::", 1)[0] != SWARM_FIRST,
+                                 -count[item.nodeid.split("::", 1)[0]]))
 
 
 @pytest.fixture(autouse=True)
