@@ -137,16 +137,18 @@ SWARM_FIRST = "tests/integration/test_swarm.py"
 
 def pytest_collection_modifyitems(items):
     """The order in which the two workers take whole files (pyproject.toml: --dist loadfile
-    --no-loadscope-reorder): the swarm module first, then the files with the most tests, as
-    xdist's own reordering does. The swarm module holds the engine alone for minutes; started
-    first, it runs while the other worker goes through the unit files, which need no engine. At
-    the end (xdist's order) it left the other worker idle for its whole length."""
+    --no-loadscope-reorder): the swarm module, then the unit files, then the integration files;
+    within each, the files with the most tests first, as xdist's own reordering does. The swarm
+    module holds the engine alone for minutes; started first, it runs while the other worker goes
+    through the unit files, which need no engine. Last (xdist's order), it left the other worker
+    idle for its whole length."""
+    def file(item) -> str:
+        return item.nodeid.split("::", 1)[0]
     count: dict[str, int] = {}
     for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        count[path] = count.get(path, 0) + 1
-    items.sort(key=lambda item: (item.nodeid.split("::", 1)[0] != SWARM_FIRST,
-                                 -count[item.nodeid.split("::", 1)[0]]))
+        count[file(item)] = count.get(file(item), 0) + 1
+    items.sort(key=lambda item: (file(item) != SWARM_FIRST, not file(item).startswith("tests/unit/"),
+                                 -count[file(item)]))
 
 
 @pytest.fixture(autouse=True)
