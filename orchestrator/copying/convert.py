@@ -45,6 +45,7 @@ class TargetColumn:
     has_default: bool = False
     sequence: str | None = None       # serial / identity sequence
     identity: str = ""                # 'a': GENERATED ALWAYS, 'd': BY DEFAULT, '': none
+    generated: bool = False           # GENERATED ALWAYS AS (...) STORED: the server computes it
 
     @property
     def kind(self) -> str:

@@ -78,9 +78,17 @@ def map_tables(source: dict[str, SourceTable], target: dict[str, TargetTable], *
             if col in dropped:
                 continue
             t_col = cmap.get(col, col)
+            computed = col in src.generated
+            if computed and col not in cmap and (t_col not in tgt.columns or tgt.columns[t_col].generated):
+                continue    # SQLite computes it from the row: no data of its own is left behind
             if t_col not in tgt.columns:
                 problems.append(f"{s_name}.{col} has no column in target table {t_name} (map it under columns, "
                                 f"or list it under drop_columns to leave it behind)")
+                continue
+            if tgt.columns[t_col].generated:
+                problems.append(f"{t_name}.{t_col} is a generated column (PostgreSQL computes it and takes no value "
+                                f"for it), and source column {s_name}.{col} would fill it: list {col} under "
+                                f"drop_columns to leave it behind, or map it to another column under columns")
                 continue
             pairs.append((col, tgt.columns[t_col]))
         filled = {c.name for _, c in pairs}

@@ -35,7 +35,8 @@ class TargetTable:
 TARGET_COLUMNS = """
 SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod,
        a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname), a.attidentity, c.relkind
+       pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname), a.attidentity, c.relkind,
+       a.attgenerated <> ''
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -71,14 +72,15 @@ ORDER BY i.tablename, i.indexname
 def reflect_target(conn) -> dict[str, TargetTable]:
     """The tables of the target's current schema (a psycopg connection)."""
     tables: dict[str, TargetTable] = {}
-    for table, col, ftype, base, typmod, not_null, has_default, seq, identity, relkind in conn.execute(TARGET_COLUMNS):
+    for (table, col, ftype, base, typmod, not_null, has_default, seq, identity, relkind,
+         generated) in conn.execute(TARGET_COLUMNS):
         length = precision = scale = None
         if base in ("varchar", "bpchar") and typmod > 4:
             length = typmod - 4
         if base == "numeric" and typmod > 4:
             precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
         tables.setdefault(table, TargetTable(table, partitioned=relkind == "p")).columns[col] = TargetColumn(
-            col, ftype, base, length, precision, scale, not_null, has_default, seq, identity or "")
+            col, ftype, base, length, precision, scale, not_null, has_default, seq, identity or "", generated)
     for name, kind, table, ref, cols, ref_cols, definition in conn.execute(TARGET_CONSTRAINTS):
         t = tables[table]
         if kind == "p":
@@ -98,6 +100,7 @@ class SourceTable:
     columns: list[str]
     primary_key: list[str]
     derived: str | None = None     # a virtual table holding no data of its own: what it is
+    generated: frozenset[str] = frozenset()   # columns SQLite computes (AS (...) VIRTUAL or STORED)
 
 
 # a full-text index's storage (FTS3/4/5) and an R*Tree's: tables the virtual table itself reads,
@@ -195,10 +198,13 @@ def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
         if virtual.get(name):
             tables[name] = SourceTable(name, [], [], derived=virtual[name])
             continue
-        info = conn.execute(f"PRAGMA table_info({quote_sqlite(name)})").fetchall()
+        # table_xinfo: table_info leaves out generated columns (hidden 2: VIRTUAL, 3: STORED),
+        # whose values are still rows' data where the target keeps them in plain columns
+        info = [r for r in conn.execute(f"PRAGMA table_xinfo({quote_sqlite(name)})").fetchall() if r[6] != 1]
         cols = [_text(r[1]) for r in info]
         pk = [c for _, c in sorted((r[5], cols[i]) for i, r in enumerate(info) if r[5])]
-        tables[name] = SourceTable(name, cols, pk)
+        generated = frozenset(cols[i] for i, r in enumerate(info) if r[6] in (2, 3))
+        tables[name] = SourceTable(name, cols, pk, generated=generated)
     return tables
 
 

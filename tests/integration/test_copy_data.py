@@ -593,6 +593,45 @@ def test_hard_case_failures_name_table_key_and_column(server, tmp_path, sqlite_d
     assert rows(url, "SELECT count(*) FROM t")[0][0] == 0, "nothing of the table half-loaded"
 
 
+def test_sqlite_generated_columns_are_data_where_the_target_keeps_them(server, tmp_path):
+    """SQLite's generated columns (PRAGMA table_info leaves them out: their values were dropped
+    and verify said equal) are copied into plain target columns and verified; a column the target
+    generates itself is left to the server; a plain column into a generated one stops the plan."""
+    source = tmp_path / "generated.db"
+    with sqlite3.connect(source) as src:
+        src.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, price INT, qty INT, "
+                          "total INT AS (price * qty) STORED, label TEXT AS ('item ' || id) VIRTUAL, "
+                          "doubled INT AS (price * 2));"
+                          "INSERT INTO items (id, price, qty) VALUES (1, 5, 3), (2, 7, NULL), (3, 2, 10);")
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE items (id int PRIMARY KEY, price int, qty int, total int, label text, "
+              "doubled int GENERATED ALWAYS AS (price * 2) STORED)")
+    plan = plan_file(tmp_path, source, url, verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "copied 3 rows" in out, out
+    assert rows(url, "SELECT id, total, label, doubled FROM items ORDER BY id") == [
+        (1, 15, "item 1", 10), (2, None, "item 2", 14), (3, 20, "item 3", 4)]
+    code, out = plan.run("apply")
+    assert code == 0 and "Nothing changed" in out, out
+    rows(url, "UPDATE items SET total = 16 WHERE id = 1")
+    code, out = plan.run("verify")
+    assert code == 1 and "1 row(s) differ (1 changed)" in out and "id=1" in out, out
+
+    plain = tmp_path / "plain.db"
+    with sqlite3.connect(plain) as src:
+        src.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, price INT, qty INT, total INT, label TEXT, "
+                          "doubled INT); INSERT INTO items VALUES (1, 5, 3, 15, 'x', 99);")
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE items (id int PRIMARY KEY, price int, qty int, total int, label text, "
+              "doubled int GENERATED ALWAYS AS (price * 2) STORED)")
+    plan = plan_file(tmp_path, plain, url)
+    code, out = plan.run("plan")
+    assert code == 1 and "items.doubled is a generated column" in out and "drop_columns" in out, out
+    plan.write(drop_columns={"items": ["doubled"]})
+    code, out = plan.run("apply")
+    assert code == 0 and rows(url, "SELECT doubled FROM items") == [(10,)], out
+
+
 def test_strip_nul_drops_nul_bytes(server, tmp_path):
     source = tmp_path / "nul.db"
     with sqlite3.connect(source) as src:

@@ -199,6 +199,29 @@ def test_mapping_rename_columns_drop_and_problems():
     assert not any("extra" in p for p in problems)
 
 
+def test_generated_columns_are_copied_where_the_target_keeps_them_as_data():
+    """SQLite's generated columns (which PRAGMA table_info leaves out) are read where the target
+    has a plain column for them, left to the server where its column is generated too, and left
+    behind where the target has none; a plain source column into a generated one is a problem."""
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a INT, v INT AS (a * 2) VIRTUAL, s INT AS (a + 1) STORED, "
+                "g INT AS (a - 1), p INT)")
+    source = reflect_source(con)
+    assert source["t"].columns == ["id", "a", "v", "s", "g", "p"] and source["t"].generated == {"v", "s", "g"}
+    tgt = {"t": target("t", [tcol("id"), tcol("a"), tcol("v"), tcol("s", has_default=True, generated=True)])}
+    plans, problems, _ = map_tables(source, tgt, tables=[], exclude=[], rename={}, columns={}, drop_columns={"t": ["p"]})
+    assert [(s, c.name) for s, c in plans[0].columns] == [("id", "id"), ("a", "a"), ("v", "v")] and not problems
+    tgt["t"].columns["p"] = tcol("p", has_default=True, generated=True)
+    _, problems, _ = map_tables(source, tgt, tables=[], exclude=[], rename={}, columns={}, drop_columns={})
+    assert problems == ["t.p is a generated column (PostgreSQL computes it and takes no value for it), and source "
+                        "column t.p would fill it: list p under drop_columns to leave it behind, or map it to "
+                        "another column under columns"]
+    _, problems, _ = map_tables(source, tgt, tables=[], exclude=[], rename={}, columns={"t": {"g": "gone"}},
+                                drop_columns={"t": ["p"]})
+    assert problems == ["t.g has no column in target table t (map it under columns, or list it under drop_columns "
+                        "to leave it behind)"]      # named by the user: not left behind without a word
+
+
 def test_load_units_parents_first_self_references_and_cycles():
     tables = {"a": target("a", [tcol("id"), tcol("b_id")], fks=[("b_id", "b")]),
               "b": target("b", [tcol("id"), tcol("a_id")], fks=[("a_id", "a")]),
