@@ -52,6 +52,16 @@ class TargetColumn:
         return KIND.get(self.base, "text" if self.base in ("text", "varchar", "bpchar", "name", "citext") else "other")
 
 
+def source_value_sql(col: TargetColumn, ident: str) -> str:
+    """How a source column is read for ``col``: as SQLite stores it, except a 16-byte BLOB for a
+    uuid column, a UUID's own bytes (as Rust's sqlx and sqlalchemy-utils' binary UUIDType store
+    it), read as its 32 hex digits. SQLite's text arrives as bytes too (``text_factory``), so
+    only SQLite can tell a blob from text: a 16-character text is no UUID, and stays refused."""
+    if col.kind == "uuid":
+        return f"CASE WHEN typeof({ident}) = 'blob' AND length({ident}) = 16 THEN hex({ident}) ELSE {ident} END"
+    return ident
+
+
 KIND = {"bool": "bool", "int2": "int", "int4": "int", "int8": "int", "numeric": "numeric",
         "float4": "float", "float8": "float", "timestamptz": "timestamptz", "timestamp": "timestamp",
         "date": "date", "time": "time", "json": "json", "jsonb": "jsonb", "bytea": "bytea", "uuid": "uuid",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .convert import TargetColumn
-from .reflect import SourceTable, TargetTable
+from .convert import TargetColumn, source_value_sql
+from .reflect import SourceTable, TargetTable, quote_sqlite
 
 SKIP_TABLES = {"alembic_version"}
 
@@ -23,6 +23,12 @@ class TablePlan:
     @property
     def target_columns(self) -> list[TargetColumn]:
         return [c for _, c in self.columns]
+
+    def read_sql(self, alias: str = "") -> list[str]:
+        """The SQLite expression each column is read by (``alias.column``), as the copy, its
+        checks and verify all read it: :func:`source_value_sql`."""
+        prefix = f"{alias}." if alias else ""
+        return [source_value_sql(c, prefix + quote_sqlite(s)) for s, c in self.columns]
 
 
 def selected_tables(source, *, tables: list[str], exclude: list[str],

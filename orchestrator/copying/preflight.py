@@ -105,8 +105,8 @@ def scan(raw: sqlite3.Connection, p: TablePlan, converters: list[Callable], *, k
     ``raw`` is the source opened with text as bytes, so invalid UTF-8 is found and named."""
     json_ok = _json_functions(raw)
     conds = []
-    for i, (s_col, tcol) in enumerate(p.columns):
-        c = f"s.{quote_sqlite(s_col)}"
+    reads = p.read_sql("s")
+    for c, (s_col, tcol) in zip(reads, p.columns):
         test = suspect_sql(tcol, c, json_ok=json_ok)
         if tcol.not_null:
             conds.append(f"{c} IS NULL")
@@ -114,8 +114,7 @@ def scan(raw: sqlite3.Connection, p: TablePlan, converters: list[Callable], *, k
             conds.append(f"({c} IS NOT NULL AND ({test}))")
     if not conds:
         return []
-    cols = ", ".join(f"s.{quote_sqlite(s)}" for s, _ in p.columns)
-    query = f"SELECT {cols}, {key_sql} FROM {quote_sqlite(p.source)} AS s WHERE " + " OR ".join(conds)
+    query = f"SELECT {', '.join(reads)}, {key_sql} FROM {quote_sqlite(p.source)} AS s WHERE " + " OR ".join(conds)
     found: dict[tuple[str, str], Finding] = {}
     n = len(p.columns)
 

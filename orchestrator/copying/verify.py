@@ -25,8 +25,7 @@ def source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, stri
                     batch: int = 5000) -> tuple[int, int]:
     convs = [make_converter(c, tz=tz, strip_nul=strip_nul) for _, c in p.columns]
     canons = [canonical(c) for _, c in p.columns]
-    cols = ", ".join(quote_sqlite(s) for s, _ in p.columns)
-    cur = src.execute(f"SELECT {cols} FROM {quote_sqlite(p.source)}")
+    cur = src.execute(f"SELECT {', '.join(p.read_sql())} FROM {quote_sqlite(p.source)}")
     count = total = 0
     while rows := cur.fetchmany(batch):
         for row in rows:
@@ -110,8 +109,8 @@ def _sqlite_row(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, strip_nu
         name = f"orchestrate_canon_{i}"
         src.create_function(name, 1, lambda v, conv=conv, canon=canon: canon(conv(v)), deterministic=True)
         names.append(name)
-    return " || ".join(sqlite_canonical(col, quote_sqlite(s), n, utc=utc)
-                       for (s, col), n in zip(p.columns, names)) or "''"
+    return " || ".join(sqlite_canonical(col, read, n, utc=utc)
+                       for read, (_, col), n in zip(p.read_sql(), p.columns, names)) or "''"
 
 
 def fast_source_checksum(src: sqlite3.Connection, p: TablePlan, *, tz: ZoneInfo, strip_nul: bool = False,

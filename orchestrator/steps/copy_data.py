@@ -598,8 +598,7 @@ class CopyData(Resource):
         return count, f"{FINGERPRINT}:{count}:{total}"
 
     def _select(self, p: TablePlan, extra: str = "") -> str:
-        cols = ", ".join(f"s.{quote_sqlite(c)}" for c, _ in p.columns)
-        return f"SELECT {cols}{extra} FROM {quote_sqlite(p.source)} AS s"
+        return f"SELECT {', '.join(p.read_sql('s'))}{extra} FROM {quote_sqlite(p.source)} AS s"
 
     def _source_digest(self, src: sqlite3.Connection, p: TablePlan) -> str | None:
         """The table as read for a copy, hashed: the same bytes as the copy itself hashes."""

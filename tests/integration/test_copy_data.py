@@ -632,6 +632,37 @@ def test_sqlite_generated_columns_are_data_where_the_target_keeps_them(server, t
     assert code == 0 and rows(url, "SELECT doubled FROM items") == [(10,)], out
 
 
+def test_uuids_stored_as_their_16_bytes_are_copied_and_verified(server, tmp_path):
+    """A UUID as a 16-byte BLOB (Rust's sqlx, sqlalchemy-utils' binary UUIDType) was refused as
+    "not a UUID"; it now lands as that UUID beside the text forms, and verify compares it."""
+    ids = [uuid.UUID(int=n * 0x1234567890ABCDEF1234567 + 5) for n in range(1, 5)]
+    source = tmp_path / "uuids.db"
+    with sqlite3.connect(source) as src:
+        src.execute("CREATE TABLE things (id INTEGER PRIMARY KEY, u BLOB, ref TEXT)")
+        src.executemany("INSERT INTO things VALUES (?, ?, ?)", [
+            (1, ids[0].bytes, str(ids[0])), (2, str(ids[1]), ids[1].hex), (3, ids[2].hex.upper(), None),
+            (4, None, str(ids[3]).upper())])
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE things (id int PRIMARY KEY, u uuid, ref uuid)")
+    plan = plan_file(tmp_path, source, url, verify=True)
+    code, out = plan.run("apply")
+    assert code == 0 and "verified 1 table(s)" in out, out
+    assert rows(url, "SELECT u, ref FROM things ORDER BY id") == [
+        (ids[0], ids[0]), (ids[1], ids[1]), (ids[2], None), (None, ids[3])]
+    rows(url, "UPDATE things SET u = %s WHERE id = 1", ids[3])
+    code, out = plan.run("verify")
+    assert code == 1 and "1 row(s) differ (1 changed)" in out and "id=1" in out, out
+
+    text16 = tmp_path / "text16.db"       # 16 characters of text are no UUID: still refused
+    with sqlite3.connect(text16) as src:
+        src.executescript("CREATE TABLE things (id INTEGER PRIMARY KEY, u TEXT, ref TEXT);"
+                          "INSERT INTO things VALUES (1, 'sixteen-chars-xx', NULL);")
+    url = server.url(server.create())
+    rows(url, "CREATE TABLE things (id int PRIMARY KEY, u uuid, ref uuid)")
+    code, out = plan_file(tmp_path, text16, url).run("apply")
+    assert code == 1 and "'sixteen-chars-xx' is not a UUID" in out, out
+
+
 def test_strip_nul_drops_nul_bytes(server, tmp_path):
     source = tmp_path / "nul.db"
     with sqlite3.connect(source) as src:

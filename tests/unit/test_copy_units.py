@@ -6,6 +6,7 @@ import json
 import math
 import random
 import sqlite3
+import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -220,6 +221,23 @@ def test_generated_columns_are_copied_where_the_target_keeps_them_as_data():
                                 drop_columns={"t": ["p"]})
     assert problems == ["t.g has no column in target table t (map it under columns, or list it under drop_columns "
                         "to leave it behind)"]      # named by the user: not left behind without a word
+
+
+def test_a_uuid_column_reads_a_16_byte_blob_as_its_hex_and_text_as_it_is():
+    from orchestrator.copying.convert import source_value_sql
+    u = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    con = sqlite3.connect(":memory:")
+    con.text_factory = bytes
+    col = TargetColumn("u", "uuid", "uuid")
+    conv = make_converter(col, tz=UTC)
+    read = source_value_sql(col, "v")
+    for stored, want in ((u.bytes, str(u)), (str(u), str(u)), (u.hex, str(u)), (None, None)):
+        (got,) = con.execute(f"SELECT {read} FROM (SELECT ? AS v)", (stored,)).fetchone()
+        assert (None if got is None else conv(got)) == want
+    (got,) = con.execute(f"SELECT {read} FROM (SELECT ? AS v)", ("sixteen-chars-xx",)).fetchone()
+    with pytest.raises(ConvertError, match="is not a UUID"):
+        conv(got)
+    assert source_value_sql(TargetColumn("t", "text", "text"), "v") == "v"
 
 
 def test_load_units_parents_first_self_references_and_cycles():
