@@ -199,8 +199,10 @@ def reflect_source(conn: sqlite3.Connection) -> dict[str, SourceTable]:
             tables[name] = SourceTable(name, [], [], derived=virtual[name])
             continue
         # table_xinfo: table_info leaves out generated columns (hidden 2: VIRTUAL, 3: STORED),
-        # whose values are still rows' data where the target keeps them in plain columns
-        info = [r for r in conn.execute(f"PRAGMA table_xinfo({quote_sqlite(name)})").fetchall() if r[6] != 1]
+        # whose values are still rows' data where the target keeps them in plain columns (an
+        # SQLite before 3.26 knows no table_xinfo, nor generated columns: it returns no row)
+        info = [r for r in conn.execute(f"PRAGMA table_xinfo({quote_sqlite(name)})").fetchall() if r[6] != 1] or \
+            [(*r, 0) for r in conn.execute(f"PRAGMA table_info({quote_sqlite(name)})").fetchall()]
         cols = [_text(r[1]) for r in info]
         pk = [c for _, c in sorted((r[5], cols[i]) for i, r in enumerate(info) if r[5])]
         generated = frozenset(cols[i] for i, r in enumerate(info) if r[6] in (2, 3))

@@ -223,6 +223,18 @@ def test_generated_columns_are_copied_where_the_target_keeps_them_as_data():
                         "to leave it behind)"]      # named by the user: not left behind without a word
 
 
+def test_an_sqlite_without_table_xinfo_is_read_with_table_info():
+    """SQLite before 3.26 returns no row for PRAGMA table_xinfo (an unknown pragma)."""
+    real = sqlite3.connect(":memory:")
+    real.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT)")
+
+    class Old:
+        def execute(self, sql, *args):
+            return real.execute("SELECT 1 WHERE 0") if "table_xinfo" in sql else real.execute(sql, *args)
+    table = reflect_source(Old())["t"]
+    assert (table.columns, table.primary_key, table.generated) == (["id", "a"], ["id"], frozenset())
+
+
 def test_a_uuid_column_reads_a_16_byte_blob_as_its_hex_and_text_as_it_is():
     from orchestrator.copying.convert import source_value_sql
     u = uuid.UUID("12345678-1234-5678-1234-567812345678")
