@@ -112,15 +112,20 @@ def engine_exclusive():
 
 
 UNIT = ROOT / "tests" / "unit"
+SWARM_FIRST = ROOT / "tests" / "integration" / "test_swarm.py"
+
+
+def _unit(item) -> bool:
+    """A unit test: it makes no Docker call (tests/unit/test_bad_plans.py refuses any)."""
+    return item.path.is_relative_to(UNIT)
 
 
 @pytest.fixture(autouse=True)
 def _engine_shared(request):
     """Each test uses the engine beside others, never while a swarm test holds it alone. Unit tests
-    do not use the engine (tests/unit/test_bad_plans.py refuses any Docker call): they run while a
-    swarm test holds it, in the other worker."""
+    do not use the engine: they run while a swarm test holds it, in the other worker."""
     import fcntl
-    if _exclusive or request.node.path.is_relative_to(UNIT):
+    if _exclusive or _unit(request.node):
         yield
         return
     gate = _locked("gate", fcntl.LOCK_SH)
@@ -132,9 +137,6 @@ def _engine_shared(request):
         held.close()
 
 
-SWARM_FIRST = "tests/integration/test_swarm.py"
-
-
 def pytest_collection_modifyitems(items):
     """The order in which the two workers take whole files (pyproject.toml: --dist loadfile
     --no-loadscope-reorder): the swarm module, then the unit files, then the integration files;
@@ -142,13 +144,10 @@ def pytest_collection_modifyitems(items):
     module holds the engine alone for minutes; started first, it runs while the other worker goes
     through the unit files, which need no engine. Last (xdist's order), it left the other worker
     idle for its whole length."""
-    def file(item) -> str:
-        return item.nodeid.split("::", 1)[0]
-    count: dict[str, int] = {}
+    count: dict[Path, int] = {}
     for item in items:
-        count[file(item)] = count.get(file(item), 0) + 1
-    items.sort(key=lambda item: (file(item) != SWARM_FIRST, not file(item).startswith("tests/unit/"),
-                                 -count[file(item)]))
+        count[item.path] = count.get(item.path, 0) + 1
+    items.sort(key=lambda item: (item.path != SWARM_FIRST, not _unit(item), -count[item.path]))
 
 
 @pytest.fixture(autouse=True)
